@@ -1,0 +1,198 @@
+//! Types shared by the tcptrace eBPF program and the userspace agent.
+//!
+//! Every type here is `#[repr(C)]` with explicit padding so both sides agree on the byte layout
+//! without relying on compiler-inserted holes. Userspace gets `aya::Pod` impls with the `user`
+//! feature.
+#![no_std]
+
+/// Length of `task_struct::comm` (`TASK_COMM_LEN` in `include/linux/sched.h`).
+pub const TASK_COMM_LEN: usize = 16;
+
+/// `RawTransition::in_old_ns` when the socket was first seen at this transition, so the time it
+/// spent in the old state is unknown (it is never reported as 0).
+pub const DWELL_UNKNOWN: u64 = u64::MAX;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u32 = 6;
+
+/// `TCP_CLOSE` from `include/net/tcp_states.h`: the state a socket is created in and ends in.
+pub const TCP_CLOSE: i32 = 7;
+
+/// Name of the global holding [`Config`] in the eBPF object.
+pub const CONFIG_GLOBAL: &str = "CONFIG";
+/// Map names in the eBPF object.
+pub const EVENTS_MAP: &str = "EVENTS";
+pub const SOCKETS_MAP: &str = "SOCKETS";
+pub const COUNTERS_MAP: &str = "COUNTERS";
+pub const PORT_FILTER_MAP: &str = "PORT_FILTER";
+/// Name of the program attached to `tp_btf/inet_sock_set_state`.
+pub const PROGRAM_NAME: &str = "inet_sock_set_state";
+pub const TRACEPOINT: &str = "inet_sock_set_state";
+
+/// Default ring buffer size in bytes (must be a power-of-two multiple of the page size).
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+/// Default capacity of the per-socket LRU map.
+pub const DEFAULT_MAX_SOCKETS: u32 = 65_536;
+
+/// Indices into the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// `bpf_ringbuf_reserve` failed: the ring was full and the event was dropped.
+    pub const RING_FULL: u32 = 0;
+    /// The event was dropped by a kernel-side filter.
+    pub const FILTERED: u32 = 1;
+    /// A `bpf_probe_read_kernel` of a socket field failed; the event was dropped.
+    pub const READ_FAILED: u32 = 2;
+    /// Number of counters.
+    pub const COUNT: u32 = 3;
+}
+
+/// Indices into the `PORT_FILTER` array: one port bitmap per filter kind.
+pub mod port_filter {
+    /// Either end of the connection must match (`--port`).
+    pub const ANY: u32 = 0;
+    /// The local port must match (`--lport`).
+    pub const LOCAL: u32 = 1;
+    /// The remote port must match (`--rport`).
+    pub const REMOTE: u32 = 2;
+    /// Number of bitmaps.
+    pub const COUNT: u32 = 3;
+}
+
+/// A set of TCP ports as a 65536-bit bitmap (8 KiB), one map value.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PortSet {
+    pub bits: [u64; 1024],
+}
+
+impl core::fmt::Debug for PortSet {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let count: u32 = self.bits.iter().map(|w| w.count_ones()).sum();
+        write!(f, "PortSet({count} ports)")
+    }
+}
+
+impl PortSet {
+    pub const EMPTY: Self = Self { bits: [0; 1024] };
+
+    pub fn insert(&mut self, port: u16) {
+        self.bits[usize::from(port >> 6)] |= 1 << (port & 63);
+    }
+
+    #[inline(always)]
+    pub fn contains(&self, port: u16) -> bool {
+        // `port >> 6` is at most 1023, so the index is always in bounds.
+        (self.bits[usize::from(port >> 6)] >> (port & 63)) & 1 == 1
+    }
+}
+
+/// Where the fields the program reads live inside `struct sock`, resolved in userspace from the
+/// running kernel's BTF (`/sys/kernel/btf/vmlinux`): Rust eBPF has no CO-RE relocations, so
+/// compile-time offsets would break on the next kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `sk->__sk_common.skc_family` (u16).
+    pub family: u32,
+    /// `sk->__sk_common.skc_num` (u16, host order: the local port).
+    pub num: u32,
+    /// `sk->__sk_common.skc_dport` (u16, network order: the remote port).
+    pub dport: u32,
+    /// `sk->__sk_common.skc_rcv_saddr` (local IPv4 address).
+    pub rcv_saddr: u32,
+    /// `sk->__sk_common.skc_daddr` (remote IPv4 address).
+    pub daddr: u32,
+    /// `sk->__sk_common.skc_v6_rcv_saddr`, or [`SockOffsets::ABSENT`] on kernels built without
+    /// IPv6.
+    pub v6_rcv_saddr: u32,
+    /// `sk->__sk_common.skc_v6_daddr`, or [`SockOffsets::ABSENT`].
+    pub v6_daddr: u32,
+    /// Byte offset of the 32-bit word holding `sk->sk_protocol` (a plain u16 since Linux 5.6, an
+    /// 8-bit bitfield before), and how to extract it from that word.
+    pub protocol_word: u32,
+    pub protocol_shift: u32,
+    pub protocol_mask: u32,
+}
+
+impl SockOffsets {
+    pub const ABSENT: u32 = u32::MAX;
+}
+
+/// Load-time configuration of the eBPF program, written by userspace into the program's
+/// read-only data before load (`EbpfLoader::override_global`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub offsets: SockOffsets,
+    /// Bit `1 << state` set for every state a transition must touch (old or new) to be kept;
+    /// 0 keeps every state.
+    pub state_mask: u32,
+    /// Bit 0: keep IPv4 sockets, bit 1: keep IPv6 sockets; 0 keeps both.
+    pub family_mask: u32,
+    /// Bit `1 << port_filter::X` set for every active port bitmap.
+    pub port_filters: u32,
+    pub _pad: u32,
+}
+
+pub const FAMILY_MASK_V4: u32 = 1;
+pub const FAMILY_MASK_V6: u32 = 2;
+
+/// What the program remembers per socket, keyed by socket cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockEntry {
+    /// `bpf_ktime_get_ns()` when the socket entered its current state.
+    pub entered_ns: u64,
+    /// Last non-zero local port seen: on `-> CLOSE` events `skc_num` has already been cleared
+    /// (`inet_put_port()` runs before `tcp_set_state(sk, TCP_CLOSE)` in `tcp_done()`).
+    pub lport: u16,
+    pub _pad: [u8; 6],
+}
+
+/// One state transition, as written to the ring buffer by the kernel program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawTransition {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the transition.
+    pub ts_ns: u64,
+    /// Socket cookie (`bpf_get_socket_cookie`): the socket's identity, also reported by INET_DIAG.
+    pub cookie: u64,
+    /// Nanoseconds spent in `oldstate`, or [`DWELL_UNKNOWN`].
+    pub in_old_ns: u64,
+    /// `bpf_get_current_pid_tgid()`: the task on the CPU (tgid in the upper 32 bits).
+    pub pid_tgid: u64,
+    /// Local address: IPv4 in the first 4 bytes, or IPv6 (network order).
+    pub saddr: [u8; 16],
+    /// Remote address, same layout.
+    pub daddr: [u8; 16],
+    /// Local port, host order.
+    pub sport: u16,
+    /// Remote port, host order.
+    pub dport: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    pub oldstate: u8,
+    pub newstate: u8,
+    /// `comm` of the task on the CPU, NUL-padded.
+    pub comm: [u8; TASK_COMM_LEN],
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Size of one ring-buffer record.
+pub const RAW_TRANSITION_SIZE: usize = size_of::<RawTransition>();
+
+const _: () = assert!(RAW_TRANSITION_SIZE == 96);
+const _: () = assert!(size_of::<Config>() == 56);
+const _: () = assert!(size_of::<SockEntry>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all these types are `#[repr(C)]`, `Copy`, contain only integers and integer arrays,
+    // and have no implicit padding (checked by the size assertions above).
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::SockEntry {}
+    unsafe impl aya::Pod for super::PortSet {}
+    unsafe impl aya::Pod for super::RawTransition {}
+}

@@ -1,0 +1,517 @@
+//! Just enough of a BTF reader to find where struct members live in the running kernel.
+//!
+//! Rust eBPF programs carry no CO-RE relocations, so the program cannot ask the kernel to fix
+//! up field offsets at load time. Instead the agent reads `/sys/kernel/btf/vmlinux`, resolves
+//! the offsets of the `struct sock` fields the program reads, and hands them to the program as
+//! load-time globals (see `tcptrace_common::SockOffsets`).
+
+use std::collections::HashMap;
+
+use tcptrace_common::SockOffsets;
+
+/// The running kernel's BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BtfError {
+    #[error("BTF data is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("BTF has no struct `{0}`")]
+    NoStruct(String),
+    #[error("BTF struct `{strukt}` has no member `{member}`")]
+    NoMember { strukt: String, member: String },
+}
+
+const BTF_MAGIC: u16 = 0xeb9f;
+
+const KIND_INT: u32 = 1;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+#[derive(Debug, Clone)]
+struct Member {
+    name: u32,
+    type_id: u32,
+    /// Offset from the start of the enclosing struct, in bits.
+    bit_offset: u32,
+    /// Bitfield width in bits, 0 when the member is not a bitfield.
+    bitfield_size: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Type {
+    name: u32,
+    kind: u32,
+    /// Size in bytes for INT/STRUCT/UNION/ENUM, the referenced type id for modifiers.
+    size_or_type: u32,
+    members: Vec<Member>,
+}
+
+/// A parsed BTF blob: types and the string table.
+pub struct Btf {
+    /// Index 0 is the implicit `void` type.
+    types: Vec<Type>,
+    strings: Vec<u8>,
+    structs_by_name: HashMap<String, u32>,
+}
+
+/// Where a member lives, relative to the start of the outermost struct.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldLocation {
+    pub bit_offset: u32,
+    /// Width in bits (the bitfield width, or the member type's size × 8).
+    pub bits: u32,
+}
+
+impl FieldLocation {
+    pub fn byte_offset(&self) -> u32 {
+        self.bit_offset / 8
+    }
+}
+
+fn u16_at(data: &[u8], at: usize) -> Result<u16, BtfError> {
+    data.get(at..at + 2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .ok_or(BtfError::Malformed("truncated"))
+}
+
+fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
+    data.get(at..at + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or(BtfError::Malformed("truncated"))
+}
+
+impl Btf {
+    /// Parses a little-endian BTF blob (what `/sys/kernel/btf/vmlinux` holds on x86_64 and
+    /// arm64).
+    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+        if u16_at(data, 0)? != BTF_MAGIC {
+            return Err(BtfError::Malformed("bad magic (not little-endian BTF)"));
+        }
+        let hdr_len = u32_at(data, 4)? as usize;
+        let type_off = u32_at(data, 8)? as usize;
+        let type_len = u32_at(data, 12)? as usize;
+        let str_off = u32_at(data, 16)? as usize;
+        let str_len = u32_at(data, 20)? as usize;
+        let types_data = data
+            .get(hdr_len + type_off..hdr_len + type_off + type_len)
+            .ok_or(BtfError::Malformed("type section out of bounds"))?;
+        let strings = data
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+            .ok_or(BtfError::Malformed("string section out of bounds"))?
+            .to_vec();
+
+        let mut types = vec![Type {
+            name: 0,
+            kind: 0,
+            size_or_type: 0,
+            members: Vec::new(),
+        }];
+        let mut at = 0;
+        while at < types_data.len() {
+            let name = u32_at(types_data, at)?;
+            let info = u32_at(types_data, at + 4)?;
+            let size_or_type = u32_at(types_data, at + 8)?;
+            at += 12;
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            let kind_flag = info >> 31 == 1;
+            let mut members = Vec::new();
+            let trailing = match kind {
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+                KIND_ARRAY => 12,
+                KIND_STRUCT | KIND_UNION => {
+                    for i in 0..vlen {
+                        let m = at + i * 12;
+                        let offset = u32_at(types_data, m + 8)?;
+                        let (bit_offset, bitfield_size) = if kind_flag {
+                            (offset & 0x00ff_ffff, offset >> 24)
+                        } else {
+                            (offset, 0)
+                        };
+                        members.push(Member {
+                            name: u32_at(types_data, m)?,
+                            type_id: u32_at(types_data, m + 4)?,
+                            bit_offset,
+                            bitfield_size,
+                        });
+                    }
+                    vlen * 12
+                }
+                KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
+                KIND_DATASEC | KIND_ENUM64 => vlen * 12,
+                0..=KIND_ENUM64 => 0,
+                _ => return Err(BtfError::Malformed("unknown type kind")),
+            };
+            at += trailing;
+            types.push(Type {
+                name,
+                kind,
+                size_or_type,
+                members,
+            });
+        }
+        if at != types_data.len() {
+            return Err(BtfError::Malformed("type section ends mid-type"));
+        }
+
+        let mut btf = Self {
+            types,
+            strings,
+            structs_by_name: HashMap::new(),
+        };
+        for (id, ty) in btf.types.iter().enumerate() {
+            if ty.kind == KIND_STRUCT && ty.name != 0 {
+                let name = btf.string(ty.name).to_owned();
+                // Keep the first definition: a name is unique among vmlinux structs.
+                btf.structs_by_name.entry(name).or_insert(id as u32);
+            }
+        }
+        Ok(btf)
+    }
+
+    fn string(&self, offset: u32) -> &str {
+        let rest = self.strings.get(offset as usize..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        std::str::from_utf8(&rest[..end]).unwrap_or("")
+    }
+
+    fn ty(&self, id: u32) -> Option<&Type> {
+        self.types.get(id as usize)
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn resolve(&self, mut id: u32) -> Option<&Type> {
+        for _ in 0..32 {
+            let ty = self.ty(id)?;
+            match ty.kind {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = ty.size_or_type;
+                }
+                _ => return Some(ty),
+            }
+        }
+        None
+    }
+
+    fn type_bits(&self, id: u32) -> u32 {
+        match self.resolve(id) {
+            Some(ty) if matches!(ty.kind, KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM) => {
+                ty.size_or_type * 8
+            }
+            Some(ty) if ty.kind == KIND_ARRAY => 0,
+            _ => 0,
+        }
+    }
+
+    /// Finds `name` among the members of `ty`, looking through anonymous structs and unions
+    /// (as C does). Returns the bit offset relative to `ty`.
+    fn find_member(&self, ty: &Type, name: &str, depth: u32) -> Option<Member> {
+        if depth > 8 {
+            return None;
+        }
+        for m in &ty.members {
+            if m.name != 0 && self.string(m.name) == name {
+                return Some(m.clone());
+            }
+        }
+        for m in ty.members.iter().filter(|m| m.name == 0) {
+            let inner = self.resolve(m.type_id)?;
+            if matches!(inner.kind, KIND_STRUCT | KIND_UNION)
+                && let Some(found) = self.find_member(inner, name, depth + 1)
+            {
+                return Some(Member {
+                    bit_offset: m.bit_offset + found.bit_offset,
+                    ..found
+                });
+            }
+        }
+        None
+    }
+
+    /// Locates a member path such as `__sk_common.skc_family` inside `struct strukt`.
+    pub fn field(&self, strukt: &str, path: &str) -> Result<FieldLocation, BtfError> {
+        let id = *self
+            .structs_by_name
+            .get(strukt)
+            .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+        let mut ty = self.ty(id).ok_or(BtfError::Malformed("dangling type id"))?;
+        let mut bit_offset = 0;
+        let mut bits = 0;
+        for (i, part) in path.split('.').enumerate() {
+            let member = self
+                .find_member(ty, part, 0)
+                .ok_or_else(|| BtfError::NoMember {
+                    strukt: strukt.to_owned(),
+                    member: path.split('.').take(i + 1).collect::<Vec<_>>().join("."),
+                })?;
+            bit_offset += member.bit_offset;
+            bits = if member.bitfield_size != 0 {
+                member.bitfield_size
+            } else {
+                self.type_bits(member.type_id)
+            };
+            if let Some(next) = self.resolve(member.type_id) {
+                ty = next;
+            }
+        }
+        Ok(FieldLocation { bit_offset, bits })
+    }
+
+    /// Resolves every `struct sock` field the eBPF program reads.
+    pub fn sock_offsets(&self) -> Result<SockOffsets, BtfError> {
+        let byte = |path: &str| self.field("sock", path).map(|f| f.byte_offset());
+        // Kernels built without IPv6 have no skc_v6_* members; the program then reads IPv4 only.
+        let optional = |path: &str| match self.field("sock", path) {
+            Ok(f) => Ok(f.byte_offset()),
+            Err(BtfError::NoMember { .. }) => Ok(SockOffsets::ABSENT),
+            Err(e) => Err(e),
+        };
+        // sk_protocol: a u16 since Linux 5.6, an 8-bit bitfield in a u32 word before.
+        let protocol = self.field("sock", "sk_protocol")?;
+        let protocol_word = (protocol.bit_offset / 32) * 4;
+        let protocol_shift = protocol.bit_offset - protocol_word * 8;
+        let protocol_bits = protocol.bits.clamp(1, 16);
+        if protocol_shift + protocol_bits > 32 {
+            return Err(BtfError::Malformed("sk_protocol straddles a 32-bit word"));
+        }
+        Ok(SockOffsets {
+            family: byte("__sk_common.skc_family")?,
+            num: byte("__sk_common.skc_num")?,
+            dport: byte("__sk_common.skc_dport")?,
+            rcv_saddr: byte("__sk_common.skc_rcv_saddr")?,
+            daddr: byte("__sk_common.skc_daddr")?,
+            v6_rcv_saddr: optional("__sk_common.skc_v6_rcv_saddr")?,
+            v6_daddr: optional("__sk_common.skc_v6_daddr")?,
+            protocol_word,
+            protocol_shift,
+            protocol_mask: (1u32 << protocol_bits) - 1,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a BTF blob from raw type records and a string table.
+    struct Builder {
+        types: Vec<u8>,
+        strings: Vec<u8>,
+    }
+
+    impl Builder {
+        fn new() -> Self {
+            Self {
+                types: Vec::new(),
+                strings: vec![0],
+            }
+        }
+
+        fn s(&mut self, name: &str) -> u32 {
+            if name.is_empty() {
+                return 0;
+            }
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(name.as_bytes());
+            self.strings.push(0);
+            off
+        }
+
+        fn push(&mut self, words: &[u32]) {
+            for w in words {
+                self.types.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+
+        fn int(&mut self, name: &str, bytes: u32) {
+            let n = self.s(name);
+            self.push(&[n, KIND_INT << 24, bytes, bytes * 8]);
+        }
+
+        /// members: (name, type id, bit offset, bitfield size)
+        fn strukt(&mut self, kind: u32, name: &str, size: u32, members: &[(&str, u32, u32, u32)]) {
+            let n = self.s(name);
+            let kind_flag = members.iter().any(|m| m.3 != 0) as u32;
+            self.push(&[
+                n,
+                (kind_flag << 31) | (kind << 24) | members.len() as u32,
+                size,
+            ]);
+            for &(mname, ty, off, bits) in members {
+                let mn = self.s(mname);
+                self.push(&[mn, ty, (bits << 24) | off]);
+            }
+        }
+
+        fn build(self) -> Vec<u8> {
+            let mut out = Vec::new();
+            out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+            out.extend_from_slice(&[1, 0]);
+            for w in [24u32, 0, self.types.len() as u32, self.types.len() as u32] {
+                out.extend_from_slice(&w.to_le_bytes());
+            }
+            out.extend_from_slice(&(self.strings.len() as u32).to_le_bytes());
+            out.extend_from_slice(&self.types);
+            out.extend_from_slice(&self.strings);
+            out
+        }
+    }
+
+    /// A miniature `struct sock` shaped like the kernel's: anonymous unions, nested structs and
+    /// (optionally) the pre-5.6 `sk_protocol` bitfield.
+    fn mini_sock(protocol_bitfield: bool, ipv6: bool) -> Vec<u8> {
+        let mut b = Builder::new();
+        b.int("u16", 2); // 1
+        b.int("u32", 4); // 2
+        // 3: anonymous struct { skc_daddr; skc_rcv_saddr; }
+        b.strukt(
+            KIND_STRUCT,
+            "",
+            8,
+            &[("skc_daddr", 2, 0, 0), ("skc_rcv_saddr", 2, 32, 0)],
+        );
+        // 4: anonymous union { u64-ish skc_addrpair; struct 3 }
+        b.strukt(
+            KIND_UNION,
+            "",
+            8,
+            &[("skc_addrpair", 2, 0, 0), ("", 3, 0, 0)],
+        );
+        // 5: anonymous struct { skc_dport; skc_num; }
+        b.strukt(
+            KIND_STRUCT,
+            "",
+            4,
+            &[("skc_dport", 1, 0, 0), ("skc_num", 1, 16, 0)],
+        );
+        // 6: anonymous union { skc_portpair; struct 5 }
+        b.strukt(
+            KIND_UNION,
+            "",
+            4,
+            &[("skc_portpair", 2, 0, 0), ("", 5, 0, 0)],
+        );
+        // 7: struct in6_addr (16 bytes)
+        b.strukt(KIND_STRUCT, "in6_addr", 16, &[("s6_addr32", 2, 0, 0)]);
+        // 8: struct sock_common
+        let mut common = vec![("", 4, 0, 0), ("", 6, 96, 0), ("skc_family", 1, 128, 0)];
+        if ipv6 {
+            common.push(("skc_v6_daddr", 7, 448, 0));
+            common.push(("skc_v6_rcv_saddr", 7, 576, 0));
+        }
+        b.strukt(KIND_STRUCT, "sock_common", 88, &common);
+        // 9: typedef to check resolution through typedefs
+        let n = b.s("sock_common_t");
+        b.push(&[n, KIND_TYPEDEF << 24, 8]);
+        // 10: struct sock
+        if protocol_bitfield {
+            b.strukt(
+                KIND_STRUCT,
+                "sock",
+                800,
+                &[
+                    ("__sk_common", 9, 0, 0),
+                    ("sk_userlocks", 2, 0x200 * 8 + 4, 4),
+                    ("sk_protocol", 2, 0x200 * 8 + 8, 8),
+                ],
+            );
+        } else {
+            b.strukt(
+                KIND_STRUCT,
+                "sock",
+                800,
+                &[("__sk_common", 9, 0, 0), ("sk_protocol", 1, 0x20c * 8, 0)],
+            );
+        }
+        b.build()
+    }
+
+    #[test]
+    fn resolves_sock_fields_through_anonymous_members_and_typedefs() {
+        let btf = Btf::parse(&mini_sock(false, true)).unwrap();
+        let off = btf.sock_offsets().unwrap();
+        assert_eq!(
+            off,
+            SockOffsets {
+                family: 16,
+                num: 14,
+                dport: 12,
+                rcv_saddr: 4,
+                daddr: 0,
+                v6_rcv_saddr: 72,
+                v6_daddr: 56,
+                protocol_word: 0x20c,
+                protocol_shift: 0,
+                protocol_mask: 0xffff,
+            }
+        );
+    }
+
+    #[test]
+    fn handles_pre_5_6_protocol_bitfield() {
+        let btf = Btf::parse(&mini_sock(true, true)).unwrap();
+        let off = btf.sock_offsets().unwrap();
+        assert_eq!(off.protocol_word, 0x200);
+        assert_eq!(off.protocol_shift, 8);
+        assert_eq!(off.protocol_mask, 0xff);
+    }
+
+    #[test]
+    fn kernel_without_ipv6_marks_v6_fields_absent() {
+        let btf = Btf::parse(&mini_sock(false, false)).unwrap();
+        let off = btf.sock_offsets().unwrap();
+        assert_eq!(off.v6_daddr, SockOffsets::ABSENT);
+        assert_eq!(off.v6_rcv_saddr, SockOffsets::ABSENT);
+        assert_eq!(off.family, 16);
+    }
+
+    #[test]
+    fn missing_member_names_the_path() {
+        let btf = Btf::parse(&mini_sock(false, true)).unwrap();
+        assert_eq!(
+            btf.field("sock", "__sk_common.skc_nope"),
+            Err(BtfError::NoMember {
+                strukt: "sock".into(),
+                member: "__sk_common.skc_nope".into()
+            })
+        );
+        assert_eq!(
+            btf.field("socket", "x"),
+            Err(BtfError::NoStruct("socket".into()))
+        );
+    }
+
+    #[test]
+    fn rejects_garbage_and_truncation() {
+        assert!(Btf::parse(&[1, 2, 3]).is_err());
+        let mut blob = mini_sock(false, true);
+        assert!(Btf::parse(&blob[..30]).is_err());
+        blob[0] = 0;
+        assert!(Btf::parse(&blob).is_err());
+    }
+
+    #[test]
+    fn parses_the_running_kernels_btf() {
+        // tcptrace requires a BTF kernel, so its tests do too.
+        let data = std::fs::read(VMLINUX_BTF).expect("this kernel exposes BTF");
+        let btf = Btf::parse(&data).unwrap();
+        let off = btf.sock_offsets().unwrap();
+        // skc_daddr opens struct sock_common on every kernel since 2.6.
+        assert_eq!(off.daddr, 0);
+        assert_eq!(off.rcv_saddr, 4);
+        assert!(off.family > off.num);
+    }
+}

@@ -1,0 +1,262 @@
+//! Command-line interface.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tcptrace_common::{DEFAULT_MAX_SOCKETS, DEFAULT_RING_BYTES};
+
+use crate::filter::{Cidr, Filter};
+use crate::state::TcpState;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tcptrace",
+    version,
+    about = "Live TCP state transitions from the kernel, with the time spent in each state",
+    long_about = "tcptrace hooks the kernel's sock:inet_sock_set_state tracepoint with eBPF and \
+shows every TCP state transition on this host as it happens: which socket moved from which \
+state to which, and how long it spent in the state it left (measured in the kernel).\n\n\
+Needs Linux with BTF (/sys/kernel/btf/vmlinux) and root, or CAP_BPF + CAP_PERFMON.",
+    after_help = "Examples:\n  \
+sudo tcptrace tail                         every transition, as a table\n  \
+sudo tcptrace tail --port 443              connections with 443 at either end\n  \
+sudo tcptrace tail --state close_wait      sockets entering or leaving CLOSE_WAIT\n  \
+sudo tcptrace tail -o json --count 100     100 JSON lines, then exit"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print every TCP state transition as it happens.
+    #[command(
+        long_about = "Print one line per TCP state transition as it happens.\n\n\
+Columns: TIME (local time of the transition), PID and COMM (the task that was on the CPU: for \
+handshakes and peer-triggered closes, which run in softirq, this is often an unrelated task or \
+'-'), LOCAL and REMOTE (address:port of this socket and of its peer), OLD -> NEW (the \
+transition), IN_OLD_MS (milliseconds the socket spent in OLD, '-' when tcptrace first saw the \
+socket at this transition and cannot know).\n\n\
+The kernel never reports TIME_WAIT here: an active close shows as FIN_WAIT2 -> CLOSE (or \
+CLOSING -> CLOSE) when the socket is handed over to a timewait socket.",
+        after_help = "Examples:\n  \
+tcptrace tail --lport 8080                 the server side of port 8080\n  \
+tcptrace tail --addr 10.0.0.0/8 -4         IPv4 peers or local addresses in 10/8\n  \
+tcptrace tail --state syn_sent --state close    connects and their failures\n  \
+tcptrace tail -o json | jq .               one JSON object per line\n  \
+tcptrace tail --duration 10                stop after 10 seconds"
+    )]
+    Tail(TailArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for a terminal.
+    Table,
+    /// One JSON object per line (keys documented in the README).
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// Do not print the table header.
+    #[arg(long)]
+    pub no_header: bool,
+
+    /// Stop after this many seconds (fractions allowed).
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+
+    /// Stop after printing this many transitions.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+/// Filters shared by every command that reads transitions.
+#[derive(Debug, Args, Default)]
+pub struct FilterArgs {
+    /// Keep connections with this port at either end (repeatable).
+    #[arg(long = "port", value_name = "PORT", help_heading = "Filters")]
+    pub ports: Vec<u16>,
+
+    /// Keep connections with this local port (repeatable).
+    #[arg(long = "lport", value_name = "PORT", help_heading = "Filters")]
+    pub lports: Vec<u16>,
+
+    /// Keep connections with this remote port (repeatable).
+    #[arg(long = "rport", value_name = "PORT", help_heading = "Filters")]
+    pub rports: Vec<u16>,
+
+    /// Keep connections with an address (either end) in this block, e.g. 10.0.0.0/8 or ::1
+    /// (repeatable).
+    #[arg(long = "addr", value_name = "CIDR", help_heading = "Filters")]
+    pub addrs: Vec<Cidr>,
+
+    /// IPv4 sockets only.
+    #[arg(
+        short = '4',
+        long = "ipv4",
+        help_heading = "Filters",
+        conflicts_with = "ipv6"
+    )]
+    pub ipv4: bool,
+
+    /// IPv6 sockets only (v4-mapped addresses on dual-stack sockets count as IPv6).
+    #[arg(short = '6', long = "ipv6", help_heading = "Filters")]
+    pub ipv6: bool,
+
+    /// Keep transitions that leave or enter this state, e.g. syn_sent, close_wait (repeatable,
+    /// or comma-separated).
+    #[arg(
+        long = "state",
+        value_name = "STATE",
+        value_delimiter = ',',
+        help_heading = "Filters"
+    )]
+    pub states: Vec<TcpState>,
+}
+
+impl FilterArgs {
+    pub fn to_filter(&self) -> Filter {
+        Filter {
+            ports: self.ports.clone(),
+            lports: self.lports.clone(),
+            rports: self.rports.clone(),
+            addrs: self.addrs.clone(),
+            ipv4_only: self.ipv4,
+            ipv6_only: self.ipv6,
+            states: self.states.clone(),
+        }
+    }
+}
+
+/// Kernel-side sizes.
+#[derive(Debug, Args)]
+pub struct KernelArgs {
+    /// Ring buffer size in bytes between kernel and agent: a power of two, at least 4096.
+    /// Larger rides out longer bursts before events are lost (counted as ring_full).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_bytes, help_heading = "Kernel")]
+    pub ring_bytes: u32,
+
+    /// Sockets whose state-entry time the kernel remembers (LRU). Beyond this, the coldest
+    /// socket is forgotten and its next transition shows an unknown time in state.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SOCKETS, value_parser = clap::value_parser!(u32).range(1024..), help_heading = "Kernel")]
+    pub max_sockets: u32,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!("`{s}` must be a positive number of seconds"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a byte count"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!(
+            "{n} is not a power of two of at least 4096 (the kernel requires a power-of-two multiple of the page size)"
+        ));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    fn tail(args: &[&str]) -> Result<TailArgs, clap::Error> {
+        let mut argv = vec!["tcptrace", "tail"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Tail(t) => t,
+        })
+    }
+
+    #[test]
+    fn defaults() {
+        let t = tail(&[]).unwrap();
+        assert_eq!(t.output, OutputFormat::Table);
+        assert_eq!(t.kernel.ring_bytes, DEFAULT_RING_BYTES);
+        assert_eq!(t.kernel.max_sockets, DEFAULT_MAX_SOCKETS);
+        assert_eq!(t.filter.to_filter(), Filter::default());
+        assert!(t.duration.is_none() && t.count.is_none());
+    }
+
+    #[test]
+    fn filters_parse() {
+        let t = tail(&[
+            "--port",
+            "80",
+            "--port",
+            "443",
+            "--lport",
+            "8080",
+            "--rport",
+            "5432",
+            "--addr",
+            "10.0.0.0/8",
+            "-6",
+            "--state",
+            "syn_sent,CLOSE",
+            "--state",
+            "listen",
+            "-o",
+            "json",
+            "--duration",
+            "1.5",
+            "--count",
+            "3",
+        ])
+        .unwrap();
+        let f = t.filter.to_filter();
+        assert_eq!(f.ports, [80, 443]);
+        assert_eq!(f.lports, [8080]);
+        assert_eq!(f.rports, [5432]);
+        assert_eq!(f.addrs.len(), 1);
+        assert!(f.ipv6_only && !f.ipv4_only);
+        assert_eq!(
+            f.states,
+            [TcpState::SynSent, TcpState::Close, TcpState::Listen]
+        );
+        assert_eq!(t.output, OutputFormat::Json);
+        assert_eq!(t.duration, Some(std::time::Duration::from_millis(1500)));
+        assert_eq!(t.count, Some(3));
+    }
+
+    #[test]
+    fn bad_flags_are_rejected_with_a_reason() {
+        for (args, needle) in [
+            (&["--port", "70000"][..], "70000"),
+            (&["--state", "bogus"][..], "SYN_SENT"),
+            (&["--addr", "10.0.0.0/40"][..], "CIDR"),
+            (&["--duration", "-1"][..], "positive"),
+            (&["--count", "0"][..], "0"),
+            (&["--ring-bytes", "5000"][..], "power of two"),
+            (&["-4", "-6"][..], "cannot be used"),
+        ] {
+            let err = tail(args).unwrap_err().to_string();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+}

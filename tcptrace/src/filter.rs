@@ -1,0 +1,266 @@
+//! Which transitions to keep. State, family and port filters are compiled into the kernel
+//! program's configuration (dropped events never cross the ring buffer); address filters run in
+//! the agent.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use tcptrace_common::{FAMILY_MASK_V4, FAMILY_MASK_V6, PortSet, port_filter};
+
+use crate::event::{Family, Transition};
+use crate::state::TcpState;
+
+/// An address block such as `10.0.0.0/8` or `fd00::/8`; a bare address is a single host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid address or CIDR `{0}` (examples: 10.0.0.0/8, 127.0.0.1, ::1, fd00::/8)")]
+pub struct BadCidr(String);
+
+impl FromStr for Cidr {
+    type Err = BadCidr;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadCidr(s.to_owned());
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        fn masked(bits: u128, prefix: u8, width: u8) -> u128 {
+            if prefix == 0 {
+                0
+            } else {
+                bits >> (width - prefix)
+            }
+        }
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                masked(u32::from(net).into(), self.prefix, 32)
+                    == masked(u32::from(ip).into(), self.prefix, 32)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                masked(u128::from(net), self.prefix, 128)
+                    == masked(u128::from(ip), self.prefix, 128)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Everything the user asked to keep. Empty lists mean "no restriction".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Either end's port is one of these.
+    pub ports: Vec<u16>,
+    pub lports: Vec<u16>,
+    pub rports: Vec<u16>,
+    /// Either end's address is in one of these blocks.
+    pub addrs: Vec<Cidr>,
+    pub ipv4_only: bool,
+    pub ipv6_only: bool,
+    /// The transition leaves or enters one of these states.
+    pub states: Vec<TcpState>,
+}
+
+/// The kernel-side part of a [`Filter`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KernelFilter {
+    pub state_mask: u32,
+    pub family_mask: u32,
+    pub port_filters: u32,
+    /// `(index into PORT_FILTER, bitmap)` for each active port filter.
+    pub port_sets: Vec<(u32, Box<PortSet>)>,
+}
+
+impl Filter {
+    pub fn kernel(&self) -> KernelFilter {
+        let state_mask = self.states.iter().fold(0u32, |m, s| m | (1 << s.number()));
+        let family_mask = match (self.ipv4_only, self.ipv6_only) {
+            (true, false) => FAMILY_MASK_V4,
+            (false, true) => FAMILY_MASK_V6,
+            _ => 0,
+        };
+        let mut port_filters = 0;
+        let mut port_sets = Vec::new();
+        for (index, ports) in [
+            (port_filter::ANY, &self.ports),
+            (port_filter::LOCAL, &self.lports),
+            (port_filter::REMOTE, &self.rports),
+        ] {
+            if ports.is_empty() {
+                continue;
+            }
+            let mut set = Box::new(PortSet::EMPTY);
+            for &p in ports {
+                set.insert(p);
+            }
+            port_filters |= 1 << index;
+            port_sets.push((index, set));
+        }
+        KernelFilter {
+            state_mask,
+            family_mask,
+            port_filters,
+            port_sets,
+        }
+    }
+
+    /// True when some part of the filter can only be applied in the agent.
+    pub fn has_agent_part(&self) -> bool {
+        !self.addrs.is_empty()
+    }
+
+    /// The whole filter, as the kernel and agent apply it together.
+    pub fn matches(&self, t: &Transition) -> bool {
+        let any = |list: &[u16], p: u16| list.is_empty() || list.contains(&p);
+        (self.states.is_empty() || self.states.contains(&t.old) || self.states.contains(&t.new))
+            && match (self.ipv4_only, self.ipv6_only) {
+                (true, false) => t.family == Family::Ipv4,
+                (false, true) => t.family == Family::Ipv6,
+                _ => true,
+            }
+            && (self.ports.is_empty()
+                || self.ports.contains(&t.sport)
+                || self.ports.contains(&t.dport))
+            && any(&self.lports, t.sport)
+            && any(&self.rports, t.dport)
+            && (self.addrs.is_empty()
+                || self
+                    .addrs
+                    .iter()
+                    .any(|c| c.contains(t.saddr) || c.contains(t.daddr)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::tests::raw_v4;
+
+    fn t() -> Transition {
+        // 127.0.0.1:45678 -> 10.1.2.3:8080, SYN_SENT -> ESTABLISHED, ipv4
+        Transition::from_raw(&raw_v4()).unwrap()
+    }
+
+    #[test]
+    fn cidr_parsing_and_matching() {
+        let net: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(net.contains("10.255.0.1".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        assert!(!net.contains("::1".parse().unwrap()));
+        let host: Cidr = "127.0.0.1".parse().unwrap();
+        assert_eq!(host.to_string(), "127.0.0.1/32");
+        assert!(host.contains("127.0.0.1".parse().unwrap()));
+        assert!(!host.contains("127.0.0.2".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("192.0.2.1".parse().unwrap()));
+        let v6: Cidr = "[fd00::]/8".parse().unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("fe80::1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "::/129", "nope", "10.0.0.0/x", ""] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn empty_filter_keeps_everything_and_needs_no_kernel_work() {
+        let f = Filter::default();
+        assert!(f.matches(&t()));
+        assert_eq!(f.kernel(), KernelFilter::default());
+        assert!(!f.has_agent_part());
+    }
+
+    #[test]
+    fn port_filters() {
+        let either = Filter {
+            ports: vec![8080],
+            ..Default::default()
+        };
+        assert!(either.matches(&t()));
+        let local = Filter {
+            lports: vec![8080],
+            ..Default::default()
+        };
+        assert!(!local.matches(&t()));
+        let remote = Filter {
+            rports: vec![8080, 9],
+            ..Default::default()
+        };
+        assert!(remote.matches(&t()));
+        let k = remote.kernel();
+        assert_eq!(k.port_filters, 1 << port_filter::REMOTE);
+        let (index, set) = &k.port_sets[0];
+        assert_eq!(*index, port_filter::REMOTE);
+        assert!(set.contains(8080) && set.contains(9) && !set.contains(8081));
+    }
+
+    #[test]
+    fn state_and_family_filters() {
+        let syn = Filter {
+            states: vec!["syn_sent".parse().unwrap()],
+            ..Default::default()
+        };
+        assert!(syn.matches(&t()));
+        assert_eq!(syn.kernel().state_mask, 1 << 2);
+        let listen = Filter {
+            states: vec![TcpState::Listen],
+            ..Default::default()
+        };
+        assert!(!listen.matches(&t()));
+        let v6 = Filter {
+            ipv6_only: true,
+            ..Default::default()
+        };
+        assert!(!v6.matches(&t()));
+        assert_eq!(v6.kernel().family_mask, FAMILY_MASK_V6);
+        let both = Filter {
+            ipv4_only: true,
+            ipv6_only: true,
+            ..Default::default()
+        };
+        assert!(both.matches(&t()));
+        assert_eq!(both.kernel().family_mask, 0);
+    }
+
+    #[test]
+    fn address_filter_is_agent_side_and_checks_either_end() {
+        let f = Filter {
+            addrs: vec!["10.1.0.0/16".parse().unwrap()],
+            ..Default::default()
+        };
+        assert!(f.has_agent_part());
+        assert!(f.matches(&t()));
+        let f = Filter {
+            addrs: vec!["192.168.0.0/16".parse().unwrap()],
+            ..Default::default()
+        };
+        assert!(!f.matches(&t()));
+    }
+}

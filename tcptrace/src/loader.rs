@@ -1,0 +1,310 @@
+//! Loading and attaching the eBPF program, with errors a user can act on.
+
+use std::io;
+use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
+use std::path::PathBuf;
+
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::programs::{BtfTracePoint, ProgramError};
+use aya::{Ebpf, EbpfLoader};
+use tcptrace_common::{
+    CONFIG_GLOBAL, COUNTERS_MAP, Config, EVENTS_MAP, PORT_FILTER_MAP, PROGRAM_NAME, PortSet,
+    SOCKETS_MAP, TRACEPOINT, counter,
+};
+
+use crate::btf::{self, BtfError};
+use crate::filter::KernelFilter;
+
+/// The compiled eBPF object, built by `build.rs` from the `tcptrace-ebpf` crate.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "permission denied: tcptrace needs root, or the CAP_BPF and CAP_PERFMON capabilities (run it with sudo)"
+    )]
+    NotPermitted,
+    #[error(
+        "this kernel exposes no BTF ({path} is missing): tcptrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    NoBtf { path: &'static str },
+    #[error("cannot read the kernel's BTF at {path}: {source}")]
+    ReadBtf {
+        path: &'static str,
+        source: io::Error,
+    },
+    #[error("cannot find the layout of struct sock in the kernel's BTF: {0}")]
+    SockLayout(#[from] BtfError),
+    #[error(
+        "this kernel has no BTF tracepoint sock:{TRACEPOINT} (needs Linux 5.5 or newer with BTF): {0}"
+    )]
+    TracepointMissing(String),
+    #[error(
+        "the kernel verifier rejected program {PROGRAM_NAME} ({source}); verifier log written to {}",
+        log.display()
+    )]
+    Verifier { source: io::Error, log: PathBuf },
+    #[error("cannot {what}: {source}")]
+    Aya {
+        what: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn aya_err(
+    what: &'static str,
+) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> LoadError {
+    move |source| LoadError::Aya { what, source }
+}
+
+/// Sizes chosen by the user; see `--ring-bytes` and `--max-sockets`.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    pub ring_bytes: u32,
+    pub max_sockets: u32,
+}
+
+/// The loaded, attached program and the maps the agent reads.
+pub struct Tracer {
+    /// Owns the program and its link; dropping it detaches everything.
+    _ebpf: Ebpf,
+    ring: Option<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    prog_fd: RawFd,
+}
+
+/// Kernel-side loss and filter counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub ring_full: u64,
+    pub filtered: u64,
+    pub read_failed: u64,
+    /// Runs the kernel skipped because the program was already running on that CPU
+    /// (`prog->aux->recursion_misses`, from the program's fdinfo).
+    pub recursion_misses: u64,
+}
+
+/// Effective capabilities of this process (`CapEff` in /proc/self/status).
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+    u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
+}
+
+const CAP_SYS_ADMIN: u64 = 21;
+const CAP_PERFMON: u64 = 38;
+const CAP_BPF: u64 = 39;
+
+fn may_trace() -> bool {
+    match effective_caps() {
+        Some(caps) => {
+            let has = |c: u64| caps & (1 << c) != 0;
+            has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+        }
+        // Cannot tell: let the kernel decide and map EPERM afterwards.
+        None => true,
+    }
+}
+
+fn is_eperm(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it where that is allowed.
+fn raise_memlock_rlimit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to a properly initialised rlimit.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+fn write_verifier_log(log: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("tcptrace-verifier-{}.log", std::process::id()));
+    match std::fs::write(&path, log) {
+        Ok(()) => path,
+        Err(e) => PathBuf::from(format!("nowhere ({}: {e})", path.display())),
+    }
+}
+
+impl Tracer {
+    /// Resolves socket offsets from BTF, loads the program with `filter` and `sizes`, and
+    /// attaches it to `tp_btf/inet_sock_set_state`.
+    pub fn load(filter: &KernelFilter, sizes: Sizes) -> Result<Self, LoadError> {
+        if !may_trace() {
+            return Err(LoadError::NotPermitted);
+        }
+        let btf_bytes = std::fs::read(btf::VMLINUX_BTF).map_err(|source| {
+            if source.kind() == io::ErrorKind::NotFound {
+                LoadError::NoBtf {
+                    path: btf::VMLINUX_BTF,
+                }
+            } else {
+                LoadError::ReadBtf {
+                    path: btf::VMLINUX_BTF,
+                    source,
+                }
+            }
+        })?;
+        let offsets = btf::Btf::parse(&btf_bytes)?.sock_offsets()?;
+        let kernel_btf = aya::Btf::parse(&btf_bytes, aya::Endianness::default())
+            .map_err(|e| aya_err("parse kernel BTF")(e.into()))?;
+        drop(btf_bytes);
+
+        raise_memlock_rlimit();
+        let config = Config {
+            offsets,
+            state_mask: filter.state_mask,
+            family_mask: filter.family_mask,
+            port_filters: filter.port_filters,
+            _pad: 0,
+        };
+        let mut ebpf =
+            EbpfLoader::new()
+                .btf(Some(&kernel_btf))
+                .override_global(CONFIG_GLOBAL, &config, true)
+                .map_max_entries(EVENTS_MAP, sizes.ring_bytes)
+                .map_max_entries(SOCKETS_MAP, sizes.max_sockets)
+                .load(EBPF_OBJECT)
+                .map_err(|e| match e {
+                    aya::EbpfError::MapError(aya::maps::MapError::CreateError {
+                        io_error, ..
+                    }) if is_eperm(&io_error) => LoadError::NotPermitted,
+                    e => aya_err("load the eBPF object")(e.into()),
+                })?;
+
+        if filter.port_filters != 0 {
+            let mut ports: Array<_, PortSet> = ebpf
+                .map_mut(PORT_FILTER_MAP)
+                .ok_or_else(|| aya_err("find map")(PORT_FILTER_MAP.into()))?
+                .try_into()
+                .map_err(|e: aya::maps::MapError| aya_err("open the port filter map")(e.into()))?;
+            for (index, set) in &filter.port_sets {
+                ports
+                    .set(*index, set.as_ref(), 0)
+                    .map_err(|e| aya_err("write the port filter map")(e.into()))?;
+            }
+        }
+
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or_else(|| aya_err("find program")(PROGRAM_NAME.into()))?
+            .try_into()
+            .map_err(|e: ProgramError| aya_err("open the program")(e.into()))?;
+        program.load(TRACEPOINT, &kernel_btf).map_err(|e| match e {
+            ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            } => {
+                if is_eperm(&io_error) && verifier_log.to_string().trim().is_empty() {
+                    LoadError::NotPermitted
+                } else {
+                    LoadError::Verifier {
+                        source: io_error,
+                        log: write_verifier_log(&verifier_log.to_string()),
+                    }
+                }
+            }
+            ProgramError::Btf(e) => LoadError::TracepointMissing(e.to_string()),
+            e => aya_err("load the program")(e.into()),
+        })?;
+        program.attach().map_err(|e| match e {
+            ProgramError::SyscallError(ref s) if is_eperm(&s.io_error) => LoadError::NotPermitted,
+            e => aya_err("attach to tp_btf/inet_sock_set_state")(e.into()),
+        })?;
+        let prog_fd = program
+            .fd()
+            .map_err(|e| aya_err("get the program fd")(e.into()))?
+            .as_fd()
+            .as_raw_fd();
+
+        let ring = RingBuf::try_from(
+            ebpf.take_map(EVENTS_MAP)
+                .ok_or_else(|| aya_err("find map")(EVENTS_MAP.into()))?,
+        )
+        .map_err(|e| aya_err("open the ring buffer")(e.into()))?;
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map(COUNTERS_MAP)
+                .ok_or_else(|| aya_err("find map")(COUNTERS_MAP.into()))?,
+        )
+        .map_err(|e| aya_err("open the counters map")(e.into()))?;
+
+        Ok(Self {
+            _ebpf: ebpf,
+            ring: Some(ring),
+            counters,
+            prog_fd,
+        })
+    }
+
+    /// Hands the ring buffer to the reader (once).
+    pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.ring.take()
+    }
+
+    pub fn counters(&self) -> KernelCounters {
+        let sum = |index: u32| -> u64 {
+            self.counters
+                .get(&index, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        KernelCounters {
+            ring_full: sum(counter::RING_FULL),
+            filtered: sum(counter::FILTERED),
+            read_failed: sum(counter::READ_FAILED),
+            recursion_misses: recursion_misses(self.prog_fd).unwrap_or(0),
+        }
+    }
+}
+
+/// Reads `recursion_misses` from the program's fdinfo (printed by `bpf_prog_show_fdinfo()`
+/// since Linux 5.12; absent before, where this returns `None`).
+fn recursion_misses(fd: RawFd) -> Option<u64> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    parse_fdinfo_field(&info, "recursion_misses")
+}
+
+fn parse_fdinfo_field(info: &str, key: &str) -> Option<u64> {
+    info.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_parsing() {
+        let info = "pos:\t0\nflags:\t02000002\nprog_type:\t26\nrun_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t17\nverified_insns:\t120\n";
+        assert_eq!(parse_fdinfo_field(info, "recursion_misses"), Some(17));
+        assert_eq!(parse_fdinfo_field(info, "run_cnt"), Some(0));
+        assert_eq!(parse_fdinfo_field(info, "nope"), None);
+    }
+
+    #[test]
+    fn errors_are_one_actionable_line() {
+        let errs = [
+            LoadError::NotPermitted.to_string(),
+            LoadError::NoBtf {
+                path: btf::VMLINUX_BTF,
+            }
+            .to_string(),
+            LoadError::TracepointMissing("unknown BTF type".into()).to_string(),
+            LoadError::Verifier {
+                source: io::Error::from_raw_os_error(libc::EINVAL),
+                log: "/tmp/x.log".into(),
+            }
+            .to_string(),
+        ];
+        for e in &errs {
+            assert!(!e.contains('\n'), "{e}");
+        }
+        assert!(errs[0].contains("sudo"));
+        assert!(errs[1].contains("CONFIG_DEBUG_INFO_BTF"));
+        assert!(errs[3].contains("/tmp/x.log"));
+    }
+}

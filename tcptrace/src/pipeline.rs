@@ -1,0 +1,242 @@
+//! From ring-buffer records to sinks: decode, apply the agent-side filter, fan out.
+//!
+//! The reader is a tokio task woken by the ring buffer's epoll readiness; each wake-up drains
+//! every available record, then tells the sinks the batch ended (where they flush output).
+
+use std::future::Future;
+use std::io;
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+
+use crate::event::Transition;
+use crate::filter::Filter;
+
+/// Whether the pipeline should keep going after a sink call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// The sink has seen all it wants (e.g. `--count` reached).
+    Stop,
+}
+
+/// A consumer of decoded transitions (terminal output, metrics, diagnosis, ...).
+pub trait Sink {
+    fn transition(&mut self, t: &Transition) -> io::Result<Flow>;
+
+    /// Called after each batch of records read in one wake-up.
+    fn batch_end(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the agent itself counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Records read from the ring buffer.
+    pub received: u64,
+    /// Records that could not be decoded (counted, never fatal).
+    pub decode_errors: u64,
+    /// Decoded transitions dropped by the agent-side filter.
+    pub filtered: u64,
+    /// Transitions handed to the sinks.
+    pub delivered: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The stop future completed (signal, duration).
+    Requested,
+    /// A sink asked to stop.
+    SinkDone,
+    /// Writing output failed because the reader went away (closed pipe).
+    OutputClosed,
+}
+
+pub struct Pipeline {
+    filter: Option<Filter>,
+    sinks: Vec<Box<dyn Sink>>,
+    pub stats: Stats,
+}
+
+impl Pipeline {
+    /// `filter` is applied in the agent only when it has parts the kernel cannot apply.
+    pub fn new(filter: &Filter) -> Self {
+        Self {
+            filter: filter.has_agent_part().then(|| filter.clone()),
+            sinks: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn subscribe(&mut self, sink: Box<dyn Sink>) {
+        self.sinks.push(sink);
+    }
+
+    /// Handles one raw record.
+    pub fn record(&mut self, bytes: &[u8]) -> io::Result<Flow> {
+        self.stats.received += 1;
+        let t = match Transition::decode(bytes) {
+            Ok(t) => t,
+            Err(_) => {
+                self.stats.decode_errors += 1;
+                return Ok(Flow::Continue);
+            }
+        };
+        if let Some(filter) = &self.filter
+            && !filter.matches(&t)
+        {
+            self.stats.filtered += 1;
+            return Ok(Flow::Continue);
+        }
+        self.stats.delivered += 1;
+        let mut flow = Flow::Continue;
+        for sink in &mut self.sinks {
+            if sink.transition(&t)? == Flow::Stop {
+                flow = Flow::Stop;
+            }
+        }
+        Ok(flow)
+    }
+
+    pub fn batch_end(&mut self) -> io::Result<()> {
+        for sink in &mut self.sinks {
+            sink.batch_end()?;
+        }
+        Ok(())
+    }
+
+    /// Drains every record currently in the ring.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<Flow> {
+        let mut flow = Flow::Continue;
+        while let Some(item) = ring.next() {
+            if self.record(&item)? == Flow::Stop {
+                flow = Flow::Stop;
+                break;
+            }
+        }
+        self.batch_end()?;
+        Ok(flow)
+    }
+
+    /// Reads the ring until `stop` completes, a sink is done, or output is closed. Records
+    /// already in the ring when `stop` fires are still delivered.
+    pub async fn run(
+        &mut self,
+        ring: RingBuf<MapData>,
+        stop: impl Future<Output = ()>,
+    ) -> io::Result<StopReason> {
+        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for as long as the
+        // AsyncFd (which owns the RingBuf) exists.
+        let mut ring =
+            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                .map_err(io::Error::from)?;
+        tokio::pin!(stop);
+        let result = loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard?;
+                    let flow = self.drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                    match flow {
+                        Ok(Flow::Continue) => {}
+                        Ok(Flow::Stop) => break Ok(StopReason::SinkDone),
+                        Err(e) => break Err(e),
+                    }
+                }
+                () = &mut stop => {
+                    break match self.drain(ring.get_mut()) {
+                        Ok(Flow::Stop) => Ok(StopReason::SinkDone),
+                        Ok(Flow::Continue) => Ok(StopReason::Requested),
+                        Err(e) => Err(e),
+                    };
+                }
+            }
+        };
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(StopReason::OutputClosed),
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::tests::raw_v4;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    struct Collect {
+        seen: Rc<RefCell<Vec<Transition>>>,
+        stop_after: usize,
+    }
+
+    impl Sink for Collect {
+        fn transition(&mut self, t: &Transition) -> io::Result<Flow> {
+            let mut seen = self.seen.borrow_mut();
+            seen.push(*t);
+            Ok(if seen.len() >= self.stop_after {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            })
+        }
+    }
+
+    fn bytes(raw: &tcptrace_common::RawTransition) -> Vec<u8> {
+        // SAFETY: RawTransition is plain old data with no padding.
+        unsafe {
+            std::slice::from_raw_parts(
+                (raw as *const tcptrace_common::RawTransition).cast::<u8>(),
+                tcptrace_common::RAW_TRANSITION_SIZE,
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_filters_counts_and_stops() {
+        let filter = Filter {
+            addrs: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Default::default()
+        };
+        let mut p = Pipeline::new(&filter);
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        p.subscribe(Box::new(Collect {
+            seen: seen.clone(),
+            stop_after: 2,
+        }));
+        let good = bytes(&raw_v4());
+        let mut other = raw_v4();
+        other.daddr[..4].copy_from_slice(&[192, 0, 2, 1]);
+        let other = bytes(&other);
+
+        assert_eq!(p.record(&good).unwrap(), Flow::Continue);
+        assert_eq!(p.record(&good[..10]).unwrap(), Flow::Continue);
+        assert_eq!(p.record(&other).unwrap(), Flow::Continue);
+        assert_eq!(p.record(&good).unwrap(), Flow::Stop);
+        assert_eq!(
+            p.stats,
+            Stats {
+                received: 4,
+                decode_errors: 1,
+                filtered: 1,
+                delivered: 2
+            }
+        );
+        assert_eq!(seen.borrow().len(), 2);
+    }
+
+    #[test]
+    fn kernel_only_filters_are_not_rechecked() {
+        let filter = Filter {
+            lports: vec![1],
+            ..Default::default()
+        };
+        let mut p = Pipeline::new(&filter);
+        p.record(&bytes(&raw_v4())).unwrap();
+        assert_eq!(p.stats.filtered, 0);
+        assert_eq!(p.stats.delivered, 1);
+    }
+}

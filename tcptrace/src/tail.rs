@@ -1,0 +1,122 @@
+//! `tcptrace tail`: one line per transition, on stdout.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use crate::cli::{OutputFormat, TailArgs};
+use crate::format::{self, WallClock};
+use crate::loader::{Sizes, Tracer};
+use crate::pipeline::{Flow, Pipeline, Sink, StopReason};
+use crate::shutdown_signal;
+
+/// Writes each transition as a table or JSON line.
+struct TailSink<W: Write> {
+    out: W,
+    format: OutputFormat,
+    clock: WallClock,
+    line: String,
+    shown: u64,
+    limit: Option<u64>,
+}
+
+impl<W: Write> Sink for TailSink<W> {
+    fn transition(&mut self, t: &crate::event::Transition) -> io::Result<Flow> {
+        match self.format {
+            OutputFormat::Table => format::table_line(&self.clock, t, &mut self.line),
+            OutputFormat::Json => format::json_line(&self.clock, t, &mut self.line),
+        }
+        self.line.push('\n');
+        self.out.write_all(self.line.as_bytes())?;
+        self.shown += 1;
+        if self.limit.is_some_and(|limit| self.shown >= limit) {
+            self.out.flush()?;
+            return Ok(Flow::Stop);
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Lines reach a pipe as soon as the batch they arrived in is written, never later.
+    fn batch_end(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
+    let filter = args.filter.to_filter();
+    let mut tracer = Tracer::load(
+        &filter.kernel(),
+        Sizes {
+            ring_bytes: args.kernel.ring_bytes,
+            max_sockets: args.kernel.max_sockets,
+        },
+    )?;
+    let ring = tracer
+        .take_ring()
+        .context("the ring buffer was already taken")?;
+
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    if args.output == OutputFormat::Table && !args.no_header {
+        let header = format::table_header();
+        if writeln!(out, "{header}")
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let sink = TailSink {
+        out,
+        format: args.output,
+        clock: WallClock::now(),
+        line: String::with_capacity(256),
+        shown: 0,
+        limit: args.count,
+    };
+    // The sink borrows stdout's lock; it lives in the pipeline until the run ends.
+    let mut pipeline = Pipeline::new(&filter);
+    pipeline.subscribe(Box::new(sink));
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let duration = args.duration;
+    let reason = runtime.block_on(async {
+        let stop = async {
+            match duration {
+                Some(d) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(d) => {}
+                        () = shutdown_signal() => {}
+                    }
+                }
+                None => shutdown_signal().await,
+            }
+        };
+        pipeline.run(ring, stop).await
+    });
+    let reason = match reason {
+        Ok(r) => r,
+        Err(e) => return Err(anyhow::Error::new(e).context("reading transitions failed")),
+    };
+
+    let stats = pipeline.stats;
+    drop(pipeline);
+    let kernel = tracer.counters();
+    if reason != StopReason::OutputClosed {
+        eprintln!(
+            "tcptrace: {} shown, {} filtered out ({} in kernel, {} in agent), {} lost (ring full), {} lost (recursion), {} unreadable",
+            stats.delivered,
+            kernel.filtered + stats.filtered,
+            kernel.filtered,
+            stats.filtered,
+            kernel.ring_full,
+            kernel.recursion_misses,
+            stats.decode_errors + kernel.read_failed,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,110 @@
+//! `cargo xtask`: tcptrace's chores.
+//!
+//! - `setup`: make a fresh machine able to build and test tcptrace (idempotent).
+//! - `run -- ARGS`: build the agent and run it with ARGS.
+//! - `test`: setup, formatting, clippy (host and eBPF), unit tests, root-only kernel tests.
+
+mod setup;
+mod test;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "tcptrace's build, setup and test chores"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing tcptrace needs: the nightly's rust-src, bpf-linker
+    /// built against the nightly's LLVM, tracefs, and the Debian packages the tests use.
+    Setup,
+    /// Build tcptrace (release) and run it, e.g. `cargo xtask run -- tail --port 443`.
+    Run {
+        /// Arguments for tcptrace.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, `cargo fmt --check`, clippy with -D warnings (host crates and the eBPF crate),
+    /// unit tests, then the integration tests against the real kernel (needs root).
+    Test(test::TestArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Setup => setup::run(),
+        Cmd::Run { args } => run(&args),
+        Cmd::Test(args) => test::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (this crate lives in `<root>/xtask`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Prints a command, runs it in the workspace root, and fails unless it succeeds.
+pub fn sh(cmd: &mut Command) -> anyhow::Result<()> {
+    if cmd.get_current_dir().is_none() {
+        cmd.current_dir(workspace_root());
+    }
+    println!("xtask: $ {}", display(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", display(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", display(cmd));
+    }
+    Ok(())
+}
+
+pub fn display(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&arg.to_string_lossy());
+    }
+    s
+}
+
+pub fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn run(args: &[String]) -> anyhow::Result<ExitCode> {
+    if !setup::is_ready() {
+        println!("xtask: the eBPF toolchain is incomplete; running setup first");
+        setup::run()?;
+    }
+    sh(cargo().args(["build", "--release", "--package", "tcptrace"]))?;
+    let bin = workspace_root().join("target/release/tcptrace");
+    let status = Command::new(&bin)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
+}

@@ -1,0 +1,95 @@
+//! `cargo xtask test`: the README's test command and what CI runs.
+
+use std::process::{Command, ExitCode};
+
+use anyhow::bail;
+use clap::Args;
+
+use crate::{cargo, sh, workspace_root};
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Skip `cargo xtask setup` (the toolchain is known to be ready).
+    #[arg(long)]
+    no_setup: bool,
+    /// Stop after the unit tests: no root-only tests against the kernel.
+    #[arg(long)]
+    unit_only: bool,
+}
+
+pub fn run(args: &TestArgs) -> anyhow::Result<ExitCode> {
+    if !args.no_setup {
+        crate::setup::run()?;
+    }
+    sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    sh(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "tcptrace-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    clippy_ebpf()?;
+    sh(cargo().args(["test", "--workspace", "--exclude", "tcptrace-ebpf"]))?;
+    if args.unit_only {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !is_root() {
+        bail!(
+            "the integration tests load eBPF programs and create network namespaces: run `sudo -E cargo xtask test` (or `cargo xtask test --unit-only`)"
+        );
+    }
+    // The kernel tests are #[ignore]d for plain `cargo test` (they need root); run them here.
+    sh(cargo().args([
+        "test",
+        "--package",
+        "tcptrace",
+        "--test",
+        "*",
+        "--",
+        "--ignored",
+        "--test-threads",
+        "2",
+    ]))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The eBPF crate only builds for the bpf target, with the nightly toolchain and `core` built
+/// from source; it gets its own clippy pass.
+fn clippy_ebpf() -> anyhow::Result<()> {
+    let root = workspace_root();
+    sh(Command::new("rustup")
+        .current_dir(root.join("tcptrace-ebpf"))
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+        )
+        .args([
+            "run",
+            crate::setup::NIGHTLY,
+            "cargo",
+            "clippy",
+            "--package",
+            "tcptrace-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--target-dir",
+        ])
+        .arg(root.join("target/ebpf-clippy"))
+        .args(["--", "-D", "warnings", "-C", "panic=abort"]))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
