@@ -344,7 +344,7 @@ mod tests {
         /// members: (name, type id, bit offset, bitfield size)
         fn strukt(&mut self, kind: u32, name: &str, size: u32, members: &[(&str, u32, u32, u32)]) {
             let n = self.s(name);
-            let kind_flag = members.iter().any(|m| m.3 != 0) as u32;
+            let kind_flag = u32::from(members.iter().any(|m| m.3 != 0));
             self.push(&[
                 n,
                 (kind_flag << 31) | (kind << 24) | members.len() as u32,

@@ -250,7 +250,7 @@ mod tests {
             (&["--port", "70000"][..], "70000"),
             (&["--state", "bogus"][..], "SYN_SENT"),
             (&["--addr", "10.0.0.0/40"][..], "CIDR"),
-            (&["--duration", "-1"][..], "positive"),
+            (&["--duration", "0"][..], "positive"),
             (&["--count", "0"][..], "0"),
             (&["--ring-bytes", "5000"][..], "power of two"),
             (&["-4", "-6"][..], "cannot be used"),

@@ -233,7 +233,7 @@ pub(crate) mod tests {
                 Err(DecodeError::Length(len))
             );
         }
-        let mut long = bytes.clone();
+        let mut long = bytes;
         long.push(0);
         assert_eq!(
             Transition::decode(&long),

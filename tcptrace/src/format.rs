@@ -299,7 +299,7 @@ mod tests {
             r#"{"time":"2026-11-21T07:00:05.000000Z","ts_ns":5000000123,"cookie":4242,"family":"ipv4","saddr":"127.0.0.1","sport":45678,"daddr":"10.1.2.3","dport":8080,"old":"SYN_SENT","new":"ESTABLISHED","in_old_ns":61250,"pid":1234,"comm":"curl"}"#
         );
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+        let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
         let mut expected = vec![
             "time",
             "ts_ns",
@@ -316,9 +316,8 @@ mod tests {
             "comm",
         ];
         expected.sort_unstable();
-        let mut keys_sorted = keys.clone();
-        keys_sorted.sort_unstable();
-        assert_eq!(keys_sorted, expected);
+        keys.sort_unstable();
+        assert_eq!(keys, expected);
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         .take_ring()
         .context("the ring buffer was already taken")?;
 
+    eprintln!("tcptrace: tracing TCP state transitions (Ctrl-C to stop)");
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(64 * 1024, stdout.lock());
     if args.output == OutputFormat::Table && !args.no_header {

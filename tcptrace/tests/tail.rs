@@ -1,0 +1,347 @@
+//! `tcptrace tail` against the real kernel: real sockets on loopback, exact transition
+//! sequences, dwell times, filters, and the JSON contract. Needs root; `cargo xtask test` runs
+//! these with `--ignored`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Agent, by_cookie, free_port, seen, socket_where, transitions, wait_timeout};
+use serde_json::Value;
+
+/// Ports of one client/server exchange.
+struct Exchange {
+    server_port: u16,
+    client_port: u16,
+}
+
+/// listen on `ip:port`, connect, accept, hold the connection `hold`, client closes first,
+/// server closes after reading EOF, listener closes.
+fn exchange(ip: &str, port: u16, hold: Duration) -> Exchange {
+    let listener = TcpListener::bind((ip, port)).unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let mut client = TcpStream::connect(server_addr).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    client.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    server.read_exact(&mut buf).unwrap();
+    std::thread::sleep(hold);
+    drop(client);
+    // EOF proves the client's FIN arrived before the server closes.
+    assert_eq!(server.read(&mut buf).unwrap(), 0);
+    drop(server);
+    drop(listener);
+    Exchange {
+        server_port: server_addr.port(),
+        client_port,
+    }
+}
+
+const CLIENT: [&str; 5] = [
+    "CLOSE->SYN_SENT",
+    "SYN_SENT->ESTABLISHED",
+    "ESTABLISHED->FIN_WAIT1",
+    "FIN_WAIT1->FIN_WAIT2",
+    "FIN_WAIT2->CLOSE",
+];
+const SERVER_CHILD: [&str; 5] = [
+    "LISTEN->SYN_RECV",
+    "SYN_RECV->ESTABLISHED",
+    "ESTABLISHED->CLOSE_WAIT",
+    "CLOSE_WAIT->LAST_ACK",
+    "LAST_ACK->CLOSE",
+];
+const LISTENER: [&str; 2] = ["CLOSE->LISTEN", "LISTEN->CLOSE"];
+
+fn complete(events: &[Value]) -> bool {
+    seen(events, "FIN_WAIT2", "CLOSE") >= 1
+        && seen(events, "LAST_ACK", "CLOSE") >= 1
+        && seen(events, "LISTEN", "CLOSE") >= 1
+}
+
+/// Runs one exchange on `ip` under `tail --port`, and checks every socket's exact story.
+fn check_sequences(ip: &str, family: &str) {
+    let port = free_port(ip);
+    let mut agent = Agent::start(&["--port", &port.to_string()]);
+    let hold = Duration::from_millis(300);
+    let ex = exchange(ip, port, hold);
+    assert!(
+        agent.wait_for(Duration::from_secs(10), complete),
+        "incomplete: {:#?}",
+        agent.events
+    );
+    let (status, stderr, events) = agent.stop();
+    assert!(status.success(), "{status} {stderr}");
+
+    let sockets = by_cookie(&events);
+    assert_eq!(sockets.len(), 3, "listener, client, server child: {events:#?}");
+
+    let listener = socket_where(&sockets, |e| e["new"] == "LISTEN").unwrap();
+    assert_eq!(transitions(listener), LISTENER);
+    assert_eq!(listener[0]["sport"], ex.server_port);
+    assert_eq!(listener[0]["dport"], 0);
+
+    let client = socket_where(&sockets, |e| e["new"] == "SYN_SENT").unwrap();
+    assert_eq!(transitions(client), CLIENT);
+    let child = socket_where(&sockets, |e| e["new"] == "SYN_RECV").unwrap();
+    assert_eq!(transitions(child), SERVER_CHILD);
+
+    for e in &events {
+        assert_eq!(e["family"], family);
+        assert_eq!(e["saddr"], ip, "{e}");
+        // connect() enters SYN_SENT before the kernel picks the ephemeral port
+        // (tcp_v4_connect: tcp_set_state(SYN_SENT) precedes inet_hash_connect()).
+        if e["new"] == "SYN_SENT" {
+            assert_eq!(e["sport"], 0, "{e}");
+        }
+    }
+    for e in &client[1..] {
+        assert_eq!(e["sport"], ex.client_port, "{e}");
+        assert_eq!(e["dport"], ex.server_port, "{e}");
+        assert_eq!(e["daddr"], ip);
+    }
+    for e in child {
+        assert_eq!(e["sport"], ex.server_port, "{e}");
+        assert_eq!(e["dport"], ex.client_port, "{e}");
+    }
+
+    // First sighting of a socket: the time in the old state is unknown, never 0.
+    assert!(client[0]["in_old_ns"].is_null());
+    assert!(child[0]["in_old_ns"].is_null());
+    assert!(listener[0]["in_old_ns"].is_null());
+    for e in client[1..].iter().chain(&child[1..]).chain(&listener[1..]) {
+        assert!(e["in_old_ns"].as_u64().is_some(), "known dwell: {e}");
+    }
+    // The connection was held ~300 ms: ESTABLISHED dwell of the client, measured in the kernel.
+    let established_ns = client[2]["in_old_ns"].as_u64().unwrap();
+    assert!(
+        (300_000_000..800_000_000).contains(&established_ns),
+        "ESTABLISHED dwell {established_ns} ns for a 300 ms hold"
+    );
+    // Loopback handshake: well under a second.
+    assert!(client[1]["in_old_ns"].as_u64().unwrap() < 1_000_000_000);
+    // The socket's timestamps are consistent with the dwell times it reports.
+    for pair in client.windows(2) {
+        let gap = pair[1]["ts_ns"].as_u64().unwrap() - pair[0]["ts_ns"].as_u64().unwrap();
+        assert_eq!(pair[1]["in_old_ns"].as_u64().unwrap(), gap, "{pair:#?}");
+    }
+    // Connect and close run in this process's context.
+    let me = std::process::id();
+    assert_eq!(client[0]["pid"], me);
+    assert_eq!(client[2]["pid"], me);
+    assert!(stderr.contains("0 lost (ring full)"), "{stderr}");
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn ipv4_exact_sequences_ports_and_dwell() {
+    check_sequences("127.0.0.1", "ipv4");
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn ipv6_exact_sequences_ports_and_dwell() {
+    check_sequences("::1", "ipv6");
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn json_lines_have_exactly_the_documented_keys() {
+    let port = free_port("127.0.0.1");
+    let mut agent = Agent::start(&["--port", &port.to_string()]);
+    exchange("127.0.0.1", port, Duration::ZERO);
+    assert!(agent.wait_for(Duration::from_secs(10), complete));
+    let (_, _, events) = agent.stop();
+    let expected: BTreeSet<&str> = [
+        "time", "ts_ns", "cookie", "family", "saddr", "sport", "daddr", "dport", "old", "new",
+        "in_old_ns", "pid", "comm",
+    ]
+    .into();
+    assert_eq!(events.len(), 12);
+    for e in &events {
+        let keys: BTreeSet<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, expected);
+        let time = e["time"].as_str().unwrap();
+        // RFC 3339, UTC, microseconds: 2026-11-21T07:41:02.123456Z
+        assert_eq!(time.len(), 27, "{time}");
+        assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{time}");
+        assert!(e["cookie"].as_u64().unwrap() > 0);
+        assert!(e["pid"].is_null() || e["comm"].is_string(), "{e}");
+    }
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn port_filter_excludes_other_traffic_in_the_kernel() {
+    let port = free_port("127.0.0.1");
+    let other = free_port("127.0.0.1");
+    let mut agent = Agent::start(&["--port", &port.to_string()]);
+    exchange("127.0.0.1", other, Duration::ZERO);
+    exchange("127.0.0.1", port, Duration::ZERO);
+    assert!(agent.wait_for(Duration::from_secs(10), complete));
+    let (status, stderr, events) = agent.stop();
+    assert!(status.success());
+    assert_eq!(events.len(), 12, "{events:#?}");
+    for e in &events {
+        assert!(
+            e["sport"] == port || e["dport"] == port || e["new"] == "SYN_SENT",
+            "{e}"
+        );
+    }
+    // The other exchange's 12 transitions (and anything else on the host) were dropped in the
+    // kernel and counted.
+    let filtered = summary_number(&stderr, "in kernel");
+    assert!(filtered >= 12, "{stderr}");
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn lport_rport_state_family_and_addr_filters() {
+    // --lport: only the server side of the wanted port (listener and child).
+    let port = free_port("127.0.0.1").to_string();
+    let mut agent = Agent::start(&["--lport", &port]);
+    exchange("127.0.0.1", port.parse().unwrap(), Duration::ZERO);
+    assert!(agent.wait_for(Duration::from_secs(10), |ev| {
+        seen(ev, "LAST_ACK", "CLOSE") >= 1 && seen(ev, "LISTEN", "CLOSE") >= 1
+    }));
+    let (_, _, events) = agent.stop();
+    assert_eq!(events.len(), 7, "{events:#?}");
+    assert!(events.iter().all(|e| e["sport"] == port.parse::<u16>().unwrap()));
+
+    // --rport + --state: only the client's SYN_SENT transitions.
+    let port = free_port("127.0.0.1").to_string();
+    let mut agent = Agent::start(&["--rport", &port, "--state", "syn_sent"]);
+    exchange("127.0.0.1", port.parse().unwrap(), Duration::ZERO);
+    assert!(agent.wait_for(Duration::from_secs(10), |ev| ev.len() >= 2));
+    let (_, _, events) = agent.stop();
+    assert_eq!(
+        transitions(&events),
+        ["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED"]
+    );
+
+    // -6 drops the IPv4 exchange, keeps the IPv6 one.
+    let port = free_port("127.0.0.1");
+    let mut agent = Agent::start(&["--port", &port.to_string(), "-6"]);
+    exchange("127.0.0.1", port, Duration::ZERO);
+    exchange("::1", port, Duration::ZERO);
+    assert!(agent.wait_for(Duration::from_secs(10), complete));
+    let (_, _, events) = agent.stop();
+    assert_eq!(events.len(), 12);
+    assert!(events.iter().all(|e| e["family"] == "ipv6"));
+
+    // --addr (applied in the agent): 127.0.0.2 only, not 127.0.0.1.
+    let port = free_port("127.0.0.1");
+    let mut agent = Agent::start(&["--port", &port.to_string(), "--addr", "127.0.0.2/32"]);
+    exchange("127.0.0.1", port, Duration::ZERO);
+    exchange("127.0.0.2", port, Duration::ZERO);
+    assert!(agent.wait_for(Duration::from_secs(10), complete));
+    let (_, stderr, events) = agent.stop();
+    assert_eq!(events.len(), 12, "{events:#?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["saddr"] == "127.0.0.2" || e["daddr"] == "127.0.0.2")
+    );
+    assert!(summary_number(&stderr, "in agent") >= 12, "{stderr}");
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn count_and_duration_end_the_run_cleanly() {
+    let port = free_port("127.0.0.1");
+    let agent = Agent::start(&["--port", &port.to_string(), "--count", "3"]);
+    exchange("127.0.0.1", port, Duration::ZERO);
+    let (status, stderr, events) = agent.finish();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(events.len(), 3);
+    assert!(stderr.contains("3 shown"), "{stderr}");
+
+    let started = Instant::now();
+    let agent = Agent::start(&["--port", "1", "--duration", "0.5"]);
+    let (status, stderr, events) = agent.finish();
+    assert!(status.success(), "{stderr}");
+    assert!(events.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(stderr.contains("0 shown"), "{stderr}");
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn table_output_and_closed_pipe_ends_quietly() {
+    common::require_root();
+    let port = free_port("127.0.0.1").to_string();
+    let mut child = Command::new(common::BIN)
+        .args(["tail", "--port", &port])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.starts_with(common::READY), "{line}");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut header = String::new();
+    stdout.read_line(&mut header).unwrap();
+    assert!(header.starts_with("TIME") && header.contains("IN_OLD_MS"), "{header}");
+    exchange("127.0.0.1", port.parse().unwrap(), Duration::ZERO);
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.contains("CLOSE -> LISTEN"), "{first}");
+    // The columns line up with the header.
+    assert_eq!(header.find("OLD").map(|i| i + 3), first.find("CLOSE").map(|i| i + 5));
+    drop(stdout);
+    // More output now hits a closed pipe: the agent must end by itself, quietly, with success.
+    let listener = TcpListener::bind(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
+    for _ in 0..3 {
+        let _c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let _s = listener.accept().unwrap();
+    }
+    let status = wait_timeout(&mut child, Duration::from_secs(20));
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "{status}: {rest}");
+    assert!(!rest.contains("error"), "{rest}");
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn unprivileged_user_gets_one_clear_line() {
+    common::require_root();
+    // setpriv (util-linux) drops to nobody with no capabilities.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            common::BIN,
+            "tail",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("root") && stderr.contains("CAP_BPF"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+/// Extracts the number before `label` in the summary line, e.g. "12 filtered out (10 in kernel".
+fn summary_number(stderr: &str, label: &str) -> u64 {
+    let at = stderr
+        .find(label)
+        .unwrap_or_else(|| panic!("no `{label}` in {stderr}"));
+    stderr[..at]
+        .split(|c: char| !c.is_ascii_digit())
+        .rev()
+        .find(|s| !s.is_empty())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number before `{label}` in {stderr}"))
+}
