@@ -79,7 +79,11 @@ fn check_sequences(ip: &str, family: &str) {
     assert!(status.success(), "{status} {stderr}");
 
     let sockets = by_cookie(&events);
-    assert_eq!(sockets.len(), 3, "listener, client, server child: {events:#?}");
+    assert_eq!(
+        sockets.len(),
+        3,
+        "listener, client, server child: {events:#?}"
+    );
 
     let listener = socket_where(&sockets, |e| e["new"] == "LISTEN").unwrap();
     assert_eq!(transitions(listener), LISTENER);
@@ -158,8 +162,19 @@ fn json_lines_have_exactly_the_documented_keys() {
     assert!(agent.wait_for(Duration::from_secs(10), complete));
     let (_, _, events) = agent.stop();
     let expected: BTreeSet<&str> = [
-        "time", "ts_ns", "cookie", "family", "saddr", "sport", "daddr", "dport", "old", "new",
-        "in_old_ns", "pid", "comm",
+        "time",
+        "ts_ns",
+        "cookie",
+        "family",
+        "saddr",
+        "sport",
+        "daddr",
+        "dport",
+        "old",
+        "new",
+        "in_old_ns",
+        "pid",
+        "comm",
     ]
     .into();
     assert_eq!(events.len(), 12);
@@ -211,7 +226,11 @@ fn lport_rport_state_family_and_addr_filters() {
     }));
     let (_, _, events) = agent.stop();
     assert_eq!(events.len(), 7, "{events:#?}");
-    assert!(events.iter().all(|e| e["sport"] == port.parse::<u16>().unwrap()));
+    assert!(
+        events
+            .iter()
+            .all(|e| e["sport"] == port.parse::<u16>().unwrap())
+    );
 
     // --rport + --state: only the client's SYN_SENT transitions.
     let port = free_port("127.0.0.1").to_string();
@@ -288,13 +307,19 @@ fn table_output_and_closed_pipe_ends_quietly() {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut header = String::new();
     stdout.read_line(&mut header).unwrap();
-    assert!(header.starts_with("TIME") && header.contains("IN_OLD_MS"), "{header}");
+    assert!(
+        header.starts_with("TIME") && header.contains("IN_OLD_MS"),
+        "{header}"
+    );
     exchange("127.0.0.1", port.parse().unwrap(), Duration::ZERO);
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();
     assert!(first.contains("CLOSE -> LISTEN"), "{first}");
     // The columns line up with the header.
-    assert_eq!(header.find("OLD").map(|i| i + 3), first.find("CLOSE").map(|i| i + 5));
+    assert_eq!(
+        header.find("OLD").map(|i| i + 3),
+        first.find("CLOSE").map(|i| i + 5)
+    );
     drop(stdout);
     // More output now hits a closed pipe: the agent must end by itself, quietly, with success.
     let listener = TcpListener::bind(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
@@ -329,7 +354,10 @@ fn unprivileged_user_gets_one_clear_line() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("root") && stderr.contains("CAP_BPF"), "{stderr}");
+    assert!(
+        stderr.contains("root") && stderr.contains("CAP_BPF"),
+        "{stderr}"
+    );
     assert!(out.stdout.is_empty());
 }
 

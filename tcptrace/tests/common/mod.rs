@@ -20,7 +20,10 @@ pub const READY: &str = "tcptrace: tracing";
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "kernel tests need root: run `sudo -E cargo xtask test`");
+    assert_eq!(
+        euid, 0,
+        "kernel tests need root: run `sudo -E cargo xtask test`"
+    );
 }
 
 /// A running `tcptrace tail --output json` with its stdout parsed line by line.
