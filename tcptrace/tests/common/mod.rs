@@ -102,7 +102,7 @@ impl Agent {
     }
 
     /// Sends SIGTERM, waits for exit, and returns the exit status and the rest of stderr.
-    pub fn stop(mut self) -> (ExitStatus, String, Vec<Value>) {
+    pub fn stop(self) -> (ExitStatus, String, Vec<Value>) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         self.finish()
@@ -182,10 +182,10 @@ pub fn transitions(events: &[Value]) -> Vec<String> {
 }
 
 /// The socket whose events match `pred` on any event.
-pub fn socket_where<'a>(
-    sockets: &'a BTreeMap<u64, Vec<Value>>,
+pub fn socket_where(
+    sockets: &BTreeMap<u64, Vec<Value>>,
     pred: impl Fn(&Value) -> bool,
-) -> Option<&'a Vec<Value>> {
+) -> Option<&Vec<Value>> {
     sockets.values().find(|events| events.iter().any(&pred))
 }
 
