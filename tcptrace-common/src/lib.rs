@@ -113,6 +113,10 @@ pub struct SockOffsets {
     pub protocol_word: u32,
     pub protocol_shift: u32,
     pub protocol_mask: u32,
+    /// `sk->__sk_common.skc_net.net` (a `struct net *`), or [`SockOffsets::ABSENT`].
+    pub net: u32,
+    /// `net->ns.inum`: the network namespace inode, or [`SockOffsets::ABSENT`].
+    pub net_inum: u32,
 }
 
 impl SockOffsets {
@@ -176,15 +180,16 @@ pub struct RawTransition {
     pub newstate: u8,
     /// `comm` of the task on the CPU, NUL-padded.
     pub comm: [u8; TASK_COMM_LEN],
+    /// Inode of the socket's network namespace (as in `/proc/PID/ns/net`), 0 when unknown.
+    pub netns: u32,
     pub flags: u32,
-    pub _pad: u32,
 }
 
 /// Size of one ring-buffer record.
 pub const RAW_TRANSITION_SIZE: usize = size_of::<RawTransition>();
 
 const _: () = assert!(RAW_TRANSITION_SIZE == 96);
-const _: () = assert!(size_of::<Config>() == 56);
+const _: () = assert!(size_of::<Config>() == 64);
 const _: () = assert!(size_of::<SockEntry>() == 16);
 
 #[cfg(feature = "user")]

@@ -40,6 +40,8 @@ static CONFIG: Global<Config> = Global::new(Config {
         protocol_word: 0,
         protocol_shift: 0,
         protocol_mask: 0,
+        net: SockOffsets::ABSENT,
+        net_inum: SockOffsets::ABSENT,
     },
     state_mask: 0,
     family_mask: 0,
@@ -161,8 +163,8 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), u32> {
         oldstate: oldstate as u8,
         newstate: newstate as u8,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        netns: netns_inum(sk, &off),
         flags: 0,
-        _pad: 0,
     });
     // A failed address read leaves zeros; the transition itself is still worth reporting.
     unsafe {
@@ -186,6 +188,18 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), u32> {
     }
     slot.submit(0);
     Ok(())
+}
+
+/// `sk->__sk_common.skc_net.net->ns.inum`, or 0 when the offsets are unknown or a read fails.
+#[inline(always)]
+fn netns_inum(sk: *const u8, off: &SockOffsets) -> u32 {
+    if off.net == SockOffsets::ABSENT || off.net_inum == SockOffsets::ABSENT {
+        return 0;
+    }
+    let Ok(net) = read::<*const u8>(sk, off.net) else {
+        return 0;
+    };
+    read::<u32>(net, off.net_inum).unwrap_or(0)
 }
 
 /// The kernel-side filters: state, family and ports. Address (CIDR) filters run in userspace.

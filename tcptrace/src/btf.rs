@@ -298,6 +298,13 @@ impl Btf {
             protocol_word,
             protocol_shift,
             protocol_mask: (1u32 << protocol_bits) - 1,
+            // Without CONFIG_NET_NS possible_net_t is empty and there is one namespace.
+            net: optional("__sk_common.skc_net.net")?,
+            net_inum: match self.field("net", "ns.inum") {
+                Ok(f) => f.byte_offset(),
+                Err(BtfError::NoMember { .. } | BtfError::NoStruct(_)) => SockOffsets::ABSENT,
+                Err(e) => return Err(e),
+            },
         })
     }
 }
@@ -456,6 +463,8 @@ mod tests {
                 protocol_word: 0x20c,
                 protocol_shift: 0,
                 protocol_mask: 0xffff,
+                net: SockOffsets::ABSENT,
+                net_inum: SockOffsets::ABSENT,
             }
         );
     }
@@ -513,5 +522,7 @@ mod tests {
         assert_eq!(off.daddr, 0);
         assert_eq!(off.rcv_saddr, 4);
         assert!(off.family > off.num);
+        assert_ne!(off.net, SockOffsets::ABSENT, "skc_net.net");
+        assert_ne!(off.net_inum, SockOffsets::ABSENT, "net.ns.inum");
     }
 }

@@ -80,6 +80,8 @@ pub struct Transition {
     pub in_old_ns: Option<u64>,
     /// `None` when no task context is known (the idle task, pid 0).
     pub task: Option<Task>,
+    /// Network namespace inode of the socket, `None` when unknown.
+    pub netns: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -151,6 +153,7 @@ impl Transition {
             new,
             in_old_ns: (raw.in_old_ns != DWELL_UNKNOWN).then_some(raw.in_old_ns),
             task,
+            netns: (raw.netns != 0).then_some(raw.netns),
         })
     }
 }
@@ -179,8 +182,8 @@ pub(crate) mod tests {
             oldstate: 2,
             newstate: 1,
             comm,
+            netns: 4026531840,
             flags: 0,
-            _pad: 0,
         }
     }
 
@@ -200,7 +203,8 @@ pub(crate) mod tests {
         b.extend_from_slice(&2u16.to_le_bytes()); // AF_INET
         b.extend_from_slice(&[2, 1]); // SYN_SENT -> ESTABLISHED
         b.extend_from_slice(b"curl\0\0\0\0\0\0\0\0\0\0\0\0");
-        b.extend_from_slice(&[0; 8]); // flags, pad
+        b.extend_from_slice(&4026531840u32.to_le_bytes()); // netns
+        b.extend_from_slice(&[0; 4]); // flags
         b
     }
 

@@ -139,23 +139,47 @@ impl Filter {
 
     /// The whole filter, as the kernel and agent apply it together.
     pub fn matches(&self, t: &Transition) -> bool {
-        let any = |list: &[u16], p: u16| list.is_empty() || list.contains(&p);
         (self.states.is_empty() || self.states.contains(&t.old) || self.states.contains(&t.new))
-            && match (self.ipv4_only, self.ipv6_only) {
-                (true, false) => t.family == Family::Ipv4,
-                (false, true) => t.family == Family::Ipv6,
-                _ => true,
-            }
-            && (self.ports.is_empty()
-                || self.ports.contains(&t.sport)
-                || self.ports.contains(&t.dport))
-            && any(&self.lports, t.sport)
-            && any(&self.rports, t.dport)
+            && self.matches_endpoints(t.family, t.saddr, t.sport, t.daddr, t.dport)
+    }
+
+    /// The filter applied to a socket from a snapshot, in `state`.
+    pub fn matches_socket(
+        &self,
+        family: Family,
+        saddr: IpAddr,
+        sport: u16,
+        daddr: IpAddr,
+        dport: u16,
+        state: TcpState,
+    ) -> bool {
+        (self.states.is_empty() || self.states.contains(&state))
+            && self.matches_endpoints(family, saddr, sport, daddr, dport)
+    }
+
+    fn matches_endpoints(
+        &self,
+        family: Family,
+        saddr: IpAddr,
+        sport: u16,
+        daddr: IpAddr,
+        dport: u16,
+    ) -> bool {
+        let any = |list: &[u16], p: u16| list.is_empty() || list.contains(&p);
+        let family_ok = match (self.ipv4_only, self.ipv6_only) {
+            (true, false) => family == Family::Ipv4,
+            (false, true) => family == Family::Ipv6,
+            _ => true,
+        };
+        family_ok
+            && (self.ports.is_empty() || self.ports.contains(&sport) || self.ports.contains(&dport))
+            && any(&self.lports, sport)
+            && any(&self.rports, dport)
             && (self.addrs.is_empty()
                 || self
                     .addrs
                     .iter()
-                    .any(|c| c.contains(t.saddr) || c.contains(t.daddr)))
+                    .any(|c| c.contains(saddr) || c.contains(daddr)))
     }
 }
 

@@ -9,8 +9,10 @@ pub mod cli;
 pub mod event;
 pub mod filter;
 pub mod format;
+pub mod inet_diag;
 pub mod loader;
 pub mod pipeline;
+pub mod sockets;
 pub mod state;
 pub mod tail;
 
