@@ -7,6 +7,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Tail(args) => tcptrace::tail::run(args),
+        Command::Serve(args) => tcptrace::serve::run(args),
     };
     match result {
         Ok(code) => code,

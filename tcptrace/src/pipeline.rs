@@ -5,12 +5,34 @@
 
 use std::future::Future;
 use std::io;
+use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use crate::event::Transition;
 use crate::filter::Filter;
+use crate::inet_diag::{self, DiagSocket};
+use crate::loader::{KernelCounters, Tracer};
+
+/// Kernel CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns()` and so of every `ts_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// What sinks see on each periodic tick.
+#[derive(Debug, Clone, Copy)]
+pub struct Tick {
+    pub now_ns: u64,
+    pub stats: Stats,
+    pub kernel: KernelCounters,
+}
 
 /// Whether the pipeline should keep going after a sink call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +50,26 @@ pub trait Sink {
     fn batch_end(&mut self) -> io::Result<()> {
         Ok(())
     }
+
+    /// Called every [`RunOptions::tick`] (gauges, expiry).
+    fn tick(&mut self, _tick: &Tick) {}
+
+    /// A snapshot is about to be taken: transitions delivered from now until
+    /// [`Sink::snapshot`] happened after it.
+    fn begin_snapshot(&mut self) {}
+
+    /// An INET_DIAG snapshot taken at `taken_ns`; the first one of a run is the seed.
+    fn snapshot(&mut self, _sockets: &[DiagSocket], _taken_ns: u64) {}
+}
+
+/// Periodic work during [`Pipeline::run`].
+#[derive(Default)]
+pub struct RunOptions<'a> {
+    /// Call [`Sink::tick`] this often, with the kernel counters read from `tracer`.
+    pub tick: Option<Duration>,
+    /// Take an INET_DIAG snapshot at start and then this often.
+    pub snapshot: Option<Duration>,
+    pub tracer: Option<&'a Tracer>,
 }
 
 /// What the agent itself counted.
@@ -41,6 +83,9 @@ pub struct Stats {
     pub filtered: u64,
     /// Transitions handed to the sinks.
     pub delivered: u64,
+    /// INET_DIAG snapshots taken, and how many failed.
+    pub snapshots: u64,
+    pub snapshot_errors: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +100,7 @@ pub enum StopReason {
 
 pub struct Pipeline {
     filter: Option<Filter>,
-    sinks: Vec<Box<dyn Sink>>,
+    sinks: Vec<Box<dyn Sink + Send>>,
     pub stats: Stats,
 }
 
@@ -69,7 +114,7 @@ impl Pipeline {
         }
     }
 
-    pub fn subscribe(&mut self, sink: Box<dyn Sink>) {
+    pub fn subscribe(&mut self, sink: Box<dyn Sink + Send>) {
         self.sinks.push(sink);
     }
 
@@ -119,12 +164,49 @@ impl Pipeline {
         Ok(flow)
     }
 
+    fn tick(&mut self, tracer: Option<&Tracer>) {
+        let tick = Tick {
+            now_ns: monotonic_ns(),
+            stats: self.stats,
+            kernel: tracer.map(Tracer::counters).unwrap_or_default(),
+        };
+        for sink in &mut self.sinks {
+            sink.tick(&tick);
+        }
+    }
+
+    /// Takes a snapshot, then drains the ring so that every transition up to now is applied
+    /// before the sinks compare: what happened during the dump is then known to be newer.
+    fn snapshot(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<Flow> {
+        for sink in &mut self.sinks {
+            sink.begin_snapshot();
+        }
+        let taken_ns = monotonic_ns();
+        let sockets = match inet_diag::dump_tcp() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("tcptrace: warning: INET_DIAG snapshot failed: {e}");
+                self.stats.snapshot_errors += 1;
+                Vec::new()
+            }
+        };
+        let flow = self.drain(ring)?;
+        if self.stats.snapshot_errors == 0 || !sockets.is_empty() {
+            for sink in &mut self.sinks {
+                sink.snapshot(&sockets, taken_ns);
+            }
+        }
+        self.stats.snapshots += 1;
+        Ok(flow)
+    }
+
     /// Reads the ring until `stop` completes, a sink is done, or output is closed. Records
     /// already in the ring when `stop` fires are still delivered.
     pub async fn run(
         &mut self,
         ring: RingBuf<MapData>,
         stop: impl Future<Output = ()>,
+        options: RunOptions<'_>,
     ) -> io::Result<StopReason> {
         // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for as long as the
         // AsyncFd (which owns the RingBuf) exists.
@@ -132,8 +214,30 @@ impl Pipeline {
             unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
                 .map_err(io::Error::from)?;
         tokio::pin!(stop);
+        let far = Duration::from_secs(365 * 24 * 3600);
+        let mut tick = tokio::time::interval(options.tick.unwrap_or(far));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut snapshot = tokio::time::interval(options.snapshot.unwrap_or(far));
+        snapshot.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Intervals fire at once; consume the first snapshot tick here as the seed.
+        if options.snapshot.is_some() {
+            snapshot.tick().await;
+            if self.snapshot(ring.get_mut())? == Flow::Stop {
+                return Ok(StopReason::SinkDone);
+            }
+        }
         let result = loop {
             tokio::select! {
+                _ = tick.tick(), if options.tick.is_some() => {
+                    self.tick(options.tracer);
+                }
+                _ = snapshot.tick(), if options.snapshot.is_some() => {
+                    match self.snapshot(ring.get_mut()) {
+                        Ok(Flow::Continue) => {}
+                        Ok(Flow::Stop) => break Ok(StopReason::SinkDone),
+                        Err(e) => break Err(e),
+                    }
+                }
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
                     let flow = self.drain(guard.get_inner_mut());
@@ -164,17 +268,16 @@ impl Pipeline {
 mod tests {
     use super::*;
     use crate::event::tests::raw_v4;
-    use std::cell::RefCell;
-    use std::rc::Rc;
+    use std::sync::{Arc, Mutex};
 
     struct Collect {
-        seen: Rc<RefCell<Vec<Transition>>>,
+        seen: Arc<Mutex<Vec<Transition>>>,
         stop_after: usize,
     }
 
     impl Sink for Collect {
         fn transition(&mut self, t: &Transition) -> io::Result<Flow> {
-            let mut seen = self.seen.borrow_mut();
+            let mut seen = self.seen.lock().unwrap();
             seen.push(*t);
             Ok(if seen.len() >= self.stop_after {
                 Flow::Stop
@@ -202,7 +305,7 @@ mod tests {
             ..Default::default()
         };
         let mut p = Pipeline::new(&filter);
-        let seen = Rc::new(RefCell::new(Vec::new()));
+        let seen = Arc::new(Mutex::new(Vec::new()));
         p.subscribe(Box::new(Collect {
             seen: seen.clone(),
             stop_after: 2,
@@ -222,10 +325,11 @@ mod tests {
                 received: 4,
                 decode_errors: 1,
                 filtered: 1,
-                delivered: 2
+                delivered: 2,
+                ..Stats::default()
             }
         );
-        assert_eq!(seen.borrow().len(), 2);
+        assert_eq!(seen.lock().unwrap().len(), 2);
     }
 
     #[test]

@@ -381,11 +381,7 @@ mod tests {
             daddr: "10.1.2.3".parse().unwrap(),
             dport: 8080,
             timer: if state == TimeWait { 3 } else { 0 },
-            expires_ms: if state == TimeWait {
-                30_000
-            } else {
-                0
-            },
+            expires_ms: if state == TimeWait { 30_000 } else { 0 },
             uid: 0,
             inode: 0,
         }

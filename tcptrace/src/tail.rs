@@ -8,17 +8,30 @@ use anyhow::Context as _;
 use crate::cli::{OutputFormat, TailArgs};
 use crate::format::{self, WallClock};
 use crate::loader::{Sizes, Tracer};
-use crate::pipeline::{Flow, Pipeline, Sink, StopReason};
+use crate::pipeline::{Flow, Pipeline, RunOptions, Sink, StopReason};
 use crate::shutdown_signal;
 
 /// Writes each transition as a table or JSON line.
-struct TailSink<W: Write> {
+pub struct TailSink<W: Write> {
     out: W,
     format: OutputFormat,
     clock: WallClock,
     line: String,
     shown: u64,
     limit: Option<u64>,
+}
+
+impl<W: Write> TailSink<W> {
+    pub fn new(out: W, format: OutputFormat, limit: Option<u64>) -> Self {
+        Self {
+            out,
+            format,
+            clock: WallClock::now(),
+            line: String::with_capacity(256),
+            shown: 0,
+            limit,
+        }
+    }
 }
 
 impl<W: Write> Sink for TailSink<W> {
@@ -57,8 +70,7 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         .context("the ring buffer was already taken")?;
 
     eprintln!("tcptrace: tracing TCP state transitions (Ctrl-C to stop)");
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
     if args.output == OutputFormat::Table && !args.no_header {
         let header = format::table_header();
         if writeln!(out, "{header}")
@@ -68,15 +80,7 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     }
-    let sink = TailSink {
-        out,
-        format: args.output,
-        clock: WallClock::now(),
-        line: String::with_capacity(256),
-        shown: 0,
-        limit: args.count,
-    };
-    // The sink borrows stdout's lock; it lives in the pipeline until the run ends.
+    let sink = TailSink::new(out, args.output, args.count);
     let mut pipeline = Pipeline::new(&filter);
     pipeline.subscribe(Box::new(sink));
 
@@ -97,7 +101,7 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
                 None => shutdown_signal().await,
             }
         };
-        pipeline.run(ring, stop).await
+        pipeline.run(ring, stop, RunOptions::default()).await
     });
     let reason = match reason {
         Ok(r) => r,

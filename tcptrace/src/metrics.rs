@@ -1,0 +1,599 @@
+//! Prometheus metrics: what `tcptrace serve` exports. Names and labels are a contract
+//! documented in the README.
+//!
+//! The event thread updates counters and histograms per transition through handles resolved
+//! once (no label lookups or allocation per event), and publishes gauges once per tick. The
+//! HTTP side only gathers and encodes.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Counter, Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::event::Transition;
+use crate::inet_diag::DiagSocket;
+use crate::pipeline::{Flow, Sink, Tick};
+use crate::sockets::SocketTable;
+use crate::state::TcpState;
+
+/// One bucket set for every duration, 10 µs to 4 h: 1-2.5-5 steps per decade up to 10 s
+/// (loopback handshakes take tens of µs, LAN ones hundreds, WAN ones tens of ms), then the
+/// landmarks of TCP timers: 30 s, 1 min (TIME_WAIT, tcp_fin_timeout), 2 and 5 min, 10 and 30
+/// min, 1 h, 2 h (keepalive), 4 h. 28 buckets.
+pub const DURATION_BUCKETS: [f64; 28] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+    7200.0, 14400.0,
+];
+
+/// States a socket can be found in (CLOSE and NEW_SYN_RECV are not socket states INET_DIAG
+/// reports or that a socket stays in).
+pub const GAUGE_STATES: [TcpState; 10] = [
+    TcpState::Established,
+    TcpState::SynSent,
+    TcpState::SynRecv,
+    TcpState::FinWait1,
+    TcpState::FinWait2,
+    TcpState::TimeWait,
+    TcpState::CloseWait,
+    TcpState::LastAck,
+    TcpState::Listen,
+    TcpState::Closing,
+];
+
+/// Lower-case label value, e.g. `syn_sent`.
+pub fn label(state: TcpState) -> &'static str {
+    match state {
+        TcpState::Established => "established",
+        TcpState::SynSent => "syn_sent",
+        TcpState::SynRecv => "syn_recv",
+        TcpState::FinWait1 => "fin_wait1",
+        TcpState::FinWait2 => "fin_wait2",
+        TcpState::TimeWait => "time_wait",
+        TcpState::Close => "close",
+        TcpState::CloseWait => "close_wait",
+        TcpState::LastAck => "last_ack",
+        TcpState::Listen => "listen",
+        TcpState::Closing => "closing",
+        TcpState::NewSynRecv => "new_syn_recv",
+    }
+}
+
+/// The registry and every metric handle.
+pub struct Metrics {
+    registry: Registry,
+    transitions: IntCounterVec,
+    state_duration: HistogramVec,
+    handshake_client: Histogram,
+    handshake_server: Histogram,
+    connect_failures: IntCounter,
+    sockets: IntGaugeVec,
+    oldest: prometheus::GaugeVec,
+    lost_ring_full: IntCounter,
+    lost_recursion: IntCounter,
+    decode_errors: IntCounter,
+    events: IntCounter,
+    reconcile_corrections: IntCounter,
+    reconciles: IntCounter,
+    snapshot_errors: IntCounter,
+    tracked_overflow: IntCounter,
+    process: ProcessMetrics,
+}
+
+struct ProcessMetrics {
+    cpu_seconds: Counter,
+    resident_bytes: IntGauge,
+    virtual_bytes: IntGauge,
+    open_fds: IntGauge,
+    max_fds: IntGauge,
+    start_time: prometheus::Gauge,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric definitions are static; an error here is a programming error caught by tests.
+    r.unwrap_or_else(|e| panic!("invalid metric definition: {e}"))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let reg = |c: Box<dyn prometheus::core::Collector>| must(registry.register(c));
+        let counter = |name: &str, help: &str| {
+            let c = must(IntCounter::new(name, help));
+            reg(Box::new(c.clone()));
+            c
+        };
+        let duration_opts = |name: &str, help: &str| {
+            HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec())
+        };
+
+        let transitions = must(IntCounterVec::new(
+            Opts::new(
+                "tcptrace_transitions_total",
+                "TCP state transitions observed, by old and new state.",
+            ),
+            &["from", "to"],
+        ));
+        reg(Box::new(transitions.clone()));
+        let state_duration = must(HistogramVec::new(
+            duration_opts(
+                "tcptrace_state_duration_seconds",
+                "Time sockets spent in a state before leaving it (only when the entry time is known).",
+            ),
+            &["state"],
+        ));
+        reg(Box::new(state_duration.clone()));
+        let handshake = must(HistogramVec::new(
+            duration_opts(
+                "tcptrace_handshake_duration_seconds",
+                "TCP handshake time: SYN_SENT -> ESTABLISHED (client), SYN_RECV -> ESTABLISHED (server).",
+            ),
+            &["role"],
+        ));
+        reg(Box::new(handshake.clone()));
+        let sockets = must(IntGaugeVec::new(
+            Opts::new(
+                "tcptrace_sockets",
+                "TCP sockets currently in each state in the agent's network namespace (TIME_WAIT included).",
+            ),
+            &["state"],
+        ));
+        reg(Box::new(sockets.clone()));
+        let oldest = must(prometheus::GaugeVec::new(
+            Opts::new(
+                "tcptrace_state_oldest_seconds",
+                "Age in its current state of the oldest socket whose entry time is known; 0 when none.",
+            ),
+            &["state"],
+        ));
+        reg(Box::new(oldest.clone()));
+        let lost = must(IntCounterVec::new(
+            Opts::new(
+                "tcptrace_lost_events_total",
+                "Transitions lost before reaching the agent: ring buffer full, or program runs the kernel skipped (recursion).",
+            ),
+            &["reason"],
+        ));
+        reg(Box::new(lost.clone()));
+        let build_info = must(IntGaugeVec::new(
+            Opts::new(
+                "tcptrace_build_info",
+                "tcptrace build information; always 1.",
+            ),
+            &["version"],
+        ));
+        reg(Box::new(build_info.clone()));
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        let gauge = |name: &str, help: &str| {
+            let g = must(IntGauge::new(name, help));
+            reg(Box::new(g.clone()));
+            g
+        };
+        let process = ProcessMetrics {
+            cpu_seconds: {
+                let c = must(Counter::new(
+                    "process_cpu_seconds_total",
+                    "Total user and system CPU time spent in seconds.",
+                ));
+                reg(Box::new(c.clone()));
+                c
+            },
+            resident_bytes: gauge(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+            ),
+            virtual_bytes: gauge(
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+            ),
+            open_fds: gauge("process_open_fds", "Number of open file descriptors."),
+            max_fds: gauge(
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+            ),
+            start_time: {
+                let g = must(prometheus::Gauge::new(
+                    "process_start_time_seconds",
+                    "Start time of the process since unix epoch in seconds.",
+                ));
+                reg(Box::new(g.clone()));
+                g
+            },
+        };
+
+        let metrics = Self {
+            transitions,
+            state_duration,
+            handshake_client: handshake.with_label_values(&["client"]),
+            handshake_server: handshake.with_label_values(&["server"]),
+            connect_failures: counter(
+                "tcptrace_connect_failures_total",
+                "Connects that failed: SYN_SENT -> CLOSE (refused, timed out, or aborted).",
+            ),
+            sockets,
+            oldest,
+            lost_ring_full: lost.with_label_values(&["ring_full"]),
+            lost_recursion: lost.with_label_values(&["recursion"]),
+            decode_errors: counter(
+                "tcptrace_decode_errors_total",
+                "Ring buffer records the agent could not decode.",
+            ),
+            events: counter(
+                "tcptrace_events_processed_total",
+                "Transitions the agent read from the kernel and processed.",
+            ),
+            reconcile_corrections: counter(
+                "tcptrace_reconcile_corrections_total",
+                "Sockets whose state from transitions disagreed with an INET_DIAG snapshot and was corrected.",
+            ),
+            reconciles: counter(
+                "tcptrace_reconciles_total",
+                "INET_DIAG snapshots compared with the tracked sockets (the first one seeds them).",
+            ),
+            snapshot_errors: counter(
+                "tcptrace_snapshot_errors_total",
+                "INET_DIAG snapshots that failed.",
+            ),
+            tracked_overflow: counter(
+                "tcptrace_tracked_sockets_overflow_total",
+                "Sockets not tracked because the table was full (see --max-tracked-sockets).",
+            ),
+            process,
+            registry,
+        };
+        for state in GAUGE_STATES {
+            metrics.sockets.with_label_values(&[label(state)]).set(0);
+            metrics.oldest.with_label_values(&[label(state)]).set(0.0);
+        }
+        if let Some(start) = process_start_time() {
+            metrics.process.start_time.set(start);
+        }
+        Arc::new(metrics)
+    }
+
+    /// The text exposition format (version 0.0.4) of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        self.update_process();
+        let mut out = Vec::with_capacity(32 * 1024);
+        // Encoding our own well-formed families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+
+    fn update_process(&self) {
+        let p = &self.process;
+        if let Some(stat) = read_self_stat() {
+            let delta = stat.cpu_seconds - p.cpu_seconds.get();
+            if delta > 0.0 {
+                p.cpu_seconds.inc_by(delta);
+            }
+            p.resident_bytes.set(stat.rss_bytes);
+            p.virtual_bytes.set(stat.vsize_bytes);
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            p.open_fds.set(dir.count() as i64);
+        }
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: valid pointer to an rlimit.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            p.max_fds.set(lim.rlim_cur.min(i64::MAX as u64) as i64);
+        }
+    }
+}
+
+struct SelfStat {
+    cpu_seconds: f64,
+    rss_bytes: i64,
+    vsize_bytes: i64,
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+fn page_size() -> i64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 { p } else { 4096 }
+}
+
+/// Fields of /proc/self/stat after the `(comm)`: state is field 3; utime 14, stime 15,
+/// starttime 22, vsize 23, rss 24 (proc(5)).
+fn parse_stat(stat: &str) -> Option<(f64, f64, i64, i64)> {
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| f.get(n - 3).copied();
+    Some((
+        field(14)?.parse::<f64>().ok()? + field(15)?.parse::<f64>().ok()?,
+        field(22)?.parse().ok()?,
+        field(23)?.parse().ok()?,
+        field(24)?.parse().ok()?,
+    ))
+}
+
+fn read_self_stat() -> Option<SelfStat> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let (ticks, _, vsize, rss_pages) = parse_stat(&stat)?;
+    Some(SelfStat {
+        cpu_seconds: ticks / clock_ticks(),
+        rss_bytes: rss_pages * page_size(),
+        vsize_bytes: vsize,
+    })
+}
+
+fn process_start_time() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let (_, start_ticks, _, _) = parse_stat(&stat)?;
+    let boot = std::fs::read_to_string("/proc/stat").ok()?;
+    let btime: f64 = boot
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(btime + start_ticks / clock_ticks())
+}
+
+/// Keeps the metrics current from transitions, ticks and snapshots.
+pub struct MetricsSink {
+    metrics: Arc<Metrics>,
+    table: SocketTable,
+    /// `[old][new]` handles, created on first use.
+    transitions: [[Option<IntCounter>; 13]; 13],
+    durations: [Option<Histogram>; 13],
+    seeded: bool,
+    last_kernel: crate::loader::KernelCounters,
+    last_decode_errors: u64,
+    last_overflow: u64,
+    last_snapshot_errors: u64,
+}
+
+impl MetricsSink {
+    pub fn new(metrics: Arc<Metrics>, table: SocketTable) -> Self {
+        Self {
+            metrics,
+            table,
+            transitions: Default::default(),
+            durations: Default::default(),
+            seeded: false,
+            last_kernel: Default::default(),
+            last_decode_errors: 0,
+            last_overflow: 0,
+            last_snapshot_errors: 0,
+        }
+    }
+
+    fn publish_gauges(&self, now_ns: u64) {
+        let oldest = self.table.oldest(now_ns);
+        for state in GAUGE_STATES {
+            let i = usize::from(state.number());
+            let count = self.table.count(state).min(i64::MAX as u64) as i64;
+            self.metrics
+                .sockets
+                .with_label_values(&[label(state)])
+                .set(count);
+            let age = oldest[i].map_or(0.0, |ns| ns as f64 / 1e9);
+            self.metrics
+                .oldest
+                .with_label_values(&[label(state)])
+                .set(age);
+        }
+    }
+}
+
+fn add_delta(counter: &IntCounter, last: &mut u64, now: u64) {
+    // Counters only move forward, even if a source were to go backwards.
+    if now > *last {
+        counter.inc_by(now - *last);
+        *last = now;
+    }
+}
+
+impl Sink for MetricsSink {
+    fn transition(&mut self, t: &Transition) -> std::io::Result<Flow> {
+        let m = &self.metrics;
+        m.events.inc();
+        let (old, new) = (usize::from(t.old.number()), usize::from(t.new.number()));
+        self.transitions[old][new]
+            .get_or_insert_with(|| {
+                m.transitions
+                    .with_label_values(&[label(t.old), label(t.new)])
+            })
+            .inc();
+        if let Some(ns) = t.in_old_ns {
+            let secs = ns as f64 / 1e9;
+            self.durations[old]
+                .get_or_insert_with(|| m.state_duration.with_label_values(&[label(t.old)]))
+                .observe(secs);
+            match (t.old, t.new) {
+                (TcpState::SynSent, TcpState::Established) => m.handshake_client.observe(secs),
+                (TcpState::SynRecv, TcpState::Established) => m.handshake_server.observe(secs),
+                _ => {}
+            }
+        }
+        if (t.old, t.new) == (TcpState::SynSent, TcpState::Close) {
+            m.connect_failures.inc();
+        }
+        self.table.apply(t);
+        Ok(Flow::Continue)
+    }
+
+    fn tick(&mut self, tick: &Tick) {
+        self.table.expire(tick.now_ns);
+        self.publish_gauges(tick.now_ns);
+        let m = &self.metrics;
+        let k = tick.kernel;
+        add_delta(
+            &m.lost_ring_full,
+            &mut self.last_kernel.ring_full,
+            k.ring_full,
+        );
+        add_delta(
+            &m.lost_recursion,
+            &mut self.last_kernel.recursion_misses,
+            k.recursion_misses,
+        );
+        add_delta(
+            &m.decode_errors,
+            &mut self.last_decode_errors,
+            tick.stats.decode_errors + k.read_failed,
+        );
+        add_delta(
+            &m.tracked_overflow,
+            &mut self.last_overflow,
+            self.table.overflow,
+        );
+        add_delta(
+            &m.snapshot_errors,
+            &mut self.last_snapshot_errors,
+            tick.stats.snapshot_errors,
+        );
+    }
+
+    fn begin_snapshot(&mut self) {
+        self.table.begin_reconcile();
+    }
+
+    fn snapshot(&mut self, sockets: &[DiagSocket], taken_ns: u64) {
+        let report = self.table.reconcile(sockets, taken_ns, !self.seeded);
+        self.seeded = true;
+        self.metrics.reconciles.inc();
+        self.metrics
+            .reconcile_corrections
+            .inc_by(report.corrections);
+        self.publish_gauges(crate::pipeline::monotonic_ns());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::tests::raw_v4;
+    use crate::filter::Filter;
+
+    fn t(old: TcpState, new: TcpState, dwell: Option<u64>) -> Transition {
+        let mut raw = raw_v4();
+        raw.oldstate = old.number();
+        raw.newstate = new.number();
+        raw.in_old_ns = dwell.unwrap_or(tcptrace_common::DWELL_UNKNOWN);
+        Transition::from_raw(&raw).unwrap()
+    }
+
+    fn scrape(m: &Metrics) -> String {
+        String::from_utf8(m.render()).unwrap()
+    }
+
+    #[test]
+    fn transitions_durations_handshakes_and_failures() {
+        let metrics = Metrics::new();
+        let mut sink = MetricsSink::new(
+            metrics.clone(),
+            SocketTable::new(100, None, Filter::default()),
+        );
+        use TcpState::*;
+        sink.transition(&t(Close, SynSent, None)).unwrap();
+        sink.transition(&t(SynSent, Established, Some(40_000)))
+            .unwrap();
+        sink.transition(&t(SynRecv, Established, Some(7_000)))
+            .unwrap();
+        sink.transition(&t(SynSent, Close, Some(3_000_000_000)))
+            .unwrap();
+        let text = scrape(&metrics);
+        assert!(
+            text.contains("tcptrace_transitions_total{from=\"close\",to=\"syn_sent\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcptrace_transitions_total{from=\"syn_sent\",to=\"established\"} 1")
+        );
+        assert!(text.contains("tcptrace_handshake_duration_seconds_count{role=\"client\"} 1"));
+        assert!(text.contains(
+            "tcptrace_handshake_duration_seconds_bucket{role=\"client\",le=\"0.00005\"} 1"
+        ));
+        assert!(text.contains(
+            "tcptrace_handshake_duration_seconds_bucket{role=\"client\",le=\"0.000025\"} 0"
+        ));
+        assert!(text.contains("tcptrace_handshake_duration_seconds_count{role=\"server\"} 1"));
+        assert!(text.contains("tcptrace_connect_failures_total 1"));
+        // Unknown dwell is not observed: syn_sent has 2 observations (40 µs and 3 s).
+        assert!(text.contains("tcptrace_state_duration_seconds_count{state=\"syn_sent\"} 2"));
+        assert!(!text.contains("tcptrace_state_duration_seconds_count{state=\"close\"}"));
+        assert!(text.contains("tcptrace_events_processed_total 4"));
+        assert!(text.contains("tcptrace_build_info{version=\""));
+    }
+
+    #[test]
+    fn gauges_losses_and_reconcile_counters() {
+        let metrics = Metrics::new();
+        let mut sink = MetricsSink::new(
+            metrics.clone(),
+            SocketTable::new(100, None, Filter::default()),
+        );
+        use TcpState::*;
+        let mut est = t(SynSent, Established, Some(1));
+        est.ts_ns = 1_000_000_000;
+        sink.transition(&est).unwrap();
+        let mut tick = Tick {
+            now_ns: 11_000_000_000,
+            stats: Default::default(),
+            kernel: crate::loader::KernelCounters {
+                ring_full: 5,
+                recursion_misses: 2,
+                ..Default::default()
+            },
+        };
+        sink.tick(&tick);
+        let text = scrape(&metrics);
+        assert!(
+            text.contains("tcptrace_sockets{state=\"established\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("tcptrace_sockets{state=\"time_wait\"} 0"));
+        assert!(text.contains("tcptrace_state_oldest_seconds{state=\"established\"} 10"));
+        assert!(text.contains("tcptrace_lost_events_total{reason=\"ring_full\"} 5"));
+        assert!(text.contains("tcptrace_lost_events_total{reason=\"recursion\"} 2"));
+        // Counters stay monotonic.
+        tick.kernel.ring_full = 3;
+        sink.tick(&tick);
+        assert!(scrape(&metrics).contains("tcptrace_lost_events_total{reason=\"ring_full\"} 5"));
+
+        // Seed: no corrections; then a snapshot without the socket: one correction.
+        sink.begin_snapshot();
+        sink.snapshot(&[], 500_000_000);
+        assert!(scrape(&metrics).contains("tcptrace_reconcile_corrections_total 0"));
+        sink.begin_snapshot();
+        sink.snapshot(&[], 20_000_000_000);
+        let text = scrape(&metrics);
+        assert!(
+            text.contains("tcptrace_reconcile_corrections_total 1"),
+            "{text}"
+        );
+        assert!(text.contains("tcptrace_reconciles_total 2"));
+        assert!(text.contains("tcptrace_sockets{state=\"established\"} 0"));
+    }
+
+    #[test]
+    fn process_stat_parsing() {
+        let stat = "1234 (tcp trace) S 1 1234 1234 0 -1 4194560 1 0 0 0 250 50 0 0 20 0 3 0 4200 123456789 2048 18446744073709551615";
+        let (ticks, start, vsize, rss) = parse_stat(stat).unwrap();
+        assert_eq!((ticks, start, vsize, rss), (300.0, 4200.0, 123456789, 2048));
+        assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn buckets_are_sorted_and_span_10us_to_hours() {
+        assert!(DURATION_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(DURATION_BUCKETS[0], 0.000_01);
+        assert!(*DURATION_BUCKETS.last().unwrap() >= 3600.0);
+    }
+}

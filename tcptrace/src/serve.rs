@@ -1,0 +1,135 @@
+//! `tcptrace serve`: the Prometheus exporter.
+//!
+//! Two threads: the event thread owns the kernel program, reads the ring, updates metrics and
+//! the socket table, and publishes gauges every second; the main thread serves HTTP. A scrape
+//! only gathers and encodes, so it never delays event processing.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use tokio::sync::Notify;
+
+use crate::cli::{OutputFormat, ServeArgs};
+use crate::http::{self, Site};
+use crate::loader::{Sizes, Tracer};
+use crate::metrics::{Metrics, MetricsSink};
+use crate::pipeline::{Pipeline, RunOptions, StopReason};
+use crate::shutdown_signal;
+use crate::sockets::SocketTable;
+use crate::tail::TailSink;
+
+/// Inode of this process's network namespace: the one INET_DIAG snapshots describe.
+fn own_netns() -> Option<u32> {
+    std::fs::metadata("/proc/self/ns/net")
+        .ok()
+        .map(|m| m.ino() as u32)
+}
+
+fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                " (another exporter or tcptrace is using it; pick another with --web.listen-address)"
+            }
+            std::io::ErrorKind::AddrNotAvailable => " (no local interface has that address)",
+            _ => "",
+        };
+        anyhow!("cannot listen on {addr}: {e}{hint}")
+    })?;
+    listener
+        .set_nonblocking(true)
+        .context("cannot make the listening socket non-blocking")?;
+    Ok(listener)
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let filter = args.filter.to_filter();
+    // A busy port is the likeliest mistake: report it before loading anything.
+    let listener = bind(args.listen_address)?;
+    let mut tracer = Tracer::load(
+        &filter.kernel(),
+        Sizes {
+            ring_bytes: args.kernel.ring_bytes,
+            max_sockets: args.kernel.max_sockets,
+        },
+    )?;
+    let ring = tracer
+        .take_ring()
+        .context("the ring buffer was already taken")?;
+
+    let metrics = Metrics::new();
+    let table = SocketTable::new(
+        args.max_tracked_sockets as usize,
+        own_netns(),
+        filter.clone(),
+    );
+    let mut pipeline = Pipeline::new(&filter);
+    pipeline.subscribe(Box::new(MetricsSink::new(metrics.clone(), table)));
+    if args.tail {
+        let out = std::io::LineWriter::new(std::io::stdout());
+        pipeline.subscribe(Box::new(TailSink::new(out, OutputFormat::Table, None)));
+    }
+
+    let stop = Arc::new(Notify::new());
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let reconcile = args.reconcile_interval;
+    let stop_events = stop.clone();
+    let events = std::thread::Builder::new()
+        .name("tcptrace-events".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(pipeline.run(
+                        ring,
+                        stop_events.notified(),
+                        RunOptions {
+                            tick: Some(Duration::from_secs(1)),
+                            snapshot: Some(reconcile),
+                            tracer: Some(&tracer),
+                        },
+                    ))
+                    .map_err(anyhow::Error::from)
+                });
+            let _ = done_tx.send(());
+            result
+        })
+        .context("cannot start the event thread")?;
+
+    let path = args.telemetry_path.clone();
+    let site = Site {
+        telemetry_path: args.telemetry_path,
+        render: Box::new(move || metrics.render()),
+    };
+    eprintln!(
+        "tcptrace: tracing; serving metrics on http://{}{path} (Ctrl-C to stop)",
+        args.listen_address
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        tokio::select! {
+            () = http::serve(listener, site) => {}
+            () = shutdown_signal() => {}
+            _ = done_rx => {}
+        }
+        anyhow::Ok(())
+    })?;
+    stop.notify_one();
+    let reason = events
+        .join()
+        .map_err(|_| anyhow!("the event thread panicked"))??;
+    if reason == StopReason::OutputClosed {
+        eprintln!("tcptrace: stdout closed; stopped");
+    }
+    Ok(ExitCode::SUCCESS)
+}
