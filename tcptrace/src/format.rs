@@ -213,6 +213,10 @@ pub fn json_line(clock: &WallClock, t: &Transition, out: &mut String) {
         }
         None => out.push_str(",\"pid\":null,\"comm\":null"),
     }
+    let _ = match t.netns {
+        Some(ns) => write!(out, ",\"netns\":{ns}"),
+        None => write!(out, ",\"netns\":null"),
+    };
     out.push('}');
 }
 
@@ -296,7 +300,7 @@ mod tests {
         json_line(&clock(), &t, &mut line);
         assert_eq!(
             line,
-            r#"{"time":"2026-11-21T07:00:05.000000Z","ts_ns":5000000123,"cookie":4242,"family":"ipv4","saddr":"127.0.0.1","sport":45678,"daddr":"10.1.2.3","dport":8080,"old":"SYN_SENT","new":"ESTABLISHED","in_old_ns":61250,"pid":1234,"comm":"curl"}"#
+            r#"{"time":"2026-11-21T07:00:05.000000Z","ts_ns":5000000123,"cookie":4242,"family":"ipv4","saddr":"127.0.0.1","sport":45678,"daddr":"10.1.2.3","dport":8080,"old":"SYN_SENT","new":"ESTABLISHED","in_old_ns":61250,"pid":1234,"comm":"curl","netns":4026531840}"#
         );
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
@@ -314,6 +318,7 @@ mod tests {
             "in_old_ns",
             "pid",
             "comm",
+            "netns",
         ];
         expected.sort_unstable();
         keys.sort_unstable();

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-pub const MAX_CONNECTIONS: usize = 16;
+pub const MAX_CONNECTIONS: usize = 64;
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -162,21 +162,39 @@ async fn handle(site: Arc<Site>, mut stream: TcpStream) {
     .await;
 }
 
+/// Answers 503 without reading the request, then lets the client finish sending (closing with
+/// unread data would reset the connection before the client reads the answer). Bounded to one
+/// second and 8 KiB.
+async fn refuse_busy(mut stream: TcpStream) {
+    let busy = encode(&text(503, "too many connections\n"), false);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(&busy).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        let mut total = 0;
+        while total < MAX_HEAD_BYTES {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => total += n,
+            }
+        }
+        std::io::Result::Ok(())
+    })
+    .await;
+}
+
 /// Accepts connections until the future is dropped.
 pub async fn serve(listener: TcpListener, site: Site) {
     let site = Arc::new(site);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Ok((stream, _)) = listener.accept().await else {
             // EMFILE and friends: back off instead of spinning.
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
-                let busy = encode(&text(503, "too many connections\n"), false);
-                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&busy)).await;
-            });
+            tokio::spawn(refuse_busy(stream));
             continue;
         };
         let site = site.clone();

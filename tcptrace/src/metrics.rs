@@ -352,6 +352,8 @@ pub struct MetricsSink {
     transitions: [[Option<IntCounter>; 13]; 13],
     durations: [Option<Histogram>; 13],
     seeded: bool,
+    /// Told once the first snapshot has been applied (the gauges are meaningful from then on).
+    on_seeded: Option<std::sync::mpsc::Sender<()>>,
     last_kernel: crate::loader::KernelCounters,
     last_decode_errors: u64,
     last_overflow: u64,
@@ -366,11 +368,18 @@ impl MetricsSink {
             transitions: Default::default(),
             durations: Default::default(),
             seeded: false,
+            on_seeded: None,
             last_kernel: Default::default(),
             last_decode_errors: 0,
             last_overflow: 0,
             last_snapshot_errors: 0,
         }
+    }
+
+    /// `tx` receives one message once the seed snapshot has been applied.
+    pub fn notify_seeded(mut self, tx: std::sync::mpsc::Sender<()>) -> Self {
+        self.on_seeded = Some(tx);
+        self
     }
 
     fn publish_gauges(&self, now_ns: u64) {
@@ -472,6 +481,9 @@ impl Sink for MetricsSink {
             .reconcile_corrections
             .inc_by(report.corrections);
         self.publish_gauges(crate::pipeline::monotonic_ns());
+        if let Some(tx) = self.on_seeded.take() {
+            let _ = tx.send(());
+        }
     }
 }
 

@@ -68,7 +68,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         filter.clone(),
     );
     let mut pipeline = Pipeline::new(&filter);
-    pipeline.subscribe(Box::new(MetricsSink::new(metrics.clone(), table)));
+    let (seeded_tx, seeded_rx) = std::sync::mpsc::channel();
+    pipeline.subscribe(Box::new(
+        MetricsSink::new(metrics.clone(), table).notify_seeded(seeded_tx),
+    ));
     if args.tail {
         let out = std::io::LineWriter::new(std::io::stdout());
         pipeline.subscribe(Box::new(TailSink::new(out, OutputFormat::Table, None)));
@@ -102,6 +105,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         })
         .context("cannot start the event thread")?;
 
+    // Serve only once the gauges hold the seed snapshot: a scrape must never report an empty
+    // host just because the agent has only started.
+    if seeded_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        eprintln!("tcptrace: warning: no INET_DIAG seed snapshot yet; socket gauges start at 0");
+    }
     let path = args.telemetry_path.clone();
     let site = Site {
         telemetry_path: args.telemetry_path,

@@ -175,6 +175,7 @@ fn json_lines_have_exactly_the_documented_keys() {
         "in_old_ns",
         "pid",
         "comm",
+        "netns",
     ]
     .into();
     assert_eq!(events.len(), 12);
@@ -187,6 +188,8 @@ fn json_lines_have_exactly_the_documented_keys() {
         assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{time}");
         assert!(e["cookie"].as_u64().unwrap() > 0);
         assert!(e["pid"].is_null() || e["comm"].is_string(), "{e}");
+        // Loopback traffic of this test runs in the test's own network namespace.
+        assert_eq!(e["netns"].as_u64(), Some(own_netns()), "{e}");
     }
 }
 
@@ -359,6 +362,11 @@ fn unprivileged_user_gets_one_clear_line() {
         "{stderr}"
     );
     assert!(out.stdout.is_empty());
+}
+
+fn own_netns() -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/net").unwrap().ino()
 }
 
 /// Extracts the number before `label` in the summary line, e.g. "12 filtered out (10 in kernel".

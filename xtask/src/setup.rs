@@ -11,8 +11,9 @@ use crate::{cargo, sh};
 /// The eBPF crate's toolchain (aya-build runs `rustup run nightly cargo build ...`).
 pub const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages the tests use: `ip` (network namespaces, veth).
-const APT_PACKAGES: &[&str] = &["iproute2"];
+/// Debian packages the tests use: `ip` (network namespaces, veth), and Prometheus with
+/// promtool (the exporter is scraped and linted by the real thing).
+const APT_PACKAGES: &[&str] = &["iproute2", "prometheus"];
 const TRACEFS: &str = "/sys/kernel/tracing";
 
 pub fn run() -> anyhow::Result<ExitCode> {

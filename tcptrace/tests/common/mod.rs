@@ -196,3 +196,123 @@ pub fn seen(events: &[Value], old: &str, new: &str) -> usize {
         .filter(|e| e["old"] == old && e["new"] == new)
         .count()
 }
+
+/// A minimal HTTP/1.1 GET over loopback: returns (status, body).
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of one sample line `name{labels} value` in a text exposition.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}
+
+/// A running `tcptrace serve`.
+pub struct Exporter {
+    child: Child,
+    pub addr: String,
+}
+
+impl Exporter {
+    /// Starts `tcptrace serve` on a free loopback port and waits until it answers.
+    pub fn start(args: &[&str]) -> Self {
+        require_root();
+        let port = free_port("127.0.0.1");
+        let addr = format!("127.0.0.1:{port}");
+        let mut child = Command::new(BIN)
+            .args(["serve", "--web.listen-address", &addr])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tcptrace serve");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).expect("read stderr");
+        assert!(
+            line.starts_with(READY),
+            "tcptrace serve did not start: {line}"
+        );
+        // Keep draining stderr so the agent never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = stderr.read_to_string(&mut rest);
+            if !rest.is_empty() {
+                eprintln!("tcptrace serve stderr: {rest}");
+            }
+        });
+        let exporter = Self { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(&exporter.addr, "/metrics").is_err() {
+            assert!(Instant::now() < deadline, "exporter never answered");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        exporter
+    }
+
+    pub fn scrape(&self) -> String {
+        let (status, body) = http_get(&self.addr, "/metrics").expect("scrape");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Scrapes until `metric` satisfies `pred` (gauges are published once a second).
+    pub fn wait_metric(&self, series: &str, pred: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let value = sample(&self.scrape(), series);
+            if let Some(v) = value
+                && pred(v)
+            {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} never satisfied the condition; last value {value:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

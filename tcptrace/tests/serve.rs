@@ -1,0 +1,326 @@
+//! `tcptrace serve` against the real kernel and a real Prometheus server (Debian's
+//! `prometheus` package, loopback only). Needs root; `cargo xtask test` runs these with
+//! `--ignored`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Exporter, free_port, http_get, sample};
+use serde_json::Value;
+
+/// `n` connections to `port` where the server closes first, so each server-side socket ends
+/// in TIME_WAIT (for 60 s).
+fn server_closes_first(listener: &TcpListener, n: usize) {
+    let addr = listener.local_addr().unwrap();
+    for _ in 0..n {
+        let mut client = TcpStream::connect(addr).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        drop(server);
+        let mut buf = [0u8; 1];
+        assert_eq!(client.read(&mut buf).unwrap(), 0, "EOF from the server");
+    }
+}
+
+/// A Prometheus server scraping `target` every second, with its own data directory.
+struct Prometheus {
+    child: Child,
+    addr: String,
+    dir: std::path::PathBuf,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "tcptrace-prometheus-{}-{}",
+            std::process::id(),
+            free_port("127.0.0.1")
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: tcptrace\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let addr = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--log.level=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "start prometheus (Debian package `prometheus`; `cargo xtask setup` installs it)",
+            );
+        Self { child, addr, dir }
+    }
+
+    /// Instant query; the value of the single resulting sample, if any.
+    fn query(&self, promql: &str) -> Option<f64> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let (status, body) =
+            http_get(&self.addr, &format!("/api/v1/query?query={encoded}")).ok()?;
+        if status != 200 {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let result = v["data"]["result"].as_array()?;
+        result.first()?["value"][1].as_str()?.parse().ok()
+    }
+
+    fn wait(&self, promql: &str, pred: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let value = self.query(promql);
+            if let Some(v) = value
+                && pred(v)
+            {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus: `{promql}` never satisfied the condition; last {value:?}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+#[ignore = "needs root, a BTF kernel and Prometheus; run by `cargo xtask test`"]
+fn prometheus_sees_exactly_n_handshakes_and_the_time_wait_sockets() {
+    const N: usize = 20;
+    let port = free_port("127.0.0.1");
+    let exporter = Exporter::start(&["--port", &port.to_string()]);
+    let prometheus = Prometheus::start(&exporter.addr);
+    prometheus.wait("up{job=\"tcptrace\"}", |v| v == 1.0);
+
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    server_closes_first(&listener, N);
+    let n = N as f64;
+
+    prometheus.wait(
+        "tcptrace_transitions_total{job=\"tcptrace\",from=\"syn_sent\",to=\"established\"}",
+        |v| v == n,
+    );
+    for (from, to) in [
+        ("close", "syn_sent"),
+        ("listen", "syn_recv"),
+        ("syn_recv", "established"),
+        // The server closed first: every server socket went through FIN_WAIT2 -> CLOSE
+        // (into TIME_WAIT), every client through LAST_ACK -> CLOSE.
+        ("fin_wait2", "close"),
+        ("last_ack", "close"),
+    ] {
+        let promql =
+            format!("tcptrace_transitions_total{{job=\"tcptrace\",from=\"{from}\",to=\"{to}\"}}");
+        assert_eq!(prometheus.wait(&promql, |v| v >= n), n, "{promql}");
+    }
+    for role in ["client", "server"] {
+        let promql = format!(
+            "tcptrace_handshake_duration_seconds_count{{job=\"tcptrace\",role=\"{role}\"}}"
+        );
+        assert_eq!(prometheus.wait(&promql, |v| v >= n), n, "{promql}");
+    }
+    // The test left N server-side sockets in TIME_WAIT (60 s).
+    prometheus.wait(
+        "tcptrace_sockets{job=\"tcptrace\",state=\"time_wait\"}",
+        |v| v >= n,
+    );
+    assert_eq!(
+        prometheus.query("tcptrace_lost_events_total{job=\"tcptrace\",reason=\"ring_full\"}"),
+        Some(0.0)
+    );
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn sockets_opened_before_start_are_counted_then_tracked() {
+    let port = free_port("127.0.0.1");
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    // Before the agent starts: 4 open connections (8 ESTABLISHED sockets) and 3 server-side
+    // TIME_WAIT sockets.
+    let mut pairs: Vec<(TcpStream, TcpStream)> = (0..4)
+        .map(|_| {
+            let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (s, _) = listener.accept().unwrap();
+            (c, s)
+        })
+        .collect();
+    server_closes_first(&listener, 3);
+
+    let exporter = Exporter::start(&["--port", &port.to_string()]);
+    let metrics = exporter.scrape();
+    assert_eq!(
+        sample(&metrics, "tcptrace_sockets{state=\"established\"}"),
+        Some(8.0)
+    );
+    assert_eq!(
+        sample(&metrics, "tcptrace_sockets{state=\"listen\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&metrics, "tcptrace_sockets{state=\"time_wait\"}"),
+        Some(3.0)
+    );
+    // Entry times of sockets seen only in a snapshot are unknown: no age.
+    assert_eq!(
+        sample(
+            &metrics,
+            "tcptrace_state_oldest_seconds{state=\"established\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&metrics, "tcptrace_reconcile_corrections_total"),
+        Some(0.0)
+    );
+
+    // Now transitions move them: two clients close first; their servers never do.
+    let mut leaked_servers = Vec::new();
+    for (client, server) in pairs.drain(..2) {
+        drop(client);
+        leaked_servers.push(server);
+    }
+    exporter.wait_metric("tcptrace_sockets{state=\"close_wait\"}", |v| v == 2.0);
+    exporter.wait_metric("tcptrace_sockets{state=\"established\"}", |v| v == 4.0);
+    exporter.wait_metric("tcptrace_sockets{state=\"time_wait\"}", |v| v == 5.0);
+    exporter.wait_metric("tcptrace_state_oldest_seconds{state=\"close_wait\"}", |v| {
+        v > 0.0 && v < 60.0
+    });
+    drop(pairs);
+    drop(leaked_servers);
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn promtool_lints_a_live_scrape_clean() {
+    let port = free_port("127.0.0.1");
+    let exporter = Exporter::start(&["--port", &port.to_string()]);
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    server_closes_first(&listener, 3);
+    exporter.wait_metric(
+        "tcptrace_transitions_total{from=\"syn_sent\",to=\"established\"}",
+        |v| v == 3.0,
+    );
+    let metrics = exporter.scrape();
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package `prometheus`)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && report.trim().is_empty(), "{report}");
+    // The landing page links to the metrics.
+    let (status, body) = http_get(&exporter.addr, "/").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("href=\"/metrics\""), "{body}");
+    assert_eq!(http_get(&exporter.addr, "/nope").unwrap().0, 404);
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn hostile_clients_cannot_stall_the_agent_or_grow_its_memory() {
+    let port = free_port("127.0.0.1");
+    let exporter = Exporter::start(&["--port", &port.to_string()]);
+    // Slowloris: 40 connections that never finish their request head.
+    let idle: Vec<TcpStream> = (0..40)
+        .map(|_| {
+            let mut s = TcpStream::connect(&exporter.addr).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    // A head that never ends: rejected once it passes the size limit.
+    let mut huge = TcpStream::connect(&exporter.addr).unwrap();
+    huge.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let junk = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(64 * 1024));
+    let _ = huge.write_all(junk.as_bytes());
+    let mut reply = String::new();
+    let _ = huge.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+
+    // Meanwhile the agent keeps processing transitions, and a scrape still gets through.
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    server_closes_first(&listener, 10);
+    exporter.wait_metric(
+        "tcptrace_transitions_total{from=\"syn_sent\",to=\"established\"}",
+        |v| v == 10.0,
+    );
+
+    // Many parallel scrapes: every one is answered (200, or 503 beyond the connection cap).
+    let scrapers: Vec<_> = (0..100)
+        .map(|_| {
+            let addr = exporter.addr.clone();
+            std::thread::spawn(move || http_get(&addr, "/metrics").map(|(s, _)| s))
+        })
+        .collect();
+    let statuses: Vec<u16> = scrapers
+        .into_iter()
+        .map(|t| t.join().unwrap().unwrap_or(0))
+        .collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&200));
+
+    // The slow clients are cut off after the head timeout.
+    std::thread::sleep(Duration::from_secs(6));
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", exporter.pid())).unwrap();
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(rss_kb < 64 * 1024, "RSS {rss_kb} kB after the attack");
+}
