@@ -208,6 +208,15 @@ pub struct KernelArgs {
     pub max_sockets: u32,
 }
 
+impl KernelArgs {
+    pub fn sizes(&self) -> crate::loader::Sizes {
+        crate::loader::Sizes {
+            ring_bytes: self.ring_bytes,
+            max_sockets: self.max_sockets,
+        }
+    }
+}
+
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let secs: f64 = s
         .parse()

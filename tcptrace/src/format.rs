@@ -184,6 +184,24 @@ fn json_str(s: &str, out: &mut String) {
     out.push('"');
 }
 
+/// The keys of every JSON line, in order: a documented contract (README).
+pub const JSON_KEYS: [&str; 14] = [
+    "time",
+    "ts_ns",
+    "cookie",
+    "family",
+    "saddr",
+    "sport",
+    "daddr",
+    "dport",
+    "old",
+    "new",
+    "in_old_ns",
+    "pid",
+    "comm",
+    "netns",
+];
+
 /// One JSON object (without the newline). Keys are a documented contract: see README.
 pub fn json_line(clock: &WallClock, t: &Transition, out: &mut String) {
     out.clear();
@@ -303,26 +321,10 @@ mod tests {
             r#"{"time":"2026-11-21T07:00:05.000000Z","ts_ns":5000000123,"cookie":4242,"family":"ipv4","saddr":"127.0.0.1","sport":45678,"daddr":"10.1.2.3","dport":8080,"old":"SYN_SENT","new":"ESTABLISHED","in_old_ns":61250,"pid":1234,"comm":"curl","netns":4026531840}"#
         );
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
-        let mut expected = vec![
-            "time",
-            "ts_ns",
-            "cookie",
-            "family",
-            "saddr",
-            "sport",
-            "daddr",
-            "dport",
-            "old",
-            "new",
-            "in_old_ns",
-            "pid",
-            "comm",
-            "netns",
-        ];
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut expected = JSON_KEYS.to_vec();
         expected.sort_unstable();
-        keys.sort_unstable();
-        assert_eq!(keys, expected);
+        assert_eq!(keys, expected, "serde_json sorts keys");
     }
 
     #[test]

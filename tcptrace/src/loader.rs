@@ -238,9 +238,17 @@ impl Tracer {
         })
     }
 
-    /// Hands the ring buffer to the reader (once).
-    pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
-        self.ring.take()
+    /// Loads and attaches, and hands back the ring buffer for the reader.
+    pub fn start(
+        filter: &KernelFilter,
+        sizes: Sizes,
+    ) -> Result<(Self, RingBuf<MapData>), LoadError> {
+        let mut tracer = Self::load(filter, sizes)?;
+        let ring = tracer
+            .ring
+            .take()
+            .ok_or_else(|| aya_err("take the ring buffer")("already taken".into()))?;
+        Ok((tracer, ring))
     }
 
     pub fn counters(&self) -> KernelCounters {

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use crate::cli::{OutputFormat, ServeArgs};
 use crate::http::{self, Site};
-use crate::loader::{Sizes, Tracer};
+use crate::loader::Tracer;
 use crate::metrics::{Metrics, MetricsSink};
 use crate::pipeline::{Pipeline, RunOptions, StopReason};
 use crate::shutdown_signal;
@@ -50,16 +50,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let filter = args.filter.to_filter();
     // A busy port is the likeliest mistake: report it before loading anything.
     let listener = bind(args.listen_address)?;
-    let mut tracer = Tracer::load(
-        &filter.kernel(),
-        Sizes {
-            ring_bytes: args.kernel.ring_bytes,
-            max_sockets: args.kernel.max_sockets,
-        },
-    )?;
-    let ring = tracer
-        .take_ring()
-        .context("the ring buffer was already taken")?;
+    let (tracer, ring) = Tracer::start(&filter.kernel(), args.kernel.sizes())?;
 
     let metrics = Metrics::new();
     let table = SocketTable::new(

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 
 use crate::cli::{OutputFormat, TailArgs};
 use crate::format::{self, WallClock};
-use crate::loader::{Sizes, Tracer};
+use crate::loader::Tracer;
 use crate::pipeline::{Flow, Pipeline, RunOptions, Sink, StopReason};
 use crate::shutdown_signal;
 
@@ -58,16 +58,7 @@ impl<W: Write> Sink for TailSink<W> {
 
 pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
     let filter = args.filter.to_filter();
-    let mut tracer = Tracer::load(
-        &filter.kernel(),
-        Sizes {
-            ring_bytes: args.kernel.ring_bytes,
-            max_sockets: args.kernel.max_sockets,
-        },
-    )?;
-    let ring = tracer
-        .take_ring()
-        .context("the ring buffer was already taken")?;
+    let (tracer, ring) = Tracer::start(&filter.kernel(), args.kernel.sizes())?;
 
     eprintln!("tcptrace: tracing TCP state transitions (Ctrl-C to stop)");
     let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout());

@@ -161,23 +161,7 @@ fn json_lines_have_exactly_the_documented_keys() {
     exchange("127.0.0.1", port, Duration::ZERO);
     assert!(agent.wait_for(Duration::from_secs(10), complete));
     let (_, _, events) = agent.stop();
-    let expected: BTreeSet<&str> = [
-        "time",
-        "ts_ns",
-        "cookie",
-        "family",
-        "saddr",
-        "sport",
-        "daddr",
-        "dport",
-        "old",
-        "new",
-        "in_old_ns",
-        "pid",
-        "comm",
-        "netns",
-    ]
-    .into();
+    let expected: BTreeSet<&str> = tcptrace::format::JSON_KEYS.into();
     assert_eq!(events.len(), 12);
     for e in &events {
         let keys: BTreeSet<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
