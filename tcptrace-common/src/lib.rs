@@ -26,6 +26,7 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const SOCKETS_MAP: &str = "SOCKETS";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const PORT_FILTER_MAP: &str = "PORT_FILTER";
+pub const LISTENERS_MAP: &str = "LISTENERS";
 /// Name of the program attached to `tp_btf/inet_sock_set_state`.
 pub const PROGRAM_NAME: &str = "inet_sock_set_state";
 pub const TRACEPOINT: &str = "inet_sock_set_state";
@@ -34,6 +35,17 @@ pub const TRACEPOINT: &str = "inet_sock_set_state";
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 /// Default capacity of the per-socket LRU map.
 pub const DEFAULT_MAX_SOCKETS: u32 = 65_536;
+/// Capacity of the listener map (one entry per listening netns/port).
+pub const MAX_LISTENERS: u32 = 16_384;
+/// How many `--pid` values the kernel-side filter holds.
+pub const MAX_PID_FILTER: usize = 8;
+
+/// `RawTransition::flags` and `SockEntry::flags` bits.
+pub mod flags {
+    /// The owner was inherited from the listening socket (server child sockets are created in
+    /// softirq) and not yet confirmed by the socket's own process-context transition.
+    pub const OWNER_INHERITED: u32 = 1;
+}
 
 /// Indices into the per-CPU `COUNTERS` array.
 pub mod counter {
@@ -117,6 +129,13 @@ pub struct SockOffsets {
     pub net: u32,
     /// `net->ns.inum`: the network namespace inode, or [`SockOffsets::ABSENT`].
     pub net_inum: u32,
+    /// `sk->sk_cgrp_data.cgroup` (a `struct cgroup *`, Linux 5.15+), or [`SockOffsets::ABSENT`].
+    pub cgroup: u32,
+    /// `cgroup->kn` (a `struct kernfs_node *`).
+    pub cgroup_kn: u32,
+    /// `kn->id` (u64: the cgroup directory's inode on 64-bit).
+    pub kn_id: u32,
+    pub _pad: u32,
 }
 
 impl SockOffsets {
@@ -136,11 +155,28 @@ pub struct Config {
     pub family_mask: u32,
     /// Bit `1 << port_filter::X` set for every active port bitmap.
     pub port_filters: u32,
+    /// Keep only sockets of this network namespace inode; 0 keeps all.
+    pub netns: u32,
+    /// Keep only sockets owned by one of the first `npids` process ids (tgid).
+    pub pids: [u32; MAX_PID_FILTER],
+    pub npids: u32,
     pub _pad: u32,
 }
 
 pub const FAMILY_MASK_V4: u32 = 1;
 pub const FAMILY_MASK_V6: u32 = 2;
+
+/// The process that owns a socket, captured at a transition that runs in its context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// `bpf_get_current_pid_tgid()` at capture (tgid in the upper 32 bits); 0 = unknown.
+    pub pid_tgid: u64,
+    /// `bpf_ktime_get_ns()` at capture.
+    pub captured_ns: u64,
+    /// `comm` of the capturing thread.
+    pub comm: [u8; TASK_COMM_LEN],
+}
 
 /// What the program remembers per socket, keyed by socket cookie.
 #[repr(C)]
@@ -148,10 +184,28 @@ pub const FAMILY_MASK_V6: u32 = 2;
 pub struct SockEntry {
     /// `bpf_ktime_get_ns()` when the socket entered its current state.
     pub entered_ns: u64,
+    /// cgroup v2 id of the socket (`sk->sk_cgrp_data.cgroup->kn->id`), read once: a socket's
+    /// cgroup is fixed when it is created (`cgroup_sk_alloc()`).
+    pub cgroup: u64,
+    pub owner: Owner,
+    /// Network namespace inode, read once (a socket never changes namespace).
+    pub netns: u32,
     /// Last non-zero local port seen: on `-> CLOSE` events `skc_num` has already been cleared
     /// (`inet_put_port()` runs before `tcp_set_state(sk, TCP_CLOSE)` in `tcp_done()`).
     pub lport: u16,
-    pub _pad: [u8; 6],
+    pub _pad: u16,
+    pub flags: u32,
+    pub _pad2: u32,
+}
+
+/// Key of the listener map: server child sockets inherit the owner of the listener with the
+/// same namespace and local port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenKey {
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
 }
 
 /// One state transition, as written to the ring buffer by the kernel program.
@@ -164,8 +218,13 @@ pub struct RawTransition {
     pub cookie: u64,
     /// Nanoseconds spent in `oldstate`, or [`DWELL_UNKNOWN`].
     pub in_old_ns: u64,
-    /// `bpf_get_current_pid_tgid()`: the task on the CPU (tgid in the upper 32 bits).
-    pub pid_tgid: u64,
+    /// `bpf_get_current_pid_tgid()`: the task on the CPU (tgid in the upper 32 bits). In
+    /// softirq this is whatever task was interrupted, not the socket's owner.
+    pub cpu_pid_tgid: u64,
+    /// cgroup v2 id of the socket, 0 when unknown.
+    pub cgroup: u64,
+    /// The socket's owner (`pid_tgid == 0` when unknown).
+    pub owner: Owner,
     /// Local address: IPv4 in the first 4 bytes, or IPv6 (network order).
     pub saddr: [u8; 16],
     /// Remote address, same layout.
@@ -179,7 +238,7 @@ pub struct RawTransition {
     pub oldstate: u8,
     pub newstate: u8,
     /// `comm` of the task on the CPU, NUL-padded.
-    pub comm: [u8; TASK_COMM_LEN],
+    pub cpu_comm: [u8; TASK_COMM_LEN],
     /// Inode of the socket's network namespace (as in `/proc/PID/ns/net`), 0 when unknown.
     pub netns: u32,
     pub flags: u32,
@@ -188,9 +247,9 @@ pub struct RawTransition {
 /// Size of one ring-buffer record.
 pub const RAW_TRANSITION_SIZE: usize = size_of::<RawTransition>();
 
-const _: () = assert!(RAW_TRANSITION_SIZE == 96);
-const _: () = assert!(size_of::<Config>() == 64);
-const _: () = assert!(size_of::<SockEntry>() == 16);
+const _: () = assert!(RAW_TRANSITION_SIZE == 136);
+const _: () = assert!(size_of::<Config>() == 120);
+const _: () = assert!(size_of::<SockEntry>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -200,4 +259,6 @@ mod pod {
     unsafe impl aya::Pod for super::SockEntry {}
     unsafe impl aya::Pod for super::PortSet {}
     unsafe impl aya::Pod for super::RawTransition {}
+    unsafe impl aya::Pod for super::ListenKey {}
+    unsafe impl aya::Pod for super::Owner {}
 }

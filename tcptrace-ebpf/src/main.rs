@@ -21,8 +21,8 @@ use aya_ebpf::{
 };
 use tcptrace_common::{
     AF_INET, AF_INET6, Config, DEFAULT_MAX_SOCKETS, DEFAULT_RING_BYTES, DWELL_UNKNOWN,
-    FAMILY_MASK_V4, FAMILY_MASK_V6, IPPROTO_TCP, PortSet, RawTransition, SockEntry, SockOffsets,
-    TCP_CLOSE, counter, port_filter,
+    FAMILY_MASK_V4, FAMILY_MASK_V6, IPPROTO_TCP, ListenKey, MAX_LISTENERS, MAX_PID_FILTER, Owner,
+    PortSet, RawTransition, SockEntry, SockOffsets, TCP_CLOSE, counter, flags, port_filter,
 };
 
 /// Written by userspace before load; all-zero offsets are never used because the loader always
@@ -42,10 +42,17 @@ static CONFIG: Global<Config> = Global::new(Config {
         protocol_mask: 0,
         net: SockOffsets::ABSENT,
         net_inum: SockOffsets::ABSENT,
+        cgroup: SockOffsets::ABSENT,
+        cgroup_kn: SockOffsets::ABSENT,
+        kn_id: SockOffsets::ABSENT,
+        _pad: 0,
     },
     state_mask: 0,
     family_mask: 0,
     port_filters: 0,
+    netns: 0,
+    pids: [0; MAX_PID_FILTER],
+    npids: 0,
     _pad: 0,
 });
 
@@ -53,9 +60,14 @@ static CONFIG: Global<Config> = Global::new(Config {
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
-/// Cookie -> when the socket entered its current state. Size set at load (`--max-sockets`).
+/// Cookie -> when the socket entered its current state, and who owns it. Size set at load
+/// (`--max-sockets`).
 #[map(name = "SOCKETS")]
 static SOCKETS: LruHashMap<u64, SockEntry> = LruHashMap::with_max_entries(DEFAULT_MAX_SOCKETS, 0);
+
+/// (netns, port) of each listening socket -> its owner, for the children it accepts.
+#[map(name = "LISTENERS")]
+static LISTENERS: LruHashMap<ListenKey, Owner> = LruHashMap::with_max_entries(MAX_LISTENERS, 0);
 
 /// Per-CPU loss and filter counters, see `tcptrace_common::counter`.
 #[map(name = "COUNTERS")]
@@ -64,6 +76,14 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 /// Port bitmaps for `--port`, `--lport`, `--rport`, see `tcptrace_common::port_filter`.
 #[map(name = "PORT_FILTER")]
 static PORT_FILTER: Array<PortSet> = Array::with_max_entries(port_filter::COUNT, 0);
+
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_FIN_WAIT1: i32 = 4;
+const TCP_CLOSE_WAIT: i32 = 8;
+const TCP_LAST_ACK: i32 = 9;
+const TCP_LISTEN: i32 = 10;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
@@ -82,11 +102,36 @@ fn bump(index: u32) {
     }
 }
 
-/// Reads a `T` at `offset` bytes into the socket.
+/// Reads a `T` at `offset` bytes into a kernel object.
 #[inline(always)]
-fn read<T>(sk: *const u8, offset: u32) -> Result<T, u32> {
-    unsafe { bpf_probe_read_kernel(sk.wrapping_add(offset as usize).cast::<T>()) }
+fn read<T>(base: *const u8, offset: u32) -> Result<T, u32> {
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }
         .map_err(|_| counter::READ_FAILED)
+}
+
+/// Transitions that only the socket's own process causes, from a system call: connect()
+/// (`tcp_v4_connect`/`tcp_v6_connect` set SYN_SENT), listen() (`inet_csk_listen_start`),
+/// close()/shutdown() (`tcp_close_state` sets FIN_WAIT1 or LAST_ACK). Everything else may run
+/// in softirq on behalf of whichever task was interrupted.
+#[inline(always)]
+fn in_owner_context(old: i32, new: i32) -> bool {
+    matches!(
+        (old, new),
+        (TCP_CLOSE, TCP_SYN_SENT)
+            | (_, TCP_LISTEN)
+            | (TCP_ESTABLISHED | TCP_SYN_RECV, TCP_FIN_WAIT1)
+            | (TCP_CLOSE_WAIT, TCP_LAST_ACK)
+    )
+}
+
+/// The configuration in read-only data. Fields are read through a pointer the compiler cannot
+/// see through, so it never folds in the compile-time defaults (userspace rewrites them before
+/// load), and the 120-byte struct is never copied onto the 512-byte BPF stack.
+#[inline(always)]
+fn config() -> &'static Config {
+    let ptr: *const Global<Config> = unsafe { core::ptr::read_volatile(&&raw const CONFIG) };
+    // `Global<T>` is `repr(transparent)` over `T`.
+    unsafe { &*ptr.cast::<Config>() }
 }
 
 /// Returns `Err(counter)` to count a dropped event, `Ok(())` otherwise (including events that
@@ -97,8 +142,8 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), u32> {
     let sk: *const u8 = ctx.arg(0);
     let oldstate: i32 = ctx.arg(1);
     let newstate: i32 = ctx.arg(2);
-    let config = CONFIG.load();
-    let off = config.offsets;
+    let config = config();
+    let off = &config.offsets;
 
     // The tracepoint fires for every inet protocol (inet_sk_set_state / inet_sk_state_store).
     let protocol_word: u32 = read(sk, off.protocol_word)?;
@@ -109,80 +154,160 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), u32> {
     let now = unsafe { bpf_ktime_get_ns() };
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     let family: u16 = read(sk, off.family)?;
-    let mut lport: u16 = read(sk, off.num)?;
+    let lport: u16 = read(sk, off.num)?;
     let dport = u16::from_be(read::<u16>(sk, off.dport)?);
+    let cpu_pid_tgid = bpf_get_current_pid_tgid();
+    // The idle task (pid 0) never owns a socket.
+    let capture = in_owner_context(oldstate, newstate) && cpu_pid_tgid >> 32 != 0;
 
-    let in_old_ns = match SOCKETS.get_ptr_mut(cookie) {
+    // Either the map's entry or, for a socket seen for the first time, one on the stack.
+    let mut fresh = SockEntry::default();
+    let (in_old_ns, known) = match SOCKETS.get_ptr_mut(cookie) {
         Some(entry) => {
-            let entry = unsafe { &mut *entry };
-            let dwell = now.wrapping_sub(entry.entered_ns);
-            if lport == 0 {
-                lport = entry.lport;
-            } else {
-                entry.lport = lport;
+            let e = unsafe { &mut *entry };
+            let dwell = now.wrapping_sub(e.entered_ns);
+            if lport != 0 {
+                e.lport = lport;
             }
-            if newstate == TCP_CLOSE {
-                // The socket's story ends here; free the slot for the next one.
-                let _ = SOCKETS.remove(cookie);
-            } else {
-                entry.entered_ns = now;
+            e.entered_ns = now;
+            if capture {
+                e.owner.pid_tgid = cpu_pid_tgid;
+                e.owner.captured_ns = now;
+                e.owner.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+                e.flags &= !flags::OWNER_INHERITED;
             }
-            dwell
+            (dwell, Some(entry))
         }
         None => {
-            if newstate != TCP_CLOSE {
-                let entry = SockEntry {
-                    entered_ns: now,
-                    lport,
-                    _pad: [0; 6],
+            fresh.entered_ns = now;
+            fresh.lport = lport;
+            fresh.netns = netns_inum(sk, off);
+            fresh.cgroup = cgroup_id(sk, off);
+            if capture {
+                fresh.owner.pid_tgid = cpu_pid_tgid;
+                fresh.owner.captured_ns = now;
+                fresh.owner.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+            } else if (oldstate, newstate) == (TCP_LISTEN, TCP_SYN_RECV) {
+                // A server child socket, created in softirq: its owner is the listener's.
+                let key = ListenKey {
+                    netns: fresh.netns,
+                    port: lport,
+                    _pad: 0,
                 };
-                // An LRU map evicts the coldest entry instead of failing when full.
-                let _ = SOCKETS.insert(cookie, entry, 0);
+                if let Some(owner) = LISTENERS.get_ptr(key) {
+                    fresh.owner = unsafe { *owner };
+                    fresh.flags |= flags::OWNER_INHERITED;
+                }
             }
-            DWELL_UNKNOWN
+            if newstate != TCP_CLOSE {
+                // An LRU map evicts the coldest entry instead of failing when full.
+                let _ = SOCKETS.insert(cookie, fresh, 0);
+            }
+            (DWELL_UNKNOWN, None)
         }
     };
+    let sock: &SockEntry = match known {
+        Some(entry) => unsafe { &*entry },
+        None => &fresh,
+    };
 
-    if !keep(&config, family, oldstate, newstate, lport, dport) {
-        return Err(counter::FILTERED);
+    if newstate == TCP_LISTEN || oldstate == TCP_LISTEN {
+        let key = ListenKey {
+            netns: sock.netns,
+            port: sock.lport,
+            _pad: 0,
+        };
+        if newstate == TCP_LISTEN {
+            let _ = LISTENERS.insert(key, sock.owner, 0);
+        } else if newstate == TCP_CLOSE {
+            let _ = LISTENERS.remove(key);
+        }
     }
 
+    let result = emit(
+        ctx,
+        config,
+        sock,
+        sk,
+        cookie,
+        now,
+        in_old_ns,
+        cpu_pid_tgid,
+        family,
+        oldstate,
+        newstate,
+        dport,
+    );
+    if newstate == TCP_CLOSE && known.is_some() {
+        // The socket's story ends here; free the slot for the next one.
+        let _ = SOCKETS.remove(cookie);
+    }
+    result
+}
+
+/// Filters, then writes one record into the ring buffer, field by field (no stack copy).
+#[inline(always)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; keeps the hot path flat"
+)]
+fn emit(
+    _ctx: &BtfTracePointContext,
+    config: &Config,
+    sock: &SockEntry,
+    sk: *const u8,
+    cookie: u64,
+    now: u64,
+    in_old_ns: u64,
+    cpu_pid_tgid: u64,
+    family: u16,
+    oldstate: i32,
+    newstate: i32,
+    dport: u16,
+) -> Result<(), u32> {
+    if !keep(config, sock, family, oldstate, newstate, dport) {
+        return Err(counter::FILTERED);
+    }
     let Some(mut slot) = EVENTS.reserve::<RawTransition>(0) else {
         return Err(counter::RING_FULL);
     };
-    let event = slot.write(RawTransition {
-        ts_ns: now,
-        cookie,
-        in_old_ns,
-        pid_tgid: bpf_get_current_pid_tgid(),
-        saddr: [0; 16],
-        daddr: [0; 16],
-        sport: lport,
-        dport,
-        family,
-        oldstate: oldstate as u8,
-        newstate: newstate as u8,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        netns: netns_inum(sk, &off),
-        flags: 0,
-    });
-    // A failed address read leaves zeros; the transition itself is still worth reporting.
+    let off = &config.offsets;
+    let e = slot.as_mut_ptr();
+    // SAFETY: `e` points to a reserved, exclusively owned ring record of the right size; every
+    // field is written before submit.
     unsafe {
+        (&raw mut (*e).ts_ns).write(now);
+        (&raw mut (*e).cookie).write(cookie);
+        (&raw mut (*e).in_old_ns).write(in_old_ns);
+        (&raw mut (*e).cpu_pid_tgid).write(cpu_pid_tgid);
+        (&raw mut (*e).cgroup).write(sock.cgroup);
+        (&raw mut (*e).owner).write(sock.owner);
+        (&raw mut (*e).saddr).write([0; 16]);
+        (&raw mut (*e).daddr).write([0; 16]);
+        (&raw mut (*e).sport).write(sock.lport);
+        (&raw mut (*e).dport).write(dport);
+        (&raw mut (*e).family).write(family);
+        (&raw mut (*e).oldstate).write(oldstate as u8);
+        (&raw mut (*e).newstate).write(newstate as u8);
+        (&raw mut (*e).cpu_comm).write(bpf_get_current_comm().unwrap_or([0; 16]));
+        (&raw mut (*e).netns).write(sock.netns);
+        (&raw mut (*e).flags).write(sock.flags);
+        // A failed address read leaves zeros; the transition itself is still worth reporting.
         if family == AF_INET6 && off.v6_daddr != SockOffsets::ABSENT {
             let _ = bpf_probe_read_kernel_buf(
                 sk.wrapping_add(off.v6_rcv_saddr as usize),
-                &mut event.saddr,
+                &mut (*e).saddr,
             );
             let _ =
-                bpf_probe_read_kernel_buf(sk.wrapping_add(off.v6_daddr as usize), &mut event.daddr);
+                bpf_probe_read_kernel_buf(sk.wrapping_add(off.v6_daddr as usize), &mut (*e).daddr);
         } else {
             let _ = bpf_probe_read_kernel_buf(
                 sk.wrapping_add(off.rcv_saddr as usize),
-                &mut event.saddr[..4],
+                &mut (&mut (*e).saddr)[..4],
             );
             let _ = bpf_probe_read_kernel_buf(
                 sk.wrapping_add(off.daddr as usize),
-                &mut event.daddr[..4],
+                &mut (&mut (*e).daddr)[..4],
             );
         }
     }
@@ -202,9 +327,34 @@ fn netns_inum(sk: *const u8, off: &SockOffsets) -> u32 {
     read::<u32>(net, off.net_inum).unwrap_or(0)
 }
 
-/// The kernel-side filters: state, family and ports. Address (CIDR) filters run in userspace.
+/// `sk->sk_cgrp_data.cgroup->kn->id`, or 0 when unknown.
 #[inline(always)]
-fn keep(config: &Config, family: u16, old: i32, new: i32, lport: u16, rport: u16) -> bool {
+fn cgroup_id(sk: *const u8, off: &SockOffsets) -> u64 {
+    if off.cgroup == SockOffsets::ABSENT
+        || off.cgroup_kn == SockOffsets::ABSENT
+        || off.kn_id == SockOffsets::ABSENT
+    {
+        return 0;
+    }
+    let Ok(cgroup) = read::<*const u8>(sk, off.cgroup) else {
+        return 0;
+    };
+    if cgroup.is_null() {
+        return 0;
+    }
+    let Ok(kn) = read::<*const u8>(cgroup, off.cgroup_kn) else {
+        return 0;
+    };
+    if kn.is_null() {
+        return 0;
+    }
+    read::<u64>(kn, off.kn_id).unwrap_or(0)
+}
+
+/// The kernel-side filters: state, family, ports, namespace and owner. Address (CIDR), comm
+/// and cgroup filters run in userspace.
+#[inline(always)]
+fn keep(config: &Config, sock: &SockEntry, family: u16, old: i32, new: i32, rport: u16) -> bool {
     if config.state_mask != 0 {
         let touched = (1u32 << (old as u32 & 31)) | (1u32 << (new as u32 & 31));
         if config.state_mask & touched == 0 {
@@ -221,6 +371,24 @@ fn keep(config: &Config, family: u16, old: i32, new: i32, lport: u16, rport: u16
             return false;
         }
     }
+    if config.netns != 0 && config.netns != sock.netns {
+        return false;
+    }
+    if config.npids != 0 {
+        let tgid = (sock.owner.pid_tgid >> 32) as u32;
+        let mut found = false;
+        let mut i = 0;
+        while i < MAX_PID_FILTER {
+            if (i as u32) < config.npids && config.pids[i] == tgid {
+                found = true;
+            }
+            i += 1;
+        }
+        if !found {
+            return false;
+        }
+    }
+    let lport = sock.lport;
     let filters = config.port_filters;
     if filters != 0 {
         if filters & (1 << port_filter::ANY) != 0 {

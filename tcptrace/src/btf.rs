@@ -300,12 +300,22 @@ impl Btf {
             protocol_mask: (1u32 << protocol_bits) - 1,
             // Without CONFIG_NET_NS possible_net_t is empty and there is one namespace.
             net: optional("__sk_common.skc_net.net")?,
-            net_inum: match self.field("net", "ns.inum") {
-                Ok(f) => f.byte_offset(),
-                Err(BtfError::NoMember { .. } | BtfError::NoStruct(_)) => SockOffsets::ABSENT,
-                Err(e) => return Err(e),
-            },
+            net_inum: self.optional_field("net", "ns.inum")?,
+            // sk_cgrp_data.cgroup since Linux 5.15 (a tagged union `val` before: unsupported).
+            cgroup: optional("sk_cgrp_data.cgroup")?,
+            cgroup_kn: self.optional_field("cgroup", "kn")?,
+            kn_id: self.optional_field("kernfs_node", "id")?,
+            _pad: 0,
         })
+    }
+
+    /// Byte offset of `strukt.path`, or [`SockOffsets::ABSENT`] when this kernel lacks it.
+    fn optional_field(&self, strukt: &str, path: &str) -> Result<u32, BtfError> {
+        match self.field(strukt, path) {
+            Ok(f) => Ok(f.byte_offset()),
+            Err(BtfError::NoMember { .. } | BtfError::NoStruct(_)) => Ok(SockOffsets::ABSENT),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -465,6 +475,10 @@ mod tests {
                 protocol_mask: 0xffff,
                 net: SockOffsets::ABSENT,
                 net_inum: SockOffsets::ABSENT,
+                cgroup: SockOffsets::ABSENT,
+                cgroup_kn: SockOffsets::ABSENT,
+                kn_id: SockOffsets::ABSENT,
+                _pad: 0,
             }
         );
     }
@@ -524,5 +538,8 @@ mod tests {
         assert!(off.family > off.num);
         assert_ne!(off.net, SockOffsets::ABSENT, "skc_net.net");
         assert_ne!(off.net_inum, SockOffsets::ABSENT, "net.ns.inum");
+        assert_ne!(off.cgroup, SockOffsets::ABSENT, "sk_cgrp_data.cgroup");
+        assert_ne!(off.cgroup_kn, SockOffsets::ABSENT, "cgroup.kn");
+        assert_ne!(off.kn_id, SockOffsets::ABSENT, "kernfs_node.id");
     }
 }

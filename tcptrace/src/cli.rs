@@ -121,6 +121,10 @@ pub struct TailArgs {
     #[arg(long)]
     pub no_header: bool,
 
+    /// Table with the socket's network namespace, container and cgroup.
+    #[arg(short, long)]
+    pub wide: bool,
+
     /// Stop after this many seconds (fractions allowed).
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     pub duration: Option<std::time::Duration>,
@@ -178,11 +182,59 @@ pub struct FilterArgs {
         help_heading = "Filters"
     )]
     pub states: Vec<TcpState>,
+
+    /// Keep sockets owned by this process id (repeatable, up to 8; in the kernel).
+    #[arg(long = "pid", value_name = "PID", help_heading = "Filters")]
+    pub pids: Vec<u32>,
+
+    /// Keep sockets whose owner's command name starts with NAME (repeatable).
+    #[arg(long = "comm", value_name = "NAME", help_heading = "Filters")]
+    pub comms: Vec<String>,
+
+    /// Keep sockets whose cgroup path starts with PREFIX, e.g. /system.slice/nginx.service
+    /// (repeatable).
+    #[arg(long = "cgroup", value_name = "PREFIX", help_heading = "Filters")]
+    pub cgroups: Vec<String>,
+
+    /// Keep sockets of containers whose id starts with PREFIX (docker, containerd, cri-o,
+    /// podman, kubepods), or of a systemd service by name (repeatable).
+    #[arg(long = "container", value_name = "PREFIX", help_heading = "Filters")]
+    pub containers: Vec<String>,
+
+    /// Keep sockets of this network namespace, by inode (`readlink /proc/PID/ns/net`).
+    #[arg(
+        long,
+        value_name = "INODE",
+        help_heading = "Filters",
+        conflicts_with = "netns_path"
+    )]
+    pub netns: Option<u32>,
+
+    /// Keep sockets of the network namespace at PATH, e.g. /run/netns/NAME or /proc/PID/ns/net.
+    #[arg(long, value_name = "PATH", help_heading = "Filters")]
+    pub netns_path: Option<std::path::PathBuf>,
 }
 
 impl FilterArgs {
-    pub fn to_filter(&self) -> Filter {
-        Filter {
+    /// The filter, with paths resolved; errors name the flag.
+    pub fn to_filter(&self) -> anyhow::Result<Filter> {
+        if self.pids.len() > tcptrace_common::MAX_PID_FILTER {
+            anyhow::bail!(
+                "--pid can be given at most {} times",
+                tcptrace_common::MAX_PID_FILTER
+            );
+        }
+        let netns = match (&self.netns, &self.netns_path) {
+            (Some(inode), _) => Some(*inode),
+            (None, Some(path)) => {
+                use std::os::unix::fs::MetadataExt as _;
+                let meta = std::fs::metadata(path)
+                    .map_err(|e| anyhow::anyhow!("--netns-path {}: {e}", path.display()))?;
+                Some(meta.ino() as u32)
+            }
+            (None, None) => None,
+        };
+        Ok(Filter {
             ports: self.ports.clone(),
             lports: self.lports.clone(),
             rports: self.rports.clone(),
@@ -190,7 +242,12 @@ impl FilterArgs {
             ipv4_only: self.ipv4,
             ipv6_only: self.ipv6,
             states: self.states.clone(),
-        }
+            pids: self.pids.clone(),
+            comms: self.comms.clone(),
+            netns,
+            cgroups: self.cgroups.clone(),
+            containers: self.containers.clone(),
+        })
     }
 }
 
@@ -264,7 +321,7 @@ mod tests {
         assert_eq!(t.output, OutputFormat::Table);
         assert_eq!(t.kernel.ring_bytes, DEFAULT_RING_BYTES);
         assert_eq!(t.kernel.max_sockets, DEFAULT_MAX_SOCKETS);
-        assert_eq!(t.filter.to_filter(), Filter::default());
+        assert_eq!(t.filter.to_filter().unwrap(), Filter::default());
         assert!(t.duration.is_none() && t.count.is_none());
     }
 
@@ -294,7 +351,7 @@ mod tests {
             "3",
         ])
         .unwrap();
-        let f = t.filter.to_filter();
+        let f = t.filter.to_filter().unwrap();
         assert_eq!(f.ports, [80, 443]);
         assert_eq!(f.lports, [8080]);
         assert_eq!(f.rports, [5432]);
@@ -307,6 +364,48 @@ mod tests {
         assert_eq!(t.output, OutputFormat::Json);
         assert_eq!(t.duration, Some(std::time::Duration::from_millis(1500)));
         assert_eq!(t.count, Some(3));
+    }
+
+    #[test]
+    fn owner_and_namespace_filters() {
+        let t = tail(&[
+            "--pid",
+            "1",
+            "--pid",
+            "2",
+            "--comm",
+            "nginx",
+            "--cgroup",
+            "/system.slice",
+            "--container",
+            "3f2a",
+            "--netns-path",
+            "/proc/self/ns/net",
+            "--wide",
+        ])
+        .unwrap();
+        assert!(t.wide);
+        let f = t.filter.to_filter().unwrap();
+        assert_eq!(f.pids, [1, 2]);
+        assert_eq!(f.comms, ["nginx"]);
+        assert_eq!(f.cgroups, ["/system.slice"]);
+        assert_eq!(f.containers, ["3f2a"]);
+        use std::os::unix::fs::MetadataExt as _;
+        let me = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        assert_eq!(f.netns, Some(me));
+        let too_many: Vec<String> = (0..9)
+            .flat_map(|i| ["--pid".into(), i.to_string()])
+            .collect();
+        let args: Vec<&str> = too_many.iter().map(String::as_str).collect();
+        let err = tail(&args).unwrap().filter.to_filter().unwrap_err();
+        assert!(err.to_string().contains("at most 8"), "{err}");
+        let missing = tail(&["--netns-path", "/run/netns/does-not-exist"]).unwrap();
+        let err = missing.filter.to_filter().unwrap_err().to_string();
+        assert!(
+            err.contains("--netns-path") && err.contains("does-not-exist"),
+            "{err}"
+        );
+        assert!(tail(&["--netns", "1", "--netns-path", "/x"]).is_err());
     }
 
     #[test]

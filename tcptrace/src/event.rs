@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tcptrace_common::{
-    AF_INET, AF_INET6, DWELL_UNKNOWN, RAW_TRANSITION_SIZE, RawTransition, TASK_COMM_LEN,
+    AF_INET, AF_INET6, DWELL_UNKNOWN, RAW_TRANSITION_SIZE, RawTransition, TASK_COMM_LEN, flags,
 };
 
 use crate::state::TcpState;
@@ -53,14 +53,34 @@ impl Comm {
     }
 }
 
-/// The task that was on the CPU when the transition happened. For transitions that run in
-/// softirq (handshake completion, most peer-triggered closes) this is whatever task was
-/// interrupted, not the socket's owner.
+/// A task: process id (tgid), thread id and thread name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Task {
     pub pid: u32,
     pub tid: u32,
     pub comm: Comm,
+}
+
+impl Task {
+    fn from_kernel(pid_tgid: u64, comm: &[u8; TASK_COMM_LEN]) -> Option<Self> {
+        let pid = (pid_tgid >> 32) as u32;
+        (pid != 0).then(|| Self {
+            pid,
+            tid: pid_tgid as u32,
+            comm: Comm::from_kernel(comm),
+        })
+    }
+}
+
+/// The process a socket belongs to, as the kernel program captured it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub task: Task,
+    /// Kernel monotonic ns of the transition where it was captured.
+    pub captured_ns: u64,
+    /// Inherited from the listening socket (server child sockets are born in softirq), not
+    /// yet confirmed by the socket's own system call.
+    pub inherited: bool,
 }
 
 /// One decoded TCP state transition.
@@ -78,10 +98,15 @@ pub struct Transition {
     pub new: TcpState,
     /// Time spent in `old`, `None` when the socket was first seen at this transition.
     pub in_old_ns: Option<u64>,
-    /// `None` when no task context is known (the idle task, pid 0).
-    pub task: Option<Task>,
+    /// The socket's owner, `None` when unknown (never the on-CPU task by default).
+    pub owner: Option<Owner>,
+    /// The task on the CPU when the transition ran: in softirq (handshake completion, most
+    /// peer-triggered closes) whatever task was interrupted. `None` for the idle task.
+    pub cpu: Option<Task>,
     /// Network namespace inode of the socket, `None` when unknown.
     pub netns: Option<u32>,
+    /// cgroup v2 id of the socket, `None` when unknown.
+    pub cgroup: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -135,11 +160,10 @@ impl Transition {
         };
         let old = TcpState::from_kernel(raw.oldstate).ok_or(DecodeError::State(raw.oldstate))?;
         let new = TcpState::from_kernel(raw.newstate).ok_or(DecodeError::State(raw.newstate))?;
-        let pid = (raw.pid_tgid >> 32) as u32;
-        let task = (pid != 0).then(|| Task {
-            pid,
-            tid: raw.pid_tgid as u32,
-            comm: Comm::from_kernel(&raw.comm),
+        let owner = Task::from_kernel(raw.owner.pid_tgid, &raw.owner.comm).map(|task| Owner {
+            task,
+            captured_ns: raw.owner.captured_ns,
+            inherited: raw.flags & flags::OWNER_INHERITED != 0,
         });
         Ok(Self {
             ts_ns: raw.ts_ns,
@@ -152,8 +176,10 @@ impl Transition {
             old,
             new,
             in_old_ns: (raw.in_old_ns != DWELL_UNKNOWN).then_some(raw.in_old_ns),
-            task,
+            owner,
+            cpu: Task::from_kernel(raw.cpu_pid_tgid, &raw.cpu_comm),
             netns: (raw.netns != 0).then_some(raw.netns),
+            cgroup: (raw.cgroup != 0).then_some(raw.cgroup),
         })
     }
 }
@@ -169,11 +195,19 @@ pub(crate) mod tests {
         saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         let mut daddr = [0u8; 16];
         daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        let mut cpu_comm = [0u8; 16];
+        cpu_comm[..11].copy_from_slice(b"ksoftirqd/0");
         RawTransition {
             ts_ns: 5_000_000_123,
             cookie: 4242,
             in_old_ns: 61_250,
-            pid_tgid: (1234u64 << 32) | 1240,
+            cpu_pid_tgid: (14u64 << 32) | 14,
+            cgroup: 7777,
+            owner: tcptrace_common::Owner {
+                pid_tgid: (1234u64 << 32) | 1240,
+                captured_ns: 4_000_000_000,
+                comm,
+            },
             saddr,
             daddr,
             sport: 45678,
@@ -181,7 +215,7 @@ pub(crate) mod tests {
             family: AF_INET,
             oldstate: 2,
             newstate: 1,
-            comm,
+            cpu_comm,
             netns: 4026531840,
             flags: 0,
         }
@@ -193,7 +227,11 @@ pub(crate) mod tests {
         b.extend_from_slice(&5_000_000_123u64.to_le_bytes()); // ts_ns
         b.extend_from_slice(&4242u64.to_le_bytes()); // cookie
         b.extend_from_slice(&61_250u64.to_le_bytes()); // in_old_ns
-        b.extend_from_slice(&((1234u64 << 32) | 1240).to_le_bytes()); // pid_tgid
+        b.extend_from_slice(&((14u64 << 32) | 14).to_le_bytes()); // cpu_pid_tgid
+        b.extend_from_slice(&7777u64.to_le_bytes()); // cgroup
+        b.extend_from_slice(&((1234u64 << 32) | 1240).to_le_bytes()); // owner.pid_tgid
+        b.extend_from_slice(&4_000_000_000u64.to_le_bytes()); // owner.captured_ns
+        b.extend_from_slice(b"curl\0\0\0\0\0\0\0\0\0\0\0\0"); // owner.comm
         b.extend_from_slice(&[127, 0, 0, 1]);
         b.extend_from_slice(&[0; 12]); // saddr
         b.extend_from_slice(&[10, 1, 2, 3]);
@@ -202,7 +240,7 @@ pub(crate) mod tests {
         b.extend_from_slice(&8080u16.to_le_bytes());
         b.extend_from_slice(&2u16.to_le_bytes()); // AF_INET
         b.extend_from_slice(&[2, 1]); // SYN_SENT -> ESTABLISHED
-        b.extend_from_slice(b"curl\0\0\0\0\0\0\0\0\0\0\0\0");
+        b.extend_from_slice(b"ksoftirqd/0\0\0\0\0\0"); // cpu_comm
         b.extend_from_slice(&4026531840u32.to_le_bytes()); // netns
         b.extend_from_slice(&[0; 4]); // flags
         b
@@ -221,11 +259,17 @@ pub(crate) mod tests {
         assert_eq!((t.sport, t.dport), (45678, 8080));
         assert_eq!((t.old, t.new), (TcpState::SynSent, TcpState::Established));
         assert_eq!(t.in_old_ns, Some(61_250));
-        let task = t.task.unwrap();
+        let owner = t.owner.unwrap();
+        let task = owner.task;
         assert_eq!(
             (task.pid, task.tid, task.comm.as_str()),
             (1234, 1240, "curl")
         );
+        assert_eq!((owner.captured_ns, owner.inherited), (4_000_000_000, false));
+        let cpu = t.cpu.unwrap();
+        assert_eq!((cpu.pid, cpu.comm.as_str()), (14, "ksoftirqd/0"));
+        assert_eq!(t.netns, Some(4026531840));
+        assert_eq!(t.cgroup, Some(7777));
     }
 
     #[test]
@@ -259,13 +303,21 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn unknown_dwell_and_idle_task_are_none() {
+    fn unknown_dwell_owner_and_idle_task_are_none() {
         let mut raw = raw_v4();
         raw.in_old_ns = DWELL_UNKNOWN;
-        raw.pid_tgid = 0;
+        raw.cpu_pid_tgid = 0;
+        raw.owner.pid_tgid = 0;
+        raw.cgroup = 0;
+        raw.netns = 0;
         let t = Transition::from_raw(&raw).unwrap();
         assert_eq!(t.in_old_ns, None);
-        assert_eq!(t.task, None);
+        assert_eq!(t.owner, None);
+        assert_eq!(t.cpu, None);
+        assert_eq!((t.cgroup, t.netns), (None, None));
+        raw.owner.pid_tgid = 5 << 32;
+        raw.flags = flags::OWNER_INHERITED;
+        assert!(Transition::from_raw(&raw).unwrap().owner.unwrap().inherited);
         raw.in_old_ns = 0;
         assert_eq!(Transition::from_raw(&raw).unwrap().in_old_ns, Some(0));
     }

@@ -6,8 +6,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use tcptrace_common::{FAMILY_MASK_V4, FAMILY_MASK_V6, PortSet, port_filter};
+use tcptrace_common::{FAMILY_MASK_V4, FAMILY_MASK_V6, MAX_PID_FILTER, PortSet, port_filter};
 
+use crate::cgroup::CgroupInfo;
 use crate::event::{Family, Transition};
 use crate::state::TcpState;
 
@@ -87,6 +88,16 @@ pub struct Filter {
     pub ipv6_only: bool,
     /// The transition leaves or enters one of these states.
     pub states: Vec<TcpState>,
+    /// The socket's owner is one of these processes (in the kernel; at most 8).
+    pub pids: Vec<u32>,
+    /// The owner's command name starts with one of these (in the agent).
+    pub comms: Vec<String>,
+    /// The socket is in this network namespace (inode; in the kernel).
+    pub netns: Option<u32>,
+    /// The socket's cgroup path starts with one of these (in the agent).
+    pub cgroups: Vec<String>,
+    /// The socket's container id starts with one of these (in the agent).
+    pub containers: Vec<String>,
 }
 
 /// The kernel-side part of a [`Filter`].
@@ -97,6 +108,9 @@ pub struct KernelFilter {
     pub port_filters: u32,
     /// `(index into PORT_FILTER, bitmap)` for each active port filter.
     pub port_sets: Vec<(u32, Box<PortSet>)>,
+    pub netns: u32,
+    pub pids: [u32; MAX_PID_FILTER],
+    pub npids: u32,
 }
 
 impl Filter {
@@ -124,23 +138,58 @@ impl Filter {
             port_filters |= 1 << index;
             port_sets.push((index, set));
         }
+        let mut pids = [0; MAX_PID_FILTER];
+        for (slot, pid) in pids.iter_mut().zip(&self.pids) {
+            *slot = *pid;
+        }
         KernelFilter {
             state_mask,
             family_mask,
             port_filters,
             port_sets,
+            netns: self.netns.unwrap_or(0),
+            pids,
+            npids: self.pids.len().min(MAX_PID_FILTER) as u32,
         }
     }
 
     /// True when some part of the filter can only be applied in the agent.
     pub fn has_agent_part(&self) -> bool {
-        !self.addrs.is_empty()
+        !self.addrs.is_empty() || !self.comms.is_empty() || self.needs_cgroup()
     }
 
-    /// The whole filter, as the kernel and agent apply it together.
+    /// True when the filter needs the socket's cgroup path or container.
+    pub fn needs_cgroup(&self) -> bool {
+        !self.cgroups.is_empty() || !self.containers.is_empty()
+    }
+
+    /// True when a socket from a snapshot (which has no owner or cgroup) can be judged.
+    pub fn judges_snapshots(&self) -> bool {
+        self.pids.is_empty() && self.comms.is_empty() && !self.needs_cgroup()
+    }
+
+    /// The whole filter but the cgroup part, as the kernel and agent apply it together.
     pub fn matches(&self, t: &Transition) -> bool {
         (self.states.is_empty() || self.states.contains(&t.old) || self.states.contains(&t.new))
             && self.matches_endpoints(t.family, t.saddr, t.sport, t.daddr, t.dport)
+            && self.netns.is_none_or(|ns| t.netns == Some(ns))
+            && (self.pids.is_empty() || t.owner.is_some_and(|o| self.pids.contains(&o.task.pid)))
+            && (self.comms.is_empty()
+                || t.owner.is_some_and(|o| {
+                    self.comms
+                        .iter()
+                        .any(|c| o.task.comm.as_str().starts_with(c.as_str()))
+                }))
+    }
+
+    /// The cgroup part of the filter, given what is known of the socket's cgroup.
+    pub fn matches_cgroup(&self, info: Option<&CgroupInfo>) -> bool {
+        (self.cgroups.is_empty()
+            || info.is_some_and(|i| self.cgroups.iter().any(|c| i.path.starts_with(c.as_str()))))
+            && (self.containers.is_empty()
+                || info
+                    .and_then(|i| i.container.as_deref())
+                    .is_some_and(|id| self.containers.iter().any(|c| id.starts_with(c.as_str()))))
     }
 
     /// The filter applied to a socket from a snapshot, in `state`.
@@ -271,6 +320,57 @@ mod tests {
         };
         assert!(both.matches(&t()));
         assert_eq!(both.kernel().family_mask, 0);
+    }
+
+    #[test]
+    fn owner_namespace_and_cgroup_filters() {
+        let f = Filter {
+            pids: vec![1234],
+            netns: Some(4026531840),
+            ..Default::default()
+        };
+        assert!(f.matches(&t()));
+        assert!(!f.has_agent_part());
+        let k = f.kernel();
+        assert_eq!((k.npids, k.pids[0], k.netns), (1, 1234, 4026531840));
+        assert!(!f.judges_snapshots());
+        let other = Filter {
+            pids: vec![1],
+            ..Default::default()
+        };
+        assert!(!other.matches(&t()));
+        let mut unknown = t();
+        unknown.owner = None;
+        assert!(!f.matches(&unknown), "unknown owner never matches a --pid");
+        let comm = Filter {
+            comms: vec!["cu".into()],
+            ..Default::default()
+        };
+        assert!(comm.matches(&t()) && comm.has_agent_part());
+        let comm = Filter {
+            comms: vec!["nginx".into()],
+            ..Default::default()
+        };
+        assert!(!comm.matches(&t()));
+
+        let cg = Filter {
+            cgroups: vec!["/system.slice/".into()],
+            containers: vec!["3f2a".into()],
+            ..Default::default()
+        };
+        assert!(cg.needs_cgroup());
+        let info = CgroupInfo {
+            path: "/system.slice/docker-3f2a.scope".into(),
+            container: Some("3f2a9c".into()),
+        };
+        assert!(cg.matches_cgroup(Some(&info)));
+        assert!(!cg.matches_cgroup(None));
+        let elsewhere = CgroupInfo {
+            path: "/user.slice".into(),
+            container: None,
+        };
+        assert!(!cg.matches_cgroup(Some(&elsewhere)));
+        assert!(Filter::default().matches_cgroup(None));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::fmt::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
 
+use crate::cgroup::CgroupInfo;
 use crate::event::Transition;
 
 /// Converts kernel CLOCK_MONOTONIC timestamps (`bpf_ktime_get_ns`) to wall-clock time.
@@ -122,9 +123,9 @@ fn endpoint(ip: IpAddr, port: u16) -> SocketAddr {
 
 const ADDR_WIDTH: usize = 23;
 
-/// The header line of the table.
-pub fn table_header() -> String {
-    format!(
+/// The header line of the table; `wide` adds the namespace and container columns.
+pub fn table_header(wide: bool) -> String {
+    let mut h = format!(
         "{:<15} {:>7} {:<16} {:<w$} {:<w$} {:>11}    {:<11} {:>11}",
         "TIME",
         "PID",
@@ -135,15 +136,25 @@ pub fn table_header() -> String {
         "NEW",
         "IN_OLD_MS",
         w = ADDR_WIDTH
-    )
+    );
+    if wide {
+        let _ = write!(h, " {:>10} {:<12} CGROUP", "NETNS", "CONTAINER");
+    }
+    h
 }
 
-/// One table line (without the newline).
-pub fn table_line(clock: &WallClock, t: &Transition, out: &mut String) {
+/// One table line (without the newline). PID and COMM are the socket's owner, `-` when
+/// unknown; `cgroup` is only used by the wide form.
+pub fn table_line(
+    clock: &WallClock,
+    t: &Transition,
+    wide: Option<Option<&CgroupInfo>>,
+    out: &mut String,
+) {
     out.clear();
     let _ = time_of_day(clock, t.ts_ns, out);
-    let (pid, comm) = match &t.task {
-        Some(task) => (Some(task.pid), task.comm.as_str()),
+    let (pid, comm) = match &t.owner {
+        Some(owner) => (Some(owner.task.pid), owner.task.comm.as_str()),
         None => (None, "-"),
     };
     let _ = match pid {
@@ -163,6 +174,17 @@ pub fn table_line(clock: &WallClock, t: &Transition, out: &mut String) {
         Some(ns) => write!(out, " {:>11}", millis(ns)),
         None => write!(out, " {:>11}", "-"),
     };
+    if let Some(cgroup) = wide {
+        let _ = match t.netns {
+            Some(ns) => write!(out, " {ns:>10}"),
+            None => write!(out, " {:>10}", "-"),
+        };
+        let container = cgroup
+            .and_then(|c| c.container.as_deref())
+            .map_or("-", |id| id.get(..12).unwrap_or(id));
+        let path = cgroup.map_or("-", |c| c.path.as_str());
+        let _ = write!(out, " {container:<12} {path}");
+    }
 }
 
 /// Writes `s` as a JSON string literal.
@@ -185,7 +207,7 @@ fn json_str(s: &str, out: &mut String) {
 }
 
 /// The keys of every JSON line, in order: a documented contract (README).
-pub const JSON_KEYS: [&str; 14] = [
+pub const JSON_KEYS: [&str; 18] = [
     "time",
     "ts_ns",
     "cookie",
@@ -199,11 +221,22 @@ pub const JSON_KEYS: [&str; 14] = [
     "in_old_ns",
     "pid",
     "comm",
+    "cpu_pid",
+    "cpu_comm",
     "netns",
+    "cgroup",
+    "container",
 ];
 
+fn json_opt_str(s: Option<&str>, out: &mut String) {
+    match s {
+        Some(s) => json_str(s, out),
+        None => out.push_str("null"),
+    }
+}
+
 /// One JSON object (without the newline). Keys are a documented contract: see README.
-pub fn json_line(clock: &WallClock, t: &Transition, out: &mut String) {
+pub fn json_line(clock: &WallClock, t: &Transition, cgroup: Option<&CgroupInfo>, out: &mut String) {
     out.clear();
     out.push_str("{\"time\":\"");
     let _ = rfc3339_micros(clock.unix_ns(t.ts_ns), out);
@@ -224,17 +257,25 @@ pub fn json_line(clock: &WallClock, t: &Transition, out: &mut String) {
         Some(ns) => write!(out, "{ns}"),
         None => write!(out, "null"),
     };
-    match &t.task {
-        Some(task) => {
-            let _ = write!(out, ",\"pid\":{},\"comm\":", task.pid);
-            json_str(task.comm.as_str(), out);
+    for (key, task) in [("", t.owner.map(|o| o.task)), ("cpu_", t.cpu)] {
+        match task {
+            Some(task) => {
+                let _ = write!(out, ",\"{key}pid\":{},\"{key}comm\":", task.pid);
+                json_str(task.comm.as_str(), out);
+            }
+            None => {
+                let _ = write!(out, ",\"{key}pid\":null,\"{key}comm\":null");
+            }
         }
-        None => out.push_str(",\"pid\":null,\"comm\":null"),
     }
     let _ = match t.netns {
         Some(ns) => write!(out, ",\"netns\":{ns}"),
         None => write!(out, ",\"netns\":null"),
     };
+    out.push_str(",\"cgroup\":");
+    json_opt_str(cgroup.map(|c| c.path.as_str()), out);
+    out.push_str(",\"container\":");
+    json_opt_str(cgroup.and_then(|c| c.container.as_deref()), out);
     out.push('}');
 }
 
@@ -278,12 +319,12 @@ mod tests {
     fn table_line_is_aligned_with_header() {
         let t = Transition::from_raw(&raw_v4()).unwrap();
         let mut line = String::new();
-        table_line(&clock(), &t, &mut line);
+        table_line(&clock(), &t, None, &mut line);
         assert_eq!(
             line,
             "08:00:05.000000    1234 curl             127.0.0.1:45678         10.1.2.3:8080              SYN_SENT -> ESTABLISHED       0.061"
         );
-        let header = table_header();
+        let header = table_header(false);
         assert_eq!(
             header.find("PID").map(|i| i + 3),
             line.find("1234").map(|i| i + 4)
@@ -296,7 +337,7 @@ mod tests {
     fn table_line_unknowns_and_ipv6() {
         let mut raw = raw_v4();
         raw.in_old_ns = DWELL_UNKNOWN;
-        raw.pid_tgid = 0;
+        raw.owner.pid_tgid = 0;
         raw.family = AF_INET6;
         raw.saddr = std::net::Ipv6Addr::LOCALHOST.octets();
         raw.daddr = std::net::Ipv6Addr::LOCALHOST.octets();
@@ -304,7 +345,7 @@ mod tests {
         raw.newstate = TcpState::SynRecv.number();
         let t = Transition::from_raw(&raw).unwrap();
         let mut line = String::new();
-        table_line(&clock(), &t, &mut line);
+        table_line(&clock(), &t, None, &mut line);
         assert!(line.contains("       - -    "), "{line}");
         assert!(line.contains("[::1]:45678"), "{line}");
         assert!(line.contains("LISTEN -> SYN_RECV"), "{line}");
@@ -315,10 +356,14 @@ mod tests {
     fn json_line_has_exactly_the_documented_keys() {
         let t = Transition::from_raw(&raw_v4()).unwrap();
         let mut line = String::new();
-        json_line(&clock(), &t, &mut line);
+        let cg = CgroupInfo {
+            path: "/system.slice/nginx.service".into(),
+            container: Some("nginx.service".into()),
+        };
+        json_line(&clock(), &t, Some(&cg), &mut line);
         assert_eq!(
             line,
-            r#"{"time":"2026-11-21T07:00:05.000000Z","ts_ns":5000000123,"cookie":4242,"family":"ipv4","saddr":"127.0.0.1","sport":45678,"daddr":"10.1.2.3","dport":8080,"old":"SYN_SENT","new":"ESTABLISHED","in_old_ns":61250,"pid":1234,"comm":"curl","netns":4026531840}"#
+            r#"{"time":"2026-11-21T07:00:05.000000Z","ts_ns":5000000123,"cookie":4242,"family":"ipv4","saddr":"127.0.0.1","sport":45678,"daddr":"10.1.2.3","dport":8080,"old":"SYN_SENT","new":"ESTABLISHED","in_old_ns":61250,"pid":1234,"comm":"curl","cpu_pid":14,"cpu_comm":"ksoftirqd/0","netns":4026531840,"cgroup":"/system.slice/nginx.service","container":"nginx.service"}"#
         );
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
@@ -331,17 +376,22 @@ mod tests {
     fn json_nulls_and_escaping() {
         let mut raw = raw_v4();
         raw.in_old_ns = DWELL_UNKNOWN;
-        raw.comm = *b"a\"b\\c\x01\0\0\0\0\0\0\0\0\0\0";
+        raw.owner.comm = *b"a\"b\\c\x01\0\0\0\0\0\0\0\0\0\0";
         let t = Transition::from_raw(&raw).unwrap();
         let mut line = String::new();
-        json_line(&clock(), &t, &mut line);
+        json_line(&clock(), &t, None, &mut line);
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert!(v["in_old_ns"].is_null());
+        assert!(v["cgroup"].is_null() && v["container"].is_null());
         assert_eq!(v["comm"], "a\"b\\c\u{1}");
-        raw.pid_tgid = 0;
+        raw.owner.pid_tgid = 0;
         let t = Transition::from_raw(&raw).unwrap();
-        json_line(&clock(), &t, &mut line);
+        json_line(&clock(), &t, None, &mut line);
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert!(v["pid"].is_null() && v["comm"].is_null());
+        assert_eq!(
+            v["cpu_comm"], "ksoftirqd/0",
+            "the on-CPU task is kept apart"
+        );
     }
 }

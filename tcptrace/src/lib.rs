@@ -5,6 +5,7 @@
 //! unit-tested without root; kernel I/O is confined to `loader` and `pipeline::Pipeline::run`.
 
 pub mod btf;
+pub mod cgroup;
 pub mod cli;
 pub mod event;
 pub mod filter;

@@ -158,6 +158,9 @@ impl Tracer {
             state_mask: filter.state_mask,
             family_mask: filter.family_mask,
             port_filters: filter.port_filters,
+            netns: filter.netns,
+            pids: filter.pids,
+            npids: filter.npids,
             _pad: 0,
         };
         let mut ebpf =

@@ -409,7 +409,11 @@ fn add_delta(counter: &IntCounter, last: &mut u64, now: u64) {
 }
 
 impl Sink for MetricsSink {
-    fn transition(&mut self, t: &Transition) -> std::io::Result<Flow> {
+    fn transition(
+        &mut self,
+        t: &Transition,
+        _cgroup: Option<&crate::cgroup::CgroupInfo>,
+    ) -> std::io::Result<Flow> {
         let m = &self.metrics;
         m.events.inc();
         let (old, new) = (usize::from(t.old.number()), usize::from(t.new.number()));
@@ -513,12 +517,12 @@ mod tests {
             SocketTable::new(100, None, Filter::default()),
         );
         use TcpState::*;
-        sink.transition(&t(Close, SynSent, None)).unwrap();
-        sink.transition(&t(SynSent, Established, Some(40_000)))
+        sink.transition(&t(Close, SynSent, None), None).unwrap();
+        sink.transition(&t(SynSent, Established, Some(40_000)), None)
             .unwrap();
-        sink.transition(&t(SynRecv, Established, Some(7_000)))
+        sink.transition(&t(SynRecv, Established, Some(7_000)), None)
             .unwrap();
-        sink.transition(&t(SynSent, Close, Some(3_000_000_000)))
+        sink.transition(&t(SynSent, Close, Some(3_000_000_000)), None)
             .unwrap();
         let text = scrape(&metrics);
         assert!(
@@ -554,7 +558,7 @@ mod tests {
         use TcpState::*;
         let mut est = t(SynSent, Established, Some(1));
         est.ts_ns = 1_000_000_000;
-        sink.transition(&est).unwrap();
+        sink.transition(&est, None).unwrap();
         let mut tick = Tick {
             now_ns: 11_000_000_000,
             stats: Default::default(),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
+use crate::cgroup::{CgroupInfo, CgroupResolver};
 use crate::event::Transition;
 use crate::filter::Filter;
 use crate::inet_diag::{self, DiagSocket};
@@ -44,7 +45,9 @@ pub enum Flow {
 
 /// A consumer of decoded transitions (terminal output, metrics, diagnosis, ...).
 pub trait Sink {
-    fn transition(&mut self, t: &Transition) -> io::Result<Flow>;
+    /// One transition; `cgroup` is the socket's cgroup when the pipeline resolves cgroups
+    /// (see [`Pipeline::resolve_cgroups`]).
+    fn transition(&mut self, t: &Transition, cgroup: Option<&CgroupInfo>) -> io::Result<Flow>;
 
     /// Called after each batch of records read in one wake-up.
     fn batch_end(&mut self) -> io::Result<()> {
@@ -100,6 +103,7 @@ pub enum StopReason {
 
 pub struct Pipeline {
     filter: Option<Filter>,
+    cgroups: Option<CgroupResolver>,
     sinks: Vec<Box<dyn Sink + Send>>,
     pub stats: Stats,
 }
@@ -109,6 +113,7 @@ impl Pipeline {
     pub fn new(filter: &Filter) -> Self {
         Self {
             filter: filter.has_agent_part().then(|| filter.clone()),
+            cgroups: filter.needs_cgroup().then(CgroupResolver::new),
             sinks: Vec::new(),
             stats: Stats::default(),
         }
@@ -116,6 +121,12 @@ impl Pipeline {
 
     pub fn subscribe(&mut self, sink: Box<dyn Sink + Send>) {
         self.sinks.push(sink);
+    }
+
+    /// Resolve each socket's cgroup path and container for the sinks (costs a cache lookup
+    /// per transition; off unless a sink or the filter needs it).
+    pub fn resolve_cgroups(&mut self) {
+        self.cgroups.get_or_insert_with(CgroupResolver::new);
     }
 
     /// Handles one raw record.
@@ -128,8 +139,12 @@ impl Pipeline {
                 return Ok(Flow::Continue);
             }
         };
+        let info = match (&mut self.cgroups, t.cgroup) {
+            (Some(resolver), Some(id)) => resolver.resolve(id),
+            _ => None,
+        };
         if let Some(filter) = &self.filter
-            && !filter.matches(&t)
+            && !(filter.matches(&t) && filter.matches_cgroup(info.as_deref()))
         {
             self.stats.filtered += 1;
             return Ok(Flow::Continue);
@@ -137,7 +152,7 @@ impl Pipeline {
         self.stats.delivered += 1;
         let mut flow = Flow::Continue;
         for sink in &mut self.sinks {
-            if sink.transition(&t)? == Flow::Stop {
+            if sink.transition(&t, info.as_deref())? == Flow::Stop {
                 flow = Flow::Stop;
             }
         }
@@ -276,7 +291,7 @@ mod tests {
     }
 
     impl Sink for Collect {
-        fn transition(&mut self, t: &Transition) -> io::Result<Flow> {
+        fn transition(&mut self, t: &Transition, _: Option<&CgroupInfo>) -> io::Result<Flow> {
             let mut seen = self.seen.lock().unwrap();
             seen.push(*t);
             Ok(if seen.len() >= self.stop_after {

@@ -47,7 +47,7 @@ fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let filter = args.filter.to_filter();
+    let filter = args.filter.to_filter()?;
     // A busy port is the likeliest mistake: report it before loading anything.
     let listener = bind(args.listen_address)?;
     let (tracer, ring) = Tracer::start(&filter.kernel(), args.kernel.sizes())?;
@@ -65,7 +65,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     ));
     if args.tail {
         let out = std::io::LineWriter::new(std::io::stdout());
-        pipeline.subscribe(Box::new(TailSink::new(out, OutputFormat::Table, None)));
+        pipeline.subscribe(Box::new(TailSink::new(
+            out,
+            OutputFormat::Table,
+            false,
+            None,
+        )));
     }
 
     let stop = Arc::new(Notify::new());

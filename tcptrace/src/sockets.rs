@@ -249,6 +249,9 @@ impl SocketTable {
         self.generation = self.generation.wrapping_add(1);
         let generation = self.generation;
         let mut report = ReconcileReport::default();
+        // With owner or cgroup filters a snapshot cannot say whether an unknown socket
+        // qualifies: it then only updates sockets already tracked from transitions.
+        let may_add = self.filter.judges_snapshots();
         for s in snapshot {
             if !self
                 .filter
@@ -291,7 +294,7 @@ impl SocketTable {
                     self.put(s.cookie, updated);
                 }
                 None => {
-                    if closed.contains(&s.cookie) {
+                    if !may_add || closed.contains(&s.cookie) {
                         continue;
                     }
                     // Request sockets (half-open SYN_RECV) never fire the tracepoint, so a

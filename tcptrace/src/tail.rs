@@ -15,6 +15,7 @@ use crate::shutdown_signal;
 pub struct TailSink<W: Write> {
     out: W,
     format: OutputFormat,
+    wide: bool,
     clock: WallClock,
     line: String,
     shown: u64,
@@ -22,10 +23,11 @@ pub struct TailSink<W: Write> {
 }
 
 impl<W: Write> TailSink<W> {
-    pub fn new(out: W, format: OutputFormat, limit: Option<u64>) -> Self {
+    pub fn new(out: W, format: OutputFormat, wide: bool, limit: Option<u64>) -> Self {
         Self {
             out,
             format,
+            wide,
             clock: WallClock::now(),
             line: String::with_capacity(256),
             shown: 0,
@@ -35,10 +37,17 @@ impl<W: Write> TailSink<W> {
 }
 
 impl<W: Write> Sink for TailSink<W> {
-    fn transition(&mut self, t: &crate::event::Transition) -> io::Result<Flow> {
+    fn transition(
+        &mut self,
+        t: &crate::event::Transition,
+        cgroup: Option<&crate::cgroup::CgroupInfo>,
+    ) -> io::Result<Flow> {
         match self.format {
-            OutputFormat::Table => format::table_line(&self.clock, t, &mut self.line),
-            OutputFormat::Json => format::json_line(&self.clock, t, &mut self.line),
+            OutputFormat::Table => {
+                let wide = self.wide.then_some(cgroup);
+                format::table_line(&self.clock, t, wide, &mut self.line);
+            }
+            OutputFormat::Json => format::json_line(&self.clock, t, cgroup, &mut self.line),
         }
         self.line.push('\n');
         self.out.write_all(self.line.as_bytes())?;
@@ -57,13 +66,13 @@ impl<W: Write> Sink for TailSink<W> {
 }
 
 pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
-    let filter = args.filter.to_filter();
+    let filter = args.filter.to_filter()?;
     let (tracer, ring) = Tracer::start(&filter.kernel(), args.kernel.sizes())?;
 
     eprintln!("tcptrace: tracing TCP state transitions (Ctrl-C to stop)");
     let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
     if args.output == OutputFormat::Table && !args.no_header {
-        let header = format::table_header();
+        let header = format::table_header(args.wide);
         if writeln!(out, "{header}")
             .and_then(|()| out.flush())
             .is_err()
@@ -71,8 +80,11 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     }
-    let sink = TailSink::new(out, args.output, args.count);
+    let sink = TailSink::new(out, args.output, args.wide, args.count);
     let mut pipeline = Pipeline::new(&filter);
+    if args.wide || args.output == OutputFormat::Json {
+        pipeline.resolve_cgroups();
+    }
     pipeline.subscribe(Box::new(sink));
 
     let runtime = tokio::runtime::Builder::new_current_thread()
