@@ -12,8 +12,8 @@ use crate::{cargo, sh};
 pub const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests use: `ip` (network namespaces, veth), and Prometheus with
-/// promtool (the exporter is scraped and linted by the real thing).
-const APT_PACKAGES: &[&str] = &["iproute2", "prometheus"];
+/// promtool (the exporter is scraped and linted by the real thing), socat (peer processes).
+const APT_PACKAGES: &[&str] = &["iproute2", "prometheus", "socat"];
 const TRACEFS: &str = "/sys/kernel/tracing";
 
 pub fn run() -> anyhow::Result<ExitCode> {

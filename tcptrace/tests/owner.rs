@@ -1,0 +1,299 @@
+//! Owner, namespace and cgroup attribution against the real kernel, with real processes
+//! (socat), a network namespace reached over veth, and a fresh cgroup. Needs root;
+//! `cargo xtask test` runs these with `--ignored`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Agent, by_cookie, free_port, seen, socket_where, transitions, wait_timeout};
+use serde_json::Value;
+
+/// `socat -u TCP-LISTEN:port OPEN:/dev/null`: accepts one connection, reads until EOF, then
+/// closes (so the client closes first and this server passes through CLOSE_WAIT).
+fn server_cmd(ip: &str, port: u16) -> String {
+    format!("socat -u TCP4-LISTEN:{port},bind={ip},reuseaddr OPEN:/dev/null")
+}
+
+/// `socat -u OPEN:/dev/null TCP:ip:port`: connects, sends nothing, closes first.
+fn client(ip: &str, port: u16) -> Child {
+    Command::new("socat")
+        .args(["-u", "OPEN:/dev/null", &format!("TCP4:{ip}:{port}")])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("socat (Debian package `socat`; `cargo xtask setup` installs it)")
+}
+
+/// Runs `script` under `sh -c`; a final `exec` keeps the pid.
+fn sh(script: &str) -> Child {
+    Command::new("sh")
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("sh")
+}
+
+fn wait_listening(agent: &mut Agent, port: u16) {
+    assert!(
+        agent.wait_for(Duration::from_secs(10), |ev| ev
+            .iter()
+            .any(|e| e["new"] == "LISTEN" && e["sport"] == port)),
+        "server never listened: {:#?}",
+        agent.events
+    );
+}
+
+fn complete(events: &[Value]) -> bool {
+    seen(events, "LAST_ACK", "CLOSE") >= 1 && seen(events, "LISTEN", "CLOSE") >= 1
+}
+
+fn pids(events: &[Value]) -> Vec<Option<u64>> {
+    events.iter().map(|e| e["pid"].as_u64()).collect()
+}
+
+#[test]
+#[ignore = "needs root, a BTF kernel and socat; run by `cargo xtask test`"]
+fn every_transition_names_the_process_that_owns_the_socket() {
+    let port = free_port("127.0.0.1");
+    let mut agent = Agent::start(&["--port", &port.to_string()]);
+    let mut server = sh(&format!("exec {}", server_cmd("127.0.0.1", port)));
+    wait_listening(&mut agent, port);
+    let mut client = client("127.0.0.1", port);
+    assert!(wait_timeout(&mut client, Duration::from_secs(10)).success());
+    assert!(wait_timeout(&mut server, Duration::from_secs(10)).success());
+    assert!(agent.wait_for(Duration::from_secs(10), complete));
+    let (_, _, events) = agent.stop();
+    let (server_pid, client_pid) = (u64::from(server.id()), u64::from(client.id()));
+
+    let sockets = by_cookie(&events);
+    let listener = socket_where(&sockets, |e| e["new"] == "LISTEN").unwrap();
+    let child = socket_where(&sockets, |e| e["new"] == "SYN_RECV").unwrap();
+    let client = socket_where(&sockets, |e| e["new"] == "SYN_SENT").unwrap();
+    assert_eq!(
+        transitions(child),
+        [
+            "LISTEN->SYN_RECV",
+            "SYN_RECV->ESTABLISHED",
+            "ESTABLISHED->CLOSE_WAIT",
+            "CLOSE_WAIT->LAST_ACK",
+            "LAST_ACK->CLOSE"
+        ]
+    );
+    assert!(
+        pids(listener).iter().all(|p| *p == Some(server_pid)),
+        "{listener:#?}"
+    );
+    // Every transition of the server's child socket, including the handshake and the
+    // peer-triggered close that run in softirq, names the server process.
+    assert!(
+        pids(child).iter().all(|p| *p == Some(server_pid)),
+        "{child:#?}"
+    );
+    assert!(child.iter().all(|e| e["comm"] == "socat"));
+    assert!(
+        pids(client).iter().all(|p| *p == Some(client_pid)),
+        "{client:#?}"
+    );
+    // The child is born in softirq while the server sleeps in accept(): the task on the CPU
+    // is someone else, and tcptrace keeps it apart as cpu_pid.
+    assert_ne!(
+        child[0]["cpu_pid"].as_u64(),
+        Some(server_pid),
+        "{:#?}",
+        child[0]
+    );
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn unknown_owner_is_reported_as_unknown() {
+    let port = free_port("127.0.0.1");
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    // The agent starts after both sockets exist: it never saw who created them.
+    let mut agent = Agent::start(&["--port", &port.to_string()]);
+    drop(client);
+    assert!(agent.wait_for(Duration::from_secs(10), |ev| seen(
+        ev,
+        "ESTABLISHED",
+        "CLOSE_WAIT"
+    ) == 1));
+    let (_, _, events) = agent.stop();
+    drop(server);
+    let close_wait = events.iter().find(|e| e["new"] == "CLOSE_WAIT").unwrap();
+    assert!(close_wait["pid"].is_null(), "{close_wait}");
+    assert!(close_wait["comm"].is_null(), "{close_wait}");
+    // The client's close is its own system call: that one is known.
+    let fin = events.iter().find(|e| e["new"] == "FIN_WAIT1").unwrap();
+    assert_eq!(fin["pid"].as_u64(), Some(u64::from(std::process::id())));
+}
+
+/// A network namespace with a veth pair to the host; removed on drop.
+struct Netns {
+    name: String,
+    host_ip: String,
+    ns_ip: String,
+}
+
+impl Netns {
+    fn create() -> Self {
+        let id = std::process::id() % 10_000;
+        let name = format!("tcptrace-test-{id}");
+        let (host_if, ns_if) = (format!("ttv{id}a"), format!("ttv{id}b"));
+        let subnet = 10 + id % 200;
+        let host_ip = format!("10.213.{subnet}.1");
+        let ns_ip = format!("10.213.{subnet}.2");
+        // A namespace left over by an interrupted run.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        let ip = |args: &[&str]| {
+            let ok = Command::new("ip").args(args).status().unwrap().success();
+            assert!(ok, "ip {args:?}");
+        };
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &name]);
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{ns_ip}/30"),
+            "dev",
+            &ns_if,
+        ]);
+        ip(&["-n", &name, "link", "set", &ns_if, "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Self {
+            name,
+            host_ip,
+            ns_ip,
+        }
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace destroys the veth pair with it.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+#[ignore = "needs root, a BTF kernel and socat; run by `cargo xtask test`"]
+fn server_in_a_network_namespace_reports_that_namespace() {
+    use std::os::unix::fs::MetadataExt as _;
+    let ns = Netns::create();
+    let inode = std::fs::metadata(ns.path()).unwrap().ino();
+    let port = free_port("127.0.0.1");
+    let mut agent = Agent::start(&["--netns-path", &ns.path(), "--port", &port.to_string()]);
+    let mut server = sh(&format!(
+        "exec ip netns exec {} {}",
+        ns.name,
+        server_cmd(&ns.ns_ip, port)
+    ));
+    wait_listening(&mut agent, port);
+    let mut client = client(&ns.ns_ip, port);
+    assert!(wait_timeout(&mut client, Duration::from_secs(10)).success());
+    assert!(wait_timeout(&mut server, Duration::from_secs(10)).success());
+    assert!(agent.wait_for(Duration::from_secs(10), complete));
+    let (_, _, events) = agent.stop();
+    // Only the namespace's sockets (listener and child) pass --netns-path; the client lives
+    // in the host namespace.
+    assert_eq!(events.len(), 7, "{events:#?}");
+    for e in &events {
+        assert_eq!(e["netns"].as_u64(), Some(inode), "{e}");
+        assert_eq!(e["saddr"], ns.ns_ip.as_str());
+        assert_eq!(e["pid"].as_u64(), Some(u64::from(server.id())), "{e}");
+    }
+    assert!(events.iter().any(|e| e["daddr"] == ns.host_ip.as_str()));
+}
+
+/// A fresh cgroup v2 directory; removed on drop.
+struct Cgroup {
+    dir: PathBuf,
+    rel: String,
+}
+
+impl Cgroup {
+    fn create() -> Self {
+        let root = tcptrace::cgroup::cgroup2_mount().expect("a cgroup2 mount");
+        let rel = format!("/tcptrace-test-{}", std::process::id());
+        let dir = root.join(rel.trim_start_matches('/'));
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        Self { dir, rel }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+#[ignore = "needs root, a BTF kernel and socat; run by `cargo xtask test`"]
+fn process_in_a_fresh_cgroup_reports_its_path_and_cgroup_filter() {
+    let cg = Cgroup::create();
+    let port = free_port("127.0.0.1");
+    let mut agent = Agent::start(&["--cgroup", &cg.rel, "--port", &port.to_string()]);
+    // The server moves itself into the cgroup before it creates its socket.
+    let mut server = sh(&format!(
+        "echo $$ > {}/cgroup.procs && exec {}",
+        cg.dir.display(),
+        server_cmd("127.0.0.1", port)
+    ));
+    wait_listening(&mut agent, port);
+    let mut client = client("127.0.0.1", port);
+    assert!(wait_timeout(&mut client, Duration::from_secs(10)).success());
+    assert!(wait_timeout(&mut server, Duration::from_secs(10)).success());
+    assert!(agent.wait_for(Duration::from_secs(10), complete));
+    let (_, _, events) = agent.stop();
+    // Listener (2) and child (5); the client is in another cgroup and filtered out.
+    assert_eq!(events.len(), 7, "{events:#?}");
+    for e in &events {
+        assert_eq!(e["cgroup"], cg.rel.as_str(), "{e}");
+        assert!(e["container"].is_null(), "{e}");
+    }
+}
+
+#[test]
+#[ignore = "needs root, a BTF kernel and socat; run by `cargo xtask test`"]
+fn pid_filter_lets_through_exactly_that_process_sockets() {
+    let port = free_port("127.0.0.1");
+    let go = std::env::temp_dir().join(format!("tcptrace-go-{}-{port}", std::process::id()));
+    // The server's pid is known before it listens: it waits for the agent.
+    let mut server = sh(&format!(
+        "while [ ! -e {0} ]; do sleep 0.05; done; exec {1}",
+        go.display(),
+        server_cmd("127.0.0.1", port)
+    ));
+    let server_pid = server.id();
+    let mut agent = Agent::start(&["--pid", &server_pid.to_string()]);
+    std::fs::write(&go, b"").unwrap();
+    wait_listening(&mut agent, port);
+    let mut client = client("127.0.0.1", port);
+    assert!(wait_timeout(&mut client, Duration::from_secs(10)).success());
+    assert!(wait_timeout(&mut server, Duration::from_secs(10)).success());
+    assert!(agent.wait_for(Duration::from_secs(10), complete));
+    let (_, _, events) = agent.stop();
+    let _ = std::fs::remove_file(&go);
+    assert_eq!(events.len(), 7, "{events:#?}");
+    assert!(events.iter().all(|e| e["pid"] == server_pid));
+}
