@@ -150,6 +150,11 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), u32> {
     if (protocol_word >> off.protocol_shift) & off.protocol_mask != IPPROTO_TCP {
         return Ok(());
     }
+    // tcp_set_state() also fires when a state is set again (close() after shutdown() keeps
+    // FIN_WAIT1 via tcp_close_state()): not a transition, and the socket's entry time stays.
+    if oldstate == newstate {
+        return Ok(());
+    }
 
     let now = unsafe { bpf_ktime_get_ns() };
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };

@@ -138,7 +138,7 @@ pub fn table_header(wide: bool) -> String {
         w = ADDR_WIDTH
     );
     if wide {
-        let _ = write!(h, " {:>10} {:<12} CGROUP", "NETNS", "CONTAINER");
+        let _ = write!(h, " {:>10} {:<16} CGROUP", "NETNS", "CONTAINER");
     }
     h
 }
@@ -179,11 +179,15 @@ pub fn table_line(
             Some(ns) => write!(out, " {ns:>10}"),
             None => write!(out, " {:>10}", "-"),
         };
+        // Container ids are shown short, as docker does; service names whole.
         let container = cgroup
             .and_then(|c| c.container.as_deref())
-            .map_or("-", |id| id.get(..12).unwrap_or(id));
+            .map_or("-", |id| match id.get(..12) {
+                Some(short) if id.bytes().all(|b| b.is_ascii_hexdigit()) => short,
+                _ => id,
+            });
         let path = cgroup.map_or("-", |c| c.path.as_str());
-        let _ = write!(out, " {container:<12} {path}");
+        let _ = write!(out, " {container:<16} {path}");
     }
 }
 
@@ -350,6 +354,27 @@ mod tests {
         assert!(line.contains("[::1]:45678"), "{line}");
         assert!(line.contains("LISTEN -> SYN_RECV"), "{line}");
         assert!(line.ends_with("           -"), "{line}");
+    }
+
+    #[test]
+    fn wide_table_shows_namespace_container_and_cgroup() {
+        let t = Transition::from_raw(&raw_v4()).unwrap();
+        let cg = CgroupInfo {
+            path: "/system.slice/docker-0123456789abcdef0123.scope".into(),
+            container: Some("0123456789abcdef0123".into()),
+        };
+        let mut line = String::new();
+        table_line(&clock(), &t, Some(Some(&cg)), &mut line);
+        assert!(
+            line.ends_with(
+                " 4026531840 0123456789ab     /system.slice/docker-0123456789abcdef0123.scope"
+            ),
+            "{line}"
+        );
+        let header = table_header(true);
+        assert_eq!(header.find("CONTAINER"), line.find("0123456789ab "));
+        table_line(&clock(), &t, Some(None), &mut line);
+        assert!(line.ends_with(" 4026531840 -                -"), "{line}");
     }
 
     #[test]
