@@ -30,6 +30,12 @@ pub const LISTENERS_MAP: &str = "LISTENERS";
 /// Name of the program attached to `tp_btf/inet_sock_set_state`.
 pub const PROGRAM_NAME: &str = "inet_sock_set_state";
 pub const TRACEPOINT: &str = "inet_sock_set_state";
+/// Programs that mark sockets that received or sent a RST (optional: the agent degrades
+/// without them).
+pub const RESET_PROGRAMS: [(&str, &str); 2] = [
+    ("tcp_receive_reset", "tcp_receive_reset"),
+    ("tcp_send_reset", "tcp_send_reset"),
+];
 
 /// Default ring buffer size in bytes (must be a power-of-two multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
@@ -45,6 +51,12 @@ pub mod flags {
     /// The owner was inherited from the listening socket (server child sockets are created in
     /// softirq) and not yet confirmed by the socket's own process-context transition.
     pub const OWNER_INHERITED: u32 = 1;
+    /// The socket received a RST (`tcp:tcp_receive_reset`, fired in `tcp_reset()` before the
+    /// socket moves to CLOSE).
+    pub const RST_RECEIVED: u32 = 2;
+    /// The socket sent a RST (`tcp:tcp_send_reset`: an abort such as SO_LINGER 0 or close()
+    /// with unread data).
+    pub const RST_SENT: u32 = 4;
 }
 
 /// Indices into the per-CPU `COUNTERS` array.
@@ -135,7 +147,10 @@ pub struct SockOffsets {
     pub cgroup_kn: u32,
     /// `kn->id` (u64: the cgroup directory's inode on 64-bit).
     pub kn_id: u32,
-    pub _pad: u32,
+    /// `((struct inet_sock *)sk)->inet_sport` (network order). Unlike `skc_num` it survives
+    /// `inet_put_port()`, so `-> CLOSE` events (a refused connect included) keep the local
+    /// port. [`SockOffsets::ABSENT`] falls back to `num`.
+    pub inet_sport: u32,
 }
 
 impl SockOffsets {

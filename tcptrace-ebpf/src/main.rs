@@ -45,7 +45,7 @@ static CONFIG: Global<Config> = Global::new(Config {
         cgroup: SockOffsets::ABSENT,
         cgroup_kn: SockOffsets::ABSENT,
         kn_id: SockOffsets::ABSENT,
-        _pad: 0,
+        inet_sport: SockOffsets::ABSENT,
     },
     state_mask: 0,
     family_mask: 0,
@@ -91,6 +91,34 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         bump(index);
     }
     0
+}
+
+/// `tcp:tcp_receive_reset(struct sock *sk)`: fires in `tcp_reset()`, before the socket moves
+/// to CLOSE, so the CLOSE transition can say "reset by the peer".
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
+    mark(ctx.arg(0), flags::RST_RECEIVED);
+    0
+}
+
+/// `tcp:tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, ...)`: `sk` is NULL
+/// for resets answering segments that match no socket (e.g. a closed port).
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
+    mark(ctx.arg(0), flags::RST_SENT);
+    0
+}
+
+/// Sets `flag` on a socket tcptrace already tracks.
+#[inline(always)]
+fn mark(sk: *const u8, flag: u32) {
+    if sk.is_null() {
+        return;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    if let Some(entry) = SOCKETS.get_ptr_mut(cookie) {
+        unsafe { (*entry).flags |= flag };
+    }
 }
 
 #[inline(always)]
@@ -159,7 +187,11 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), u32> {
     let now = unsafe { bpf_ktime_get_ns() };
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     let family: u16 = read(sk, off.family)?;
-    let lport: u16 = read(sk, off.num)?;
+    let lport: u16 = if off.inet_sport != SockOffsets::ABSENT {
+        u16::from_be(read::<u16>(sk, off.inet_sport)?)
+    } else {
+        read(sk, off.num)?
+    };
     let dport = u16::from_be(read::<u16>(sk, off.dport)?);
     let cpu_pid_tgid = bpf_get_current_pid_tgid();
     // The idle task (pid 0) never owns a socket.

@@ -305,7 +305,7 @@ impl Btf {
             cgroup: optional("sk_cgrp_data.cgroup")?,
             cgroup_kn: self.optional_field("cgroup", "kn")?,
             kn_id: self.optional_field("kernfs_node", "id")?,
-            _pad: 0,
+            inet_sport: self.optional_field("inet_sock", "inet_sport")?,
         })
     }
 
@@ -478,7 +478,7 @@ mod tests {
                 cgroup: SockOffsets::ABSENT,
                 cgroup_kn: SockOffsets::ABSENT,
                 kn_id: SockOffsets::ABSENT,
-                _pad: 0,
+                inet_sport: SockOffsets::ABSENT,
             }
         );
     }
@@ -541,5 +541,7 @@ mod tests {
         assert_ne!(off.cgroup, SockOffsets::ABSENT, "sk_cgrp_data.cgroup");
         assert_ne!(off.cgroup_kn, SockOffsets::ABSENT, "cgroup.kn");
         assert_ne!(off.kn_id, SockOffsets::ABSENT, "kernfs_node.id");
+        // struct inet_sock starts with its struct sock.
+        assert!(off.inet_sport != SockOffsets::ABSENT && off.inet_sport > off.family);
     }
 }

@@ -107,6 +107,10 @@ pub struct Transition {
     pub netns: Option<u32>,
     /// cgroup v2 id of the socket, `None` when unknown.
     pub cgroup: Option<u64>,
+    /// The socket has received a RST (so far in its life).
+    pub rst_received: bool,
+    /// The socket has sent a RST (an abort).
+    pub rst_sent: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -180,6 +184,8 @@ impl Transition {
             cpu: Task::from_kernel(raw.cpu_pid_tgid, &raw.cpu_comm),
             netns: (raw.netns != 0).then_some(raw.netns),
             cgroup: (raw.cgroup != 0).then_some(raw.cgroup),
+            rst_received: raw.flags & flags::RST_RECEIVED != 0,
+            rst_sent: raw.flags & flags::RST_SENT != 0,
         })
     }
 }
