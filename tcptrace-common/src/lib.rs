@@ -30,12 +30,10 @@ pub const LISTENERS_MAP: &str = "LISTENERS";
 /// Name of the program attached to `tp_btf/inet_sock_set_state`.
 pub const PROGRAM_NAME: &str = "inet_sock_set_state";
 pub const TRACEPOINT: &str = "inet_sock_set_state";
-/// Programs that mark sockets that received or sent a RST (optional: the agent degrades
-/// without them).
-pub const RESET_PROGRAMS: [(&str, &str); 2] = [
-    ("tcp_receive_reset", "tcp_receive_reset"),
-    ("tcp_send_reset", "tcp_send_reset"),
-];
+/// Program that marks sockets that received a RST (optional: the agent degrades without it).
+/// There is no "sent" counterpart: aborts (`tcp_disconnect()`, close() with unread data) set
+/// CLOSE before they send their RST, so a send-side mark would come after the transition.
+pub const RESET_PROGRAM: &str = "tcp_receive_reset";
 
 /// Default ring buffer size in bytes (must be a power-of-two multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
@@ -54,9 +52,6 @@ pub mod flags {
     /// The socket received a RST (`tcp:tcp_receive_reset`, fired in `tcp_reset()` before the
     /// socket moves to CLOSE).
     pub const RST_RECEIVED: u32 = 2;
-    /// The socket sent a RST (`tcp:tcp_send_reset`: an abort such as SO_LINGER 0 or close()
-    /// with unread data).
-    pub const RST_SENT: u32 = 4;
 }
 
 /// Indices into the per-CPU `COUNTERS` array.

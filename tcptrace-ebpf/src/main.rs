@@ -101,14 +101,6 @@ pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// `tcp:tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, ...)`: `sk` is NULL
-/// for resets answering segments that match no socket (e.g. a closed port).
-#[btf_tracepoint(function = "tcp_send_reset")]
-pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
-    mark(ctx.arg(0), flags::RST_SENT);
-    0
-}
-
 /// Sets `flag` on a socket tcptrace already tracks.
 #[inline(always)]
 fn mark(sk: *const u8, flag: u32) {

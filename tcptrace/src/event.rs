@@ -109,8 +109,6 @@ pub struct Transition {
     pub cgroup: Option<u64>,
     /// The socket has received a RST (so far in its life).
     pub rst_received: bool,
-    /// The socket has sent a RST (an abort).
-    pub rst_sent: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -185,7 +183,6 @@ impl Transition {
             netns: (raw.netns != 0).then_some(raw.netns),
             cgroup: (raw.cgroup != 0).then_some(raw.cgroup),
             rst_received: raw.flags & flags::RST_RECEIVED != 0,
-            rst_sent: raw.flags & flags::RST_SENT != 0,
         })
     }
 }

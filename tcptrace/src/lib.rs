@@ -7,6 +7,7 @@
 pub mod btf;
 pub mod cgroup;
 pub mod cli;
+pub mod connections;
 pub mod event;
 pub mod filter;
 pub mod format;

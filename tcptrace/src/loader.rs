@@ -9,7 +9,7 @@ use aya::programs::{BtfTracePoint, ProgramError};
 use aya::{Ebpf, EbpfLoader};
 use tcptrace_common::{
     CONFIG_GLOBAL, COUNTERS_MAP, Config, EVENTS_MAP, PORT_FILTER_MAP, PROGRAM_NAME, PortSet,
-    RESET_PROGRAMS, SOCKETS_MAP, TRACEPOINT, counter,
+    RESET_PROGRAM, SOCKETS_MAP, TRACEPOINT, counter,
 };
 
 use crate::btf::{self, BtfError};
@@ -222,25 +222,19 @@ impl Tracer {
             .as_fd()
             .as_raw_fd();
 
-        // RST marks make "aborted" and "reset by peer" exact; without them the agent falls
-        // back to what transitions alone can tell.
-        let mut resets = true;
-        for (name, tracepoint) in RESET_PROGRAMS {
-            let attached = ebpf
-                .program_mut(name)
-                .ok_or(())
-                .and_then(|p| <&mut BtfTracePoint>::try_from(p).map_err(drop))
-                .and_then(|p| {
-                    p.load(tracepoint, &kernel_btf).map_err(drop)?;
-                    p.attach().map(drop).map_err(drop)
-                });
-            if attached.is_err() {
-                resets = false;
-            }
-        }
-        if !resets {
+        // The RST mark tells "reset by the peer" from "aborted here"; without it the agent
+        // falls back to what transitions alone can tell.
+        let attached = ebpf
+            .program_mut(RESET_PROGRAM)
+            .ok_or(())
+            .and_then(|p| <&mut BtfTracePoint>::try_from(p).map_err(drop))
+            .and_then(|p| {
+                p.load(RESET_PROGRAM, &kernel_btf).map_err(drop)?;
+                p.attach().map(drop).map_err(drop)
+            });
+        if attached.is_err() {
             eprintln!(
-                "tcptrace: warning: cannot attach tcp:tcp_receive_reset/tcp_send_reset; resets are inferred from transitions only"
+                "tcptrace: warning: cannot attach tcp:tcp_receive_reset; resets received are not told apart from aborts"
             );
         }
 
