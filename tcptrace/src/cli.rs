@@ -61,6 +61,66 @@ tcptrace serve --web.listen-address 0.0.0.0:9850 reachable from other hosts\n  \
 tcptrace serve --lport 443 --tail                only port 443, and print transitions too"
     )]
     Serve(ServeArgs),
+
+    /// Print one line per finished connection: role, handshake and lifetime, who closed
+    /// first, how it ended, and how long it then sat in TIME_WAIT.
+    #[command(
+        long_about = "Print one line per finished connection.\n\n\
+Columns: TIME (when the story ended), PID/COMM (the owner), LOCAL/REMOTE, ROLE (client, server, \
+unknown when first seen mid-life), HS_MS (handshake), LIFE_MS (open to close, TIME_WAIT \
+excluded), CLOSED_BY (local: this socket sent the first FIN; remote; both: simultaneous close), \
+END (fin, refused, timeout, handshake_aborted, rst_received, aborted), TW_MS (TIME_WAIT after \
+an active close, measured with INET_DIAG snapshots; a FIN_WAIT2 suffix marks an orphaned \
+socket that waited for the peer's FIN).\n\n\
+A connection closed actively is printed when its TIME_WAIT ends (60 s later) unless \
+--no-time-wait is given. The README documents the rules and their limits.",
+        after_help = "Examples:\n  \
+tcptrace life                         every connection as it finishes\n  \
+tcptrace life --rport 5432 -o json    connections to PostgreSQL, as JSON\n  \
+tcptrace life --no-time-wait          print at close, without waiting for TIME_WAIT"
+    )]
+    Life(LifeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LifeArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// Do not print the table header.
+    #[arg(long)]
+    pub no_header: bool,
+
+    /// Stop after this many seconds (fractions allowed).
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+
+    /// Stop after printing this many connections.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// Print a connection when its socket closes, without waiting for its TIME_WAIT to end.
+    #[arg(long)]
+    pub no_time_wait: bool,
+
+    /// Seconds between INET_DIAG snapshots that confirm and end TIME_WAIT.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_duration)]
+    pub snapshot_interval: std::time::Duration,
+
+    /// Connections tracked at once; beyond this the oldest is dropped (and counted).
+    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(16..=16_777_216))]
+    pub max_connections: u64,
+
+    /// Also print listening sockets when they close.
+    #[arg(long)]
+    pub listeners: bool,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
 }
 
 /// Default metrics address: loopback only; expose it deliberately.
@@ -311,7 +371,7 @@ mod tests {
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
             Command::Tail(t) => t,
-            Command::Serve(_) => unreachable!("parsed tail"),
+            Command::Serve(_) | Command::Life(_) => unreachable!("parsed tail"),
         })
     }
 
@@ -415,7 +475,7 @@ mod tests {
             argv.extend_from_slice(args);
             Cli::try_parse_from(argv).map(|cli| match cli.command {
                 Command::Serve(s) => s,
-                Command::Tail(_) => unreachable!("parsed serve"),
+                Command::Tail(_) | Command::Life(_) => unreachable!("parsed serve"),
             })
         };
         let s = serve(&[]).unwrap();

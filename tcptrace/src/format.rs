@@ -88,7 +88,7 @@ pub fn rfc3339_micros(unix_ns: i128, out: &mut impl fmt::Write) -> fmt::Result {
 }
 
 /// Local time of day with microseconds, e.g. `07:41:02.123456`.
-fn time_of_day(clock: &WallClock, mono_ns: u64, out: &mut impl fmt::Write) -> fmt::Result {
+pub fn time_of_day(clock: &WallClock, mono_ns: u64, out: &mut impl fmt::Write) -> fmt::Result {
     let local_us = (clock.unix_ns(mono_ns) / 1_000) + i128::from(clock.utc_offset_s) * 1_000_000;
     let secs = local_us.div_euclid(1_000_000);
     let frac = local_us.rem_euclid(1_000_000);
@@ -192,7 +192,7 @@ pub fn table_line(
 }
 
 /// Writes `s` as a JSON string literal.
-fn json_str(s: &str, out: &mut String) {
+pub fn json_string(s: &str, out: &mut String) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -234,7 +234,7 @@ pub const JSON_KEYS: [&str; 18] = [
 
 fn json_opt_str(s: Option<&str>, out: &mut String) {
     match s {
-        Some(s) => json_str(s, out),
+        Some(s) => json_string(s, out),
         None => out.push_str("null"),
     }
 }
@@ -265,7 +265,7 @@ pub fn json_line(clock: &WallClock, t: &Transition, cgroup: Option<&CgroupInfo>,
         match task {
             Some(task) => {
                 let _ = write!(out, ",\"{key}pid\":{},\"{key}comm\":", task.pid);
-                json_str(task.comm.as_str(), out);
+                json_string(task.comm.as_str(), out);
             }
             None => {
                 let _ = write!(out, ",\"{key}pid\":null,\"{key}comm\":null");

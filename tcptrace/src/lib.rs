@@ -13,6 +13,7 @@ pub mod filter;
 pub mod format;
 pub mod http;
 pub mod inet_diag;
+pub mod life;
 pub mod loader;
 pub mod metrics;
 pub mod pipeline;

@@ -8,6 +8,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Tail(args) => tcptrace::tail::run(args),
         Command::Serve(args) => tcptrace::serve::run(args),
+        Command::Life(args) => tcptrace::life::run(args),
     };
     match result {
         Ok(code) => code,
