@@ -472,7 +472,7 @@ mod tests {
             false,
         );
         assert!(t.next_finished().is_none(), "waits for TIME_WAIT");
-        let mut diag = crate::inet_diag::DiagSocket {
+        let mut diag = DiagSocket {
             cookie: 1,
             state: TimeWait,
             family: Family::Ipv4,

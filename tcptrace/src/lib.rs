@@ -22,18 +22,45 @@ pub mod sockets;
 pub mod state;
 pub mod tail;
 
-/// Completes on the first SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        // Without signal handlers the default disposition still ends the process.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+/// A current-thread tokio runtime for a command's event loop.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM handlers, registered before a command says it is ready, so a
+/// signal sent right after the ready line stops it cleanly instead of killing it.
+pub struct Shutdown {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    pub fn register(runtime: &tokio::runtime::Runtime) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        use tokio::signal::unix::{SignalKind, signal};
+        let _guard = runtime.enter();
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
+    }
+
+    /// Completes on the first signal, or after `duration` when given.
+    pub async fn wait(mut self, duration: Option<std::time::Duration>) {
+        let timer = async {
+            match duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+            () = timer => {}
+        }
     }
 }

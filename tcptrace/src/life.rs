@@ -5,8 +5,7 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
-
+use crate::Shutdown;
 use crate::cgroup::CgroupInfo;
 use crate::cli::{LifeArgs, OutputFormat};
 use crate::connections::{Connection, ConnectionTable, Role};
@@ -15,7 +14,6 @@ use crate::format::{self, WallClock};
 use crate::inet_diag::DiagSocket;
 use crate::loader::Tracer;
 use crate::pipeline::{Flow, Pipeline, RunOptions, Sink, StopReason, Tick};
-use crate::shutdown_signal;
 
 /// The keys of every `life` JSON line: a documented contract (README).
 pub const LIFE_JSON_KEYS: [&str; 24] = [
@@ -227,6 +225,8 @@ impl<W: Write> Sink for LifeSink<W> {
 pub fn run(args: LifeArgs) -> anyhow::Result<ExitCode> {
     let filter = args.filter.to_filter()?;
     let (tracer, ring) = Tracer::start(&filter.kernel(), args.kernel.sizes())?;
+    let runtime = crate::runtime()?;
+    let shutdown = Shutdown::register(&runtime)?;
     eprintln!("tcptrace: tracing connections (Ctrl-C to stop)");
     let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
     if args.output == OutputFormat::Table
@@ -251,24 +251,9 @@ pub fn run(args: LifeArgs) -> anyhow::Result<ExitCode> {
     };
     let mut pipeline = Pipeline::new(&filter);
     pipeline.subscribe(Box::new(sink));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let duration = args.duration;
     let snapshot = (!args.no_time_wait).then_some(args.snapshot_interval);
+    let stop = shutdown.wait(args.duration);
     let reason = runtime.block_on(async {
-        let stop = async {
-            match duration {
-                Some(d) => {
-                    tokio::select! {
-                        () = tokio::time::sleep(d) => {}
-                        () = shutdown_signal() => {}
-                    }
-                }
-                None => shutdown_signal().await,
-            }
-        };
         pipeline
             .run(
                 ring,

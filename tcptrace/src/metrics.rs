@@ -12,6 +12,7 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::connections::{Connection, ConnectionTable};
 use crate::event::Transition;
 use crate::inet_diag::DiagSocket;
 use crate::pipeline::{Flow, Sink, Tick};
@@ -79,6 +80,9 @@ pub struct Metrics {
     reconciles: IntCounter,
     snapshot_errors: IntCounter,
     tracked_overflow: IntCounter,
+    connection_duration: HistogramVec,
+    connections_closed: IntCounterVec,
+    connections_evicted: IntCounter,
     process: ProcessMetrics,
 }
 
@@ -169,6 +173,23 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
 
+        let connection_duration = must(HistogramVec::new(
+            duration_opts(
+                "tcptrace_connection_duration_seconds",
+                "Connection lifetime from SYN to the full socket's CLOSE (TIME_WAIT excluded).",
+            ),
+            &["role"],
+        ));
+        reg(Box::new(connection_duration.clone()));
+        let connections_closed = must(IntCounterVec::new(
+            Opts::new(
+                "tcptrace_connections_closed_total",
+                "Connections closed, by role, who closed first and how they ended (see README).",
+            ),
+            &["role", "closed_by", "end"],
+        ));
+        reg(Box::new(connections_closed.clone()));
+
         let gauge = |name: &str, help: &str| {
             let g = must(IntGauge::new(name, help));
             reg(Box::new(g.clone()));
@@ -242,6 +263,12 @@ impl Metrics {
             tracked_overflow: counter(
                 "tcptrace_tracked_sockets_overflow_total",
                 "Sockets not tracked because the table was full (see --max-tracked-sockets).",
+            ),
+            connection_duration,
+            connections_closed,
+            connections_evicted: counter(
+                "tcptrace_connections_evicted_total",
+                "Connections dropped from the bounded connection table before they finished.",
             ),
             process,
             registry,
@@ -348,6 +375,7 @@ fn process_start_time() -> Option<f64> {
 pub struct MetricsSink {
     metrics: Arc<Metrics>,
     table: SocketTable,
+    connections: ConnectionTable,
     /// `[old][new]` handles, created on first use.
     transitions: [[Option<IntCounter>; 13]; 13],
     durations: [Option<Histogram>; 13],
@@ -358,13 +386,18 @@ pub struct MetricsSink {
     last_decode_errors: u64,
     last_overflow: u64,
     last_snapshot_errors: u64,
+    last_evicted: u64,
 }
 
 impl MetricsSink {
     pub fn new(metrics: Arc<Metrics>, table: SocketTable) -> Self {
+        // Closes are counted when the full socket closes; TIME_WAIT is in the gauges.
+        let mut connections = ConnectionTable::new(table_capacity(&table));
+        connections.skip_time_wait = true;
         Self {
             metrics,
             table,
+            connections,
             transitions: Default::default(),
             durations: Default::default(),
             seeded: false,
@@ -373,7 +406,23 @@ impl MetricsSink {
             last_decode_errors: 0,
             last_overflow: 0,
             last_snapshot_errors: 0,
+            last_evicted: 0,
         }
+    }
+
+    fn closed(&self, c: &Connection) {
+        let role = c.role.name();
+        if let Some(ns) = c.lifetime_ns() {
+            self.metrics
+                .connection_duration
+                .with_label_values(&[role])
+                .observe(ns as f64 / 1e9);
+        }
+        let end = c.end.map_or("unknown", |e| e.name());
+        self.metrics
+            .connections_closed
+            .with_label_values(&[role, c.closed_by.name(), end])
+            .inc();
     }
 
     /// `tx` receives one message once the seed snapshot has been applied.
@@ -398,6 +447,10 @@ impl MetricsSink {
                 .set(age);
         }
     }
+}
+
+fn table_capacity(table: &SocketTable) -> usize {
+    table.capacity().clamp(1024, 1 << 20)
 }
 
 fn add_delta(counter: &IntCounter, last: &mut u64, now: u64) {
@@ -438,6 +491,13 @@ impl Sink for MetricsSink {
             m.connect_failures.inc();
         }
         self.table.apply(t);
+        if let Some(c) = self.connections.apply(t)
+            && c.role != crate::connections::Role::Listener
+        {
+            self.closed(&c);
+        }
+        // Stories are counted at close; nothing else reads the queue.
+        while self.connections.next_finished().is_some() {}
         Ok(Flow::Continue)
     }
 
@@ -470,6 +530,11 @@ impl Sink for MetricsSink {
             &m.snapshot_errors,
             &mut self.last_snapshot_errors,
             tick.stats.snapshot_errors,
+        );
+        add_delta(
+            &m.connections_evicted,
+            &mut self.last_evicted,
+            self.connections.evicted,
         );
     }
 
@@ -541,6 +606,13 @@ mod tests {
         ));
         assert!(text.contains("tcptrace_handshake_duration_seconds_count{role=\"server\"} 1"));
         assert!(text.contains("tcptrace_connect_failures_total 1"));
+        assert!(
+            text.contains(
+                "tcptrace_connections_closed_total{closed_by=\"unknown\",end=\"timeout\",role=\"client\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("tcptrace_connection_duration_seconds_count{role=\"client\"} 1"));
         // Unknown dwell is not observed: syn_sent has 2 observations (40 µs and 3 s).
         assert!(text.contains("tcptrace_state_duration_seconds_count{state=\"syn_sent\"} 2"));
         assert!(!text.contains("tcptrace_state_duration_seconds_count{state=\"close\"}"));

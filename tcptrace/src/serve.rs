@@ -13,12 +13,12 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use tokio::sync::Notify;
 
+use crate::Shutdown;
 use crate::cli::{OutputFormat, ServeArgs};
 use crate::http::{self, Site};
 use crate::loader::Tracer;
 use crate::metrics::{Metrics, MetricsSink};
 use crate::pipeline::{Pipeline, RunOptions, StopReason};
-use crate::shutdown_signal;
 use crate::sockets::SocketTable;
 use crate::tail::TailSink;
 
@@ -80,22 +80,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let events = std::thread::Builder::new()
         .name("tcptrace-events".into())
         .spawn(move || {
-            let result = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+            let result = crate::runtime().and_then(|rt| {
+                rt.block_on(pipeline.run(
+                    ring,
+                    stop_events.notified(),
+                    RunOptions {
+                        tick: Some(Duration::from_secs(1)),
+                        snapshot: Some(reconcile),
+                        tracer: Some(&tracer),
+                    },
+                ))
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| {
-                    rt.block_on(pipeline.run(
-                        ring,
-                        stop_events.notified(),
-                        RunOptions {
-                            tick: Some(Duration::from_secs(1)),
-                            snapshot: Some(reconcile),
-                            tracer: Some(&tracer),
-                        },
-                    ))
-                    .map_err(anyhow::Error::from)
-                });
+            });
             let _ = done_tx.send(());
             result
         })
@@ -111,19 +107,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         telemetry_path: args.telemetry_path,
         render: Box::new(move || metrics.render()),
     };
+    let runtime = crate::runtime()?;
+    let shutdown = Shutdown::register(&runtime)?;
     eprintln!(
         "tcptrace: tracing; serving metrics on http://{}{path} (Ctrl-C to stop)",
         args.listen_address
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tokio::select! {
             () = http::serve(listener, site) => {}
-            () = shutdown_signal() => {}
+            () = shutdown.wait(None) => {}
             _ = done_rx => {}
         }
         anyhow::Ok(())

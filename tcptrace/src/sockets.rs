@@ -122,6 +122,10 @@ impl SocketTable {
         self.map.len()
     }
 
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

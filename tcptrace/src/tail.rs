@@ -3,13 +3,11 @@
 use std::io::{self, Write};
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-
+use crate::Shutdown;
 use crate::cli::{OutputFormat, TailArgs};
 use crate::format::{self, WallClock};
 use crate::loader::Tracer;
 use crate::pipeline::{Flow, Pipeline, RunOptions, Sink, StopReason};
-use crate::shutdown_signal;
 
 /// Writes each transition as a table or JSON line.
 pub struct TailSink<W: Write> {
@@ -69,6 +67,8 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
     let filter = args.filter.to_filter()?;
     let (tracer, ring) = Tracer::start(&filter.kernel(), args.kernel.sizes())?;
 
+    let runtime = crate::runtime()?;
+    let shutdown = Shutdown::register(&runtime)?;
     eprintln!("tcptrace: tracing TCP state transitions (Ctrl-C to stop)");
     let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
     if args.output == OutputFormat::Table && !args.no_header {
@@ -87,25 +87,8 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
     }
     pipeline.subscribe(Box::new(sink));
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let duration = args.duration;
-    let reason = runtime.block_on(async {
-        let stop = async {
-            match duration {
-                Some(d) => {
-                    tokio::select! {
-                        () = tokio::time::sleep(d) => {}
-                        () = shutdown_signal() => {}
-                    }
-                }
-                None => shutdown_signal().await,
-            }
-        };
-        pipeline.run(ring, stop, RunOptions::default()).await
-    });
+    let stop = shutdown.wait(args.duration);
+    let reason = runtime.block_on(pipeline.run(ring, stop, RunOptions::default()));
     let reason = match reason {
         Ok(r) => r,
         Err(e) => return Err(anyhow::Error::new(e).context("reading transitions failed")),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Agent, by_cookie, free_port, seen, socket_where, transitions, wait_timeout};
+use common::{Agent, Netns, by_cookie, free_port, seen, socket_where, transitions, wait_timeout};
 use serde_json::Value;
 
 /// `socat -u TCP-LISTEN:port OPEN:/dev/null`: accepts one connection, reads until EOF, then
@@ -129,69 +129,6 @@ fn unknown_owner_is_reported_as_unknown() {
     // The client's close is its own system call: that one is known.
     let fin = events.iter().find(|e| e["new"] == "FIN_WAIT1").unwrap();
     assert_eq!(fin["pid"].as_u64(), Some(u64::from(std::process::id())));
-}
-
-/// A network namespace with a veth pair to the host; removed on drop.
-struct Netns {
-    name: String,
-    host_ip: String,
-    ns_ip: String,
-}
-
-impl Netns {
-    fn create() -> Self {
-        let id = std::process::id() % 10_000;
-        let name = format!("tcptrace-test-{id}");
-        let (host_if, ns_if) = (format!("ttv{id}a"), format!("ttv{id}b"));
-        let subnet = 10 + id % 200;
-        let host_ip = format!("10.213.{subnet}.1");
-        let ns_ip = format!("10.213.{subnet}.2");
-        // A namespace left over by an interrupted run.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        let ip = |args: &[&str]| {
-            let ok = Command::new("ip").args(args).status().unwrap().success();
-            assert!(ok, "ip {args:?}");
-        };
-        ip(&["netns", "add", &name]);
-        ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
-        ]);
-        ip(&["link", "set", &ns_if, "netns", &name]);
-        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
-        ip(&["link", "set", &host_if, "up"]);
-        ip(&[
-            "-n",
-            &name,
-            "addr",
-            "add",
-            &format!("{ns_ip}/30"),
-            "dev",
-            &ns_if,
-        ]);
-        ip(&["-n", &name, "link", "set", &ns_if, "up"]);
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
-        Self {
-            name,
-            host_ip,
-            ns_ip,
-        }
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Deleting the namespace destroys the veth pair with it.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
 }
 
 #[test]

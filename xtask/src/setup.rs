@@ -11,9 +11,10 @@ use crate::{cargo, sh};
 /// The eBPF crate's toolchain (aya-build runs `rustup run nightly cargo build ...`).
 pub const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages the tests use: `ip` (network namespaces, veth), and Prometheus with
+/// Debian packages the tests use: `ip` (network namespaces, veth), nft (a firewall drop in a
+/// test namespace), Prometheus with
 /// promtool (the exporter is scraped and linted by the real thing), socat (peer processes).
-const APT_PACKAGES: &[&str] = &["iproute2", "prometheus", "socat"];
+const APT_PACKAGES: &[&str] = &["iproute2", "nftables", "prometheus", "socat"];
 const TRACEFS: &str = "/sys/kernel/tracing";
 
 pub fn run() -> anyhow::Result<ExitCode> {

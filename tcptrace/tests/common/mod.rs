@@ -38,9 +38,14 @@ pub struct Agent {
 impl Agent {
     /// Starts `tcptrace tail -o json ARGS` and waits until the program is attached.
     pub fn start(args: &[&str]) -> Self {
+        Self::command("tail", args)
+    }
+
+    /// Starts `tcptrace COMMAND -o json ARGS` (`tail` or `life`).
+    pub fn command(command: &str, args: &[&str]) -> Self {
         require_root();
         let mut child = Command::new(BIN)
-            .args(["tail", "--output", "json"])
+            .args([command, "--output", "json"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -314,5 +319,68 @@ impl Drop for Exporter {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A network namespace with a veth pair to the host; removed on drop.
+pub struct Netns {
+    pub name: String,
+    pub host_ip: String,
+    pub ns_ip: String,
+}
+
+impl Netns {
+    pub fn create() -> Self {
+        let id = std::process::id() % 10_000;
+        let name = format!("tcptrace-test-{id}");
+        let (host_if, ns_if) = (format!("ttv{id}a"), format!("ttv{id}b"));
+        let subnet = 10 + id % 200;
+        let host_ip = format!("10.213.{subnet}.1");
+        let ns_ip = format!("10.213.{subnet}.2");
+        // A namespace left over by an interrupted run.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        let ip = |args: &[&str]| {
+            let ok = Command::new("ip").args(args).status().unwrap().success();
+            assert!(ok, "ip {args:?}");
+        };
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &name]);
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{ns_ip}/30"),
+            "dev",
+            &ns_if,
+        ]);
+        ip(&["-n", &name, "link", "set", &ns_if, "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Self {
+            name,
+            host_ip,
+            ns_ip,
+        }
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace destroys the veth pair with it.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }

@@ -1,0 +1,543 @@
+//! The classic TCP cases on a real kernel, told by `tcptrace life`: each scenario drives real
+//! sockets (loopback, or a network namespace this test creates) and asserts the exact states
+//! of both ends and their connection story. Needs root; `cargo xtask test` runs these.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::AsRawFd as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Agent, Netns, free_port, wait_timeout};
+use serde_json::Value;
+
+const CLIENT_ACTIVE: [&str; 7] = [
+    "CLOSE",
+    "SYN_SENT",
+    "ESTABLISHED",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "CLOSE",
+    "TIME_WAIT",
+];
+const CLIENT_PASSIVE: [&str; 6] = [
+    "CLOSE",
+    "SYN_SENT",
+    "ESTABLISHED",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "CLOSE",
+];
+const SERVER_ACTIVE: [&str; 7] = [
+    "LISTEN",
+    "SYN_RECV",
+    "ESTABLISHED",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "CLOSE",
+    "TIME_WAIT",
+];
+const SERVER_PASSIVE: [&str; 6] = [
+    "LISTEN",
+    "SYN_RECV",
+    "ESTABLISHED",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "CLOSE",
+];
+
+/// `tcptrace life -o json` for `port`, with frequent snapshots so TIME_WAIT ends are seen fast.
+fn life(port: u16) -> Agent {
+    Agent::command(
+        "life",
+        &["--port", &port.to_string(), "--snapshot-interval", "0.2"],
+    )
+}
+
+/// Waits for `n` stories and stops the agent.
+fn stories(mut agent: Agent, n: usize) -> Vec<Value> {
+    assert!(
+        agent.wait_for(Duration::from_secs(20), |s| s.len() >= n),
+        "expected {n} stories, got {:#?}",
+        agent.events
+    );
+    let (status, stderr, stories) = agent.stop();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stories.len(), n, "{stories:#?}");
+    stories
+}
+
+fn states(story: &Value) -> Vec<&str> {
+    story["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect()
+}
+
+fn role<'a>(stories: &'a [Value], role: &str) -> &'a Value {
+    stories
+        .iter()
+        .find(|s| s["role"] == role)
+        .unwrap_or_else(|| panic!("no {role} story in {stories:#?}"))
+}
+
+fn dur(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a duration: {v}"))
+}
+
+/// Ends the TIME_WAIT sockets on `port` after `after` (SOCK_DESTROY, `ss -K`), so a story that
+/// would wait 60 s ends now with a known TIME_WAIT dwell.
+fn kill_time_wait(port: u16, after: Duration) {
+    std::thread::sleep(after);
+    let filter = format!("( sport = :{port} or dport = :{port} )");
+    let ok = Command::new("ss")
+        .args(["-K", "-tan", "state", "time-wait", &filter])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "ss -K");
+}
+
+fn set_linger_zero(s: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid fd and a properly sized linger struct.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as u32,
+        )
+    };
+    assert_eq!(rc, 0);
+}
+
+fn pair(ip: &str, listener: &TcpListener) -> (TcpStream, TcpStream) {
+    let port = listener.local_addr().unwrap().port();
+    let client = TcpStream::connect((ip, port)).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    (client, server)
+}
+
+fn read_eof(s: &mut TcpStream) {
+    let mut buf = [0u8; 64];
+    assert_eq!(s.read(&mut buf).unwrap(), 0, "EOF");
+}
+
+/// Client closes first; the server closes after reading EOF; the client's TIME_WAIT is ended
+/// after ~300 ms.
+fn client_active_close(ip: &str) {
+    let port = free_port(ip);
+    let agent = life(port);
+    let listener = TcpListener::bind((ip, port)).unwrap();
+    let (client, mut server) = pair(ip, &listener);
+    drop(client);
+    read_eof(&mut server);
+    drop(server);
+    drop(listener);
+    kill_time_wait(port, Duration::from_millis(300));
+    let s = stories(agent, 2);
+    let c = role(&s, "client");
+    assert_eq!(states(c), CLIENT_ACTIVE);
+    assert_eq!(
+        (&c["closed_by"], &c["end"]),
+        (&"local".into(), &"fin".into())
+    );
+    assert_eq!(c["time_wait_state"], "TIME_WAIT");
+    assert_eq!(c["time_wait_confirmed"], true);
+    let tw = dur(&c["time_wait_ns"]);
+    assert!(
+        (250_000_000..5_000_000_000).contains(&tw),
+        "TIME_WAIT {tw} ns"
+    );
+    let srv = role(&s, "server");
+    assert_eq!(states(srv), SERVER_PASSIVE);
+    assert_eq!(
+        (&srv["closed_by"], &srv["end"]),
+        (&"remote".into(), &"fin".into())
+    );
+    assert!(srv["time_wait_ns"].is_null());
+    for story in &s {
+        assert!(story["from_start"].as_bool().unwrap());
+        assert!(dur(&story["handshake_ns"]) < 1_000_000_000);
+        assert_eq!(story["saddr"], ip.trim_matches(['[', ']']));
+    }
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn client_closes_first_and_sits_in_time_wait() {
+    client_active_close("127.0.0.1");
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn ipv6_client_closes_first_and_sits_in_time_wait() {
+    client_active_close("::1");
+}
+
+fn server_active_close(ip: &str) {
+    let port = free_port(ip);
+    let agent = life(port);
+    let listener = TcpListener::bind((ip, port)).unwrap();
+    let (mut client, server) = pair(ip, &listener);
+    drop(server);
+    read_eof(&mut client);
+    drop(client);
+    drop(listener);
+    kill_time_wait(port, Duration::from_millis(300));
+    let s = stories(agent, 2);
+    let srv = role(&s, "server");
+    assert_eq!(states(srv), SERVER_ACTIVE);
+    assert_eq!(
+        (&srv["closed_by"], &srv["end"]),
+        (&"local".into(), &"fin".into())
+    );
+    assert!(dur(&srv["time_wait_ns"]) >= 250_000_000);
+    let c = role(&s, "client");
+    assert_eq!(states(c), CLIENT_PASSIVE);
+    assert_eq!(
+        (&c["closed_by"], &c["end"]),
+        (&"remote".into(), &"fin".into())
+    );
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn server_closes_first_and_the_server_sits_in_time_wait() {
+    server_active_close("127.0.0.1");
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn ipv6_server_closes_first() {
+    server_active_close("::1");
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn slow_application_shows_its_close_wait_dwell() {
+    let port = free_port("127.0.0.1");
+    let agent = life(port);
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let (client, mut server) = pair("127.0.0.1", &listener);
+    drop(client);
+    read_eof(&mut server);
+    std::thread::sleep(Duration::from_millis(400)); // the application is slow to close
+    drop(server);
+    drop(listener);
+    kill_time_wait(port, Duration::from_millis(100));
+    let s = stories(agent, 2);
+    let srv = role(&s, "server");
+    assert_eq!(states(srv), SERVER_PASSIVE);
+    let cw = dur(&srv["close_wait_ns"]);
+    assert!(
+        (400_000_000..1_400_000_000).contains(&cw),
+        "CLOSE_WAIT {cw} ns"
+    );
+}
+
+/// Runs `f` on a thread that has joined the network namespace `ns`: sockets it creates
+/// live there.
+fn in_namespace<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    let file = std::fs::File::open(ns.path()).unwrap();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: setns(2) on this thread only, with a valid namespace fd.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns");
+                f()
+            })
+            .join()
+            .unwrap()
+    })
+}
+
+fn nft_in(ns: &Netns, args: &[&str]) {
+    let ok = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nft"])
+        .args(args)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "nft {args:?}");
+}
+
+/// Both ends send FIN while the other's FIN is still unacknowledged. Loopback is too fast
+/// for that, so both ends live in a namespace whose firewall drops the connection's segments
+/// while both call shutdown(); when the drop is lifted, the retransmitted FINs cross and
+/// each end goes FIN_WAIT1 -> CLOSING.
+#[test]
+#[ignore = "needs root, a BTF kernel and nftables; run by `cargo xtask test`"]
+fn simultaneous_close_goes_through_closing_on_both_ends() {
+    let ns = Netns::create();
+    let port = free_port("127.0.0.1");
+    // Snapshots cover the agent's own namespace, not this one: print at close.
+    let agent = Agent::command("life", &["--port", &port.to_string(), "--no-time-wait"]);
+    let (a, b) = in_namespace(&ns, || {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        pair("127.0.0.1", &listener)
+    });
+    nft_in(&ns, &["add", "table", "inet", "tcptrace_sim"]);
+    nft_in(
+        &ns,
+        &[
+            "add",
+            "chain",
+            "inet",
+            "tcptrace_sim",
+            "in",
+            "{ type filter hook input priority 0; }",
+        ],
+    );
+    let p = port.to_string();
+    nft_in(
+        &ns,
+        &[
+            "add",
+            "rule",
+            "inet",
+            "tcptrace_sim",
+            "in",
+            "tcp",
+            "dport",
+            &p,
+            "drop",
+        ],
+    );
+    nft_in(
+        &ns,
+        &[
+            "add",
+            "rule",
+            "inet",
+            "tcptrace_sim",
+            "in",
+            "tcp",
+            "sport",
+            &p,
+            "drop",
+        ],
+    );
+    a.shutdown(Shutdown::Write).unwrap();
+    b.shutdown(Shutdown::Write).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    nft_in(&ns, &["delete", "table", "inet", "tcptrace_sim"]);
+    let mut a = a;
+    let mut b = b;
+    a.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    read_eof(&mut a);
+    read_eof(&mut b);
+    drop(a);
+    drop(b);
+    let s = stories(agent, 2);
+    for story in &s {
+        let st = states(story);
+        assert_eq!(
+            st[st.len() - 5..],
+            ["ESTABLISHED", "FIN_WAIT1", "CLOSING", "CLOSE", "TIME_WAIT"],
+            "{story}"
+        );
+        assert_eq!(
+            (&story["closed_by"], &story["end"]),
+            (&"both".into(), &"fin".into())
+        );
+    }
+    // Both ends are now timewait sockets in that namespace.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "ss",
+            "-tan",
+            "state",
+            "time-wait",
+        ])
+        .output()
+        .unwrap();
+    let tw = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(tw.matches(&format!(":{port}")).count(), 2, "{tw}");
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn so_linger_zero_aborts_without_time_wait_and_the_peer_sees_a_reset() {
+    let port = free_port("127.0.0.1");
+    let agent = life(port);
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let (client, server) = pair("127.0.0.1", &listener);
+    set_linger_zero(&client);
+    std::thread::sleep(Duration::from_millis(50));
+    drop(client); // close() with SO_LINGER 0: RST, no FIN, no TIME_WAIT
+    std::thread::sleep(Duration::from_millis(50));
+    drop(server);
+    drop(listener);
+    let s = stories(agent, 2);
+    let c = role(&s, "client");
+    assert_eq!(states(c), ["CLOSE", "SYN_SENT", "ESTABLISHED", "CLOSE"]);
+    assert_eq!(c["end"], "aborted");
+    assert!(c["time_wait_ns"].is_null());
+    assert!(dur(&c["established_ns"]) >= 50_000_000);
+    let srv = role(&s, "server");
+    assert_eq!(states(srv), ["LISTEN", "SYN_RECV", "ESTABLISHED", "CLOSE"]);
+    assert_eq!(srv["end"], "rst_received");
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn peer_reset_while_established() {
+    let port = free_port("127.0.0.1");
+    let agent = life(port);
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let (client, server) = pair("127.0.0.1", &listener);
+    set_linger_zero(&server);
+    drop(server); // the server resets the connection
+    std::thread::sleep(Duration::from_millis(50));
+    drop(client);
+    drop(listener);
+    let s = stories(agent, 2);
+    let c = role(&s, "client");
+    assert_eq!(states(c), ["CLOSE", "SYN_SENT", "ESTABLISHED", "CLOSE"]);
+    assert_eq!(c["end"], "rst_received");
+    assert_eq!(role(&s, "server")["end"], "aborted");
+}
+
+fn refused(ip: &str) {
+    let port = free_port(ip);
+    let agent = life(port);
+    let err = TcpStream::connect((ip, port)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
+    let s = stories(agent, 1);
+    assert_eq!(states(&s[0]), ["CLOSE", "SYN_SENT", "CLOSE"]);
+    assert_eq!(
+        (&s[0]["role"], &s[0]["end"]),
+        (&"client".into(), &"refused".into())
+    );
+    assert!(dur(&s[0]["lifetime_ns"]) < 1_000_000_000);
+    assert_ne!(s[0]["sport"], 0, "the local port survives the close");
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn connection_refused() {
+    refused("127.0.0.1");
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn ipv6_connection_refused() {
+    refused("::1");
+}
+
+/// A namespace whose outgoing SYNs to `port` are dropped by nftables, with
+/// `tcp_syn_retries` = 1 so a connect times out after ~3 s (1 s + 2 s).
+fn dropping_namespace(port: u16) -> Netns {
+    let ns = Netns::create();
+    let nft = |args: &[&str]| {
+        let ok = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "nft"])
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "nft {args:?}");
+    };
+    nft(&["add", "table", "inet", "tcptrace_test"]);
+    nft(&[
+        "add",
+        "chain",
+        "inet",
+        "tcptrace_test",
+        "out",
+        "{ type filter hook output priority 0; }",
+    ]);
+    nft(&[
+        "add",
+        "rule",
+        "inet",
+        "tcptrace_test",
+        "out",
+        "tcp",
+        "dport",
+        &port.to_string(),
+        "drop",
+    ]);
+    let ok = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "sysctl",
+            "-qw",
+            "net.ipv4.tcp_syn_retries=1",
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "sysctl in the namespace");
+    ns
+}
+
+/// `socat` inside the namespace connecting to the host end of the veth.
+fn connect_from(ns: &Netns, port: u16, timeout: &str) -> std::process::Child {
+    Command::new("ip")
+        .args(["netns", "exec", &ns.name, "socat", "-u", "OPEN:/dev/null"])
+        .arg(format!(
+            "TCP4:{}:{port},connect-timeout={timeout}",
+            ns.host_ip
+        ))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs root, a BTF kernel, socat and nftables; run by `cargo xtask test`"]
+fn syn_timeout_through_a_firewall_drop() {
+    let port = free_port("127.0.0.1");
+    let ns = dropping_namespace(port);
+    let agent = life(port);
+    let mut client = connect_from(&ns, port, "30");
+    let status = wait_timeout(&mut client, Duration::from_secs(30));
+    assert!(!status.success(), "the connect must fail");
+    let s = stories(agent, 1);
+    assert_eq!(states(&s[0]), ["CLOSE", "SYN_SENT", "CLOSE"]);
+    assert_eq!(
+        (&s[0]["role"], &s[0]["end"]),
+        (&"client".into(), &"timeout".into())
+    );
+    let life_ns = dur(&s[0]["lifetime_ns"]);
+    assert!(
+        (2_500_000_000..10_000_000_000).contains(&life_ns),
+        "SYN_SENT for {life_ns} ns with tcp_syn_retries=1"
+    );
+}
+
+#[test]
+#[ignore = "needs root, a BTF kernel, socat and nftables; run by `cargo xtask test`"]
+fn close_before_the_handshake_completes() {
+    let port = free_port("127.0.0.1");
+    let ns = dropping_namespace(port);
+    let agent = life(port);
+    // socat gives up (closes the socket) after 0.3 s, long before the SYN times out.
+    let mut client = connect_from(&ns, port, "0.3");
+    let status = wait_timeout(&mut client, Duration::from_secs(10));
+    assert!(!status.success());
+    let s = stories(agent, 1);
+    assert_eq!(states(&s[0]), ["CLOSE", "SYN_SENT", "CLOSE"]);
+    assert_eq!(s[0]["end"], "handshake_aborted");
+    assert!(dur(&s[0]["lifetime_ns"]) < 1_000_000_000);
+}
