@@ -279,6 +279,8 @@ pub struct ConnectionTable {
     time_wait: CookieMap<Connection>,
     /// Emit closed connections at once instead of after their TIME_WAIT.
     pub skip_time_wait: bool,
+    /// The network namespace snapshots describe; TIME_WAITs elsewhere end by the 60 s rule.
+    pub netns: Option<u32>,
     pub evicted: u64,
 }
 
@@ -293,6 +295,7 @@ impl ConnectionTable {
             finished: VecDeque::new(),
             time_wait: CookieMap::default(),
             skip_time_wait: false,
+            netns: None,
             evicted: 0,
         }
     }
@@ -367,7 +370,8 @@ impl ConnectionTable {
             let Some(tw) = &mut c.time_wait else {
                 continue;
             };
-            if taken_ns <= tw.entered_ns {
+            let elsewhere = matches!((self.netns, c.netns), (Some(a), Some(b)) if a != b);
+            if elsewhere || taken_ns <= tw.entered_ns {
                 continue; // taken before the socket became a timewait socket
             }
             match by_cookie.get(cookie) {
@@ -603,6 +607,27 @@ mod tests {
             (c.role, c.from_start, c.end),
             (Role::Unknown, false, Some(End::Aborted))
         );
+    }
+
+    #[test]
+    fn snapshots_do_not_end_time_waits_of_other_namespaces() {
+        let mut t = ConnectionTable::new(100);
+        t.netns = Some(1); // the test transitions carry netns 4026531840
+        feed(
+            &mut t,
+            11,
+            &[
+                (Established, FinWait1, 0),
+                (FinWait1, FinWait2, 1),
+                (FinWait2, Close, 2),
+            ],
+            false,
+        );
+        t.snapshot(&[], 1000 * MS);
+        assert!(t.next_finished().is_none());
+        t.netns = Some(4026531840);
+        t.snapshot(&[], 1000 * MS);
+        assert_eq!(story(&mut t).time_wait_ns(), Some(998 * MS));
     }
 
     #[test]

@@ -22,6 +22,14 @@ pub mod sockets;
 pub mod state;
 pub mod tail;
 
+/// Inode of this process's network namespace: the one INET_DIAG snapshots describe.
+pub fn own_netns() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/net")
+        .ok()
+        .map(|m| m.ino() as u32)
+}
+
 /// A current-thread tokio runtime for a command's event loop.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     use anyhow::Context as _;

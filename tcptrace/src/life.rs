@@ -239,6 +239,7 @@ pub fn run(args: LifeArgs) -> anyhow::Result<ExitCode> {
     }
     let mut table = ConnectionTable::new(args.max_connections as usize);
     table.skip_time_wait = args.no_time_wait;
+    table.netns = crate::own_netns();
     let sink = LifeSink {
         table,
         out,

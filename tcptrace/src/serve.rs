@@ -5,7 +5,6 @@
 //! only gathers and encodes, so it never delays event processing.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,13 +20,6 @@ use crate::metrics::{Metrics, MetricsSink};
 use crate::pipeline::{Pipeline, RunOptions, StopReason};
 use crate::sockets::SocketTable;
 use crate::tail::TailSink;
-
-/// Inode of this process's network namespace: the one INET_DIAG snapshots describe.
-fn own_netns() -> Option<u32> {
-    std::fs::metadata("/proc/self/ns/net")
-        .ok()
-        .map(|m| m.ino() as u32)
-}
 
 fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     let listener = std::net::TcpListener::bind(addr).map_err(|e| {
@@ -55,7 +47,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let metrics = Metrics::new();
     let table = SocketTable::new(
         args.max_tracked_sockets as usize,
-        own_netns(),
+        crate::own_netns(),
         filter.clone(),
     );
     let mut pipeline = Pipeline::new(&filter);
