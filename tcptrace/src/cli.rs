@@ -84,21 +84,8 @@ tcptrace life --no-time-wait          print at close, without waiting for TIME_W
 
 #[derive(Debug, Args)]
 pub struct LifeArgs {
-    /// Output format.
-    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
-
-    /// Do not print the table header.
-    #[arg(long)]
-    pub no_header: bool,
-
-    /// Stop after this many seconds (fractions allowed).
-    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
-    pub duration: Option<std::time::Duration>,
-
-    /// Stop after printing this many connections.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    pub count: Option<u64>,
+    #[command(flatten)]
+    pub out: OutputArgs,
 
     /// Print a connection when its socket closes, without waiting for its TIME_WAIT to end.
     #[arg(long)]
@@ -173,6 +160,23 @@ pub enum OutputFormat {
 
 #[derive(Debug, Args)]
 pub struct TailArgs {
+    #[command(flatten)]
+    pub out: OutputArgs,
+
+    /// Table with the socket's network namespace, container and cgroup.
+    #[arg(short, long)]
+    pub wide: bool,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+/// Output and run-length options of the line-printing commands (`tail`, `life`).
+#[derive(Debug, Args)]
+pub struct OutputArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -181,23 +185,13 @@ pub struct TailArgs {
     #[arg(long)]
     pub no_header: bool,
 
-    /// Table with the socket's network namespace, container and cgroup.
-    #[arg(short, long)]
-    pub wide: bool,
-
     /// Stop after this many seconds (fractions allowed).
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     pub duration: Option<std::time::Duration>,
 
-    /// Stop after printing this many transitions.
+    /// Stop after printing this many lines.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
-
-    #[command(flatten)]
-    pub filter: FilterArgs,
-
-    #[command(flatten)]
-    pub kernel: KernelArgs,
 }
 
 /// Filters shared by every command that reads transitions.
@@ -378,11 +372,11 @@ mod tests {
     #[test]
     fn defaults() {
         let t = tail(&[]).unwrap();
-        assert_eq!(t.output, OutputFormat::Table);
+        assert_eq!(t.out.output, OutputFormat::Table);
         assert_eq!(t.kernel.ring_bytes, DEFAULT_RING_BYTES);
         assert_eq!(t.kernel.max_sockets, DEFAULT_MAX_SOCKETS);
         assert_eq!(t.filter.to_filter().unwrap(), Filter::default());
-        assert!(t.duration.is_none() && t.count.is_none());
+        assert!(t.out.duration.is_none() && t.out.count.is_none());
     }
 
     #[test]
@@ -421,9 +415,9 @@ mod tests {
             f.states,
             [TcpState::SynSent, TcpState::Close, TcpState::Listen]
         );
-        assert_eq!(t.output, OutputFormat::Json);
-        assert_eq!(t.duration, Some(std::time::Duration::from_millis(1500)));
-        assert_eq!(t.count, Some(3));
+        assert_eq!(t.out.output, OutputFormat::Json);
+        assert_eq!(t.out.duration, Some(std::time::Duration::from_millis(1500)));
+        assert_eq!(t.out.count, Some(3));
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod inet_diag;
 pub mod life;
 pub mod loader;
 pub mod metrics;
+pub mod output;
 pub mod pipeline;
 pub mod serve;
 pub mod sockets;

@@ -13,6 +13,7 @@ use crate::event::Transition;
 use crate::format::{self, WallClock};
 use crate::inet_diag::DiagSocket;
 use crate::loader::Tracer;
+use crate::output::{self, Lines};
 use crate::pipeline::{Flow, Pipeline, RunOptions, Sink, StopReason, Tick};
 
 /// The keys of every `life` JSON line: a documented contract (README).
@@ -166,13 +167,10 @@ pub fn json_line(clock: &WallClock, c: &Connection, out: &mut String) {
 
 struct LifeSink<W: Write> {
     table: ConnectionTable,
-    out: W,
+    lines: Lines<W>,
     format: OutputFormat,
     clock: WallClock,
-    line: String,
     listeners: bool,
-    shown: u64,
-    limit: Option<u64>,
 }
 
 impl<W: Write> LifeSink<W> {
@@ -183,14 +181,10 @@ impl<W: Write> LifeSink<W> {
                 continue;
             }
             match self.format {
-                OutputFormat::Table => table_line(&self.clock, &c, &mut self.line),
-                OutputFormat::Json => json_line(&self.clock, &c, &mut self.line),
+                OutputFormat::Table => table_line(&self.clock, &c, &mut self.lines.line),
+                OutputFormat::Json => json_line(&self.clock, &c, &mut self.lines.line),
             }
-            self.line.push('\n');
-            self.out.write_all(self.line.as_bytes())?;
-            self.shown += 1;
-            if self.limit.is_some_and(|l| self.shown >= l) {
-                self.out.flush()?;
+            if self.lines.emit()? == Flow::Stop {
                 return Ok(Flow::Stop);
             }
         }
@@ -205,20 +199,20 @@ impl<W: Write> Sink for LifeSink<W> {
     }
 
     fn batch_end(&mut self) -> io::Result<()> {
-        self.out.flush()
+        self.lines.flush()
     }
 
     fn tick(&mut self, tick: &Tick) {
         self.table.expire(tick.now_ns);
         // A write error here resurfaces on the next transition or flush.
         let _ = self.emit();
-        let _ = self.out.flush();
+        let _ = self.lines.flush();
     }
 
     fn snapshot(&mut self, sockets: &[DiagSocket], taken_ns: u64) {
         self.table.snapshot(sockets, taken_ns);
         let _ = self.emit();
-        let _ = self.out.flush();
+        let _ = self.lines.flush();
     }
 }
 
@@ -228,32 +222,23 @@ pub fn run(args: LifeArgs) -> anyhow::Result<ExitCode> {
     let runtime = crate::runtime()?;
     let shutdown = Shutdown::register(&runtime)?;
     eprintln!("tcptrace: tracing connections (Ctrl-C to stop)");
-    let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
-    if args.output == OutputFormat::Table
-        && !args.no_header
-        && writeln!(out, "{}", table_header())
-            .and_then(|()| out.flush())
-            .is_err()
-    {
+    let Some(lines) = output::stdout_with_header(&args.out, &table_header()) else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     let mut table = ConnectionTable::new(args.max_connections as usize);
     table.skip_time_wait = args.no_time_wait;
     table.netns = crate::own_netns();
     let sink = LifeSink {
         table,
-        out,
-        format: args.output,
+        lines,
+        format: args.out.output,
         clock: WallClock::now(),
-        line: String::with_capacity(512),
         listeners: args.listeners,
-        shown: 0,
-        limit: args.count,
     };
     let mut pipeline = Pipeline::new(&filter);
     pipeline.subscribe(Box::new(sink));
     let snapshot = (!args.no_time_wait).then_some(args.snapshot_interval);
-    let stop = shutdown.wait(args.duration);
+    let stop = shutdown.wait(args.out.duration);
     let reason = runtime.block_on(async {
         pipeline
             .run(

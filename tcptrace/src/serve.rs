@@ -56,13 +56,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         MetricsSink::new(metrics.clone(), table).notify_seeded(seeded_tx),
     ));
     if args.tail {
-        let out = std::io::LineWriter::new(std::io::stdout());
-        pipeline.subscribe(Box::new(TailSink::new(
-            out,
-            OutputFormat::Table,
-            false,
-            None,
-        )));
+        let lines = crate::output::Lines::new(std::io::LineWriter::new(std::io::stdout()), None);
+        pipeline.subscribe(Box::new(TailSink::new(lines, OutputFormat::Table, false)));
     }
 
     let stop = Arc::new(Notify::new());

@@ -7,29 +7,24 @@ use crate::Shutdown;
 use crate::cli::{OutputFormat, TailArgs};
 use crate::format::{self, WallClock};
 use crate::loader::Tracer;
+use crate::output::{self, Lines};
 use crate::pipeline::{Flow, Pipeline, RunOptions, Sink, StopReason};
 
 /// Writes each transition as a table or JSON line.
 pub struct TailSink<W: Write> {
-    out: W,
+    lines: Lines<W>,
     format: OutputFormat,
     wide: bool,
     clock: WallClock,
-    line: String,
-    shown: u64,
-    limit: Option<u64>,
 }
 
 impl<W: Write> TailSink<W> {
-    pub fn new(out: W, format: OutputFormat, wide: bool, limit: Option<u64>) -> Self {
+    pub fn new(lines: Lines<W>, format: OutputFormat, wide: bool) -> Self {
         Self {
-            out,
+            lines,
             format,
             wide,
             clock: WallClock::now(),
-            line: String::with_capacity(256),
-            shown: 0,
-            limit,
         }
     }
 }
@@ -40,26 +35,19 @@ impl<W: Write> Sink for TailSink<W> {
         t: &crate::event::Transition,
         cgroup: Option<&crate::cgroup::CgroupInfo>,
     ) -> io::Result<Flow> {
+        let line = &mut self.lines.line;
         match self.format {
             OutputFormat::Table => {
-                let wide = self.wide.then_some(cgroup);
-                format::table_line(&self.clock, t, wide, &mut self.line);
+                format::table_line(&self.clock, t, self.wide.then_some(cgroup), line)
             }
-            OutputFormat::Json => format::json_line(&self.clock, t, cgroup, &mut self.line),
+            OutputFormat::Json => format::json_line(&self.clock, t, cgroup, line),
         }
-        self.line.push('\n');
-        self.out.write_all(self.line.as_bytes())?;
-        self.shown += 1;
-        if self.limit.is_some_and(|limit| self.shown >= limit) {
-            self.out.flush()?;
-            return Ok(Flow::Stop);
-        }
-        Ok(Flow::Continue)
+        self.lines.emit()
     }
 
     /// Lines reach a pipe as soon as the batch they arrived in is written, never later.
     fn batch_end(&mut self) -> io::Result<()> {
-        self.out.flush()
+        self.lines.flush()
     }
 }
 
@@ -70,24 +58,18 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
     let runtime = crate::runtime()?;
     let shutdown = Shutdown::register(&runtime)?;
     eprintln!("tcptrace: tracing TCP state transitions (Ctrl-C to stop)");
-    let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
-    if args.output == OutputFormat::Table && !args.no_header {
-        let header = format::table_header(args.wide);
-        if writeln!(out, "{header}")
-            .and_then(|()| out.flush())
-            .is_err()
-        {
-            return Ok(ExitCode::SUCCESS);
-        }
-    }
-    let sink = TailSink::new(out, args.output, args.wide, args.count);
+    let Some(lines) = output::stdout_with_header(&args.out, &format::table_header(args.wide))
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let sink = TailSink::new(lines, args.out.output, args.wide);
     let mut pipeline = Pipeline::new(&filter);
-    if args.wide || args.output == OutputFormat::Json {
+    if args.wide || args.out.output == OutputFormat::Json {
         pipeline.resolve_cgroups();
     }
     pipeline.subscribe(Box::new(sink));
 
-    let stop = shutdown.wait(args.duration);
+    let stop = shutdown.wait(args.out.duration);
     let reason = runtime.block_on(pipeline.run(ring, stop, RunOptions::default()));
     let reason = match reason {
         Ok(r) => r,

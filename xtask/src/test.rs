@@ -42,7 +42,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<ExitCode> {
             "the integration tests load eBPF programs and create network namespaces: run `sudo -E cargo xtask test` (or `cargo xtask test --unit-only`)"
         );
     }
-    // The kernel tests are #[ignore]d for plain `cargo test` (they need root); run them here.
+    // The kernel tests are ignored, with a reason, by plain `cargo test` (they need root).
     sh(cargo().args([
         "test",
         "--package",
