@@ -3,7 +3,9 @@
 //! - `setup`: make a fresh machine able to build and test tcptrace (idempotent).
 //! - `run -- ARGS`: build the agent and run it with ARGS.
 //! - `test`: setup, formatting, clippy (host and eBPF), unit tests, root-only kernel tests.
+//! - `bench`: cost and completeness under connection churn, against no tracer.
 
+mod bench;
 mod setup;
 mod test;
 
@@ -37,6 +39,9 @@ enum Cmd {
     /// Setup, `cargo fmt --check`, clippy with -D warnings (host crates and the eBPF crate),
     /// unit tests, then the integration tests against the real kernel (needs root).
     Test(test::TestArgs),
+    /// Measure tcptrace's cost and completeness under loopback connection churn, side by
+    /// side with no tracer (needs root); writes target/bench/result.{json,md}.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +50,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::run(),
         Cmd::Run { args } => run(&args),
         Cmd::Test(args) => test::run(&args),
+        Cmd::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(code) => code,

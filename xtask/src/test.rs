@@ -54,6 +54,9 @@ pub fn run(args: &TestArgs) -> anyhow::Result<ExitCode> {
         "--test-threads",
         "2",
     ]))?;
+    // A short benchmark run: proves `cargo xtask bench` works and that every transition of
+    // the churn is either received or counted as lost (timing goals are not asserted here).
+    crate::bench::run(&crate::bench::BenchArgs::smoke())?;
     Ok(ExitCode::SUCCESS)
 }
 

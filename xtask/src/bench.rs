@@ -1,0 +1,650 @@
+//! `cargo xtask bench`: what tcptrace costs the host and whether it misses anything.
+//!
+//! A loopback connection-churn load (about 10 transitions per connection) runs interleaved
+//! with no tracer, with `tcptrace tail -o json > /dev/null`, and with `tcptrace serve`
+//! (scraped every second), for several rounds (A B C A B C ...). For each run it records
+//! connections/s, transitions expected vs received vs lost (ring full, recursion misses),
+//! the kernel program's ns per run (`kernel.bpf_stats_enabled` on for the bench), the agent's
+//! CPU seconds per million transitions and its peak RSS. A held mode keeps many connections
+//! ESTABLISHED under `serve` to measure memory with many tracked sockets.
+
+use std::fmt::Write as _;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, ValueEnum};
+
+use crate::{cargo, sh, workspace_root};
+
+#[derive(Args, Clone)]
+pub struct BenchArgs {
+    /// Connections per run.
+    #[arg(long, default_value_t = 20_000)]
+    connections: u64,
+    /// Concurrent client (and server) threads.
+    #[arg(long, default_value_t = 2)]
+    concurrency: u64,
+    /// Rounds of (no tracer, tail, serve).
+    #[arg(long, default_value_t = 5)]
+    rounds: u64,
+    /// Which end closes first.
+    #[arg(long, value_enum, default_value_t = CloseOrder::Client)]
+    close: CloseOrder,
+    /// Also hold this many connections ESTABLISHED under `serve` and report its memory
+    /// (2 tracked sockets per connection; 0 skips).
+    #[arg(long, default_value_t = 50_000)]
+    held: u64,
+    /// A short run for CI: 1 round of 2000 connections, 2000 held.
+    #[arg(long)]
+    smoke: bool,
+    /// Where to write result.json and result.md.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+}
+
+impl BenchArgs {
+    /// The CI run (`--smoke`).
+    pub fn smoke() -> Self {
+        Self {
+            connections: 2_000,
+            concurrency: 2,
+            rounds: 1,
+            close: CloseOrder::Client,
+            held: 2_000,
+            smoke: true,
+            out: PathBuf::from("target/bench-smoke"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+enum CloseOrder {
+    Client,
+    Server,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    None,
+    Tail,
+    Serve,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "no tracer",
+            Self::Tail => "tail -o json > /dev/null",
+            Self::Serve => "serve (scraped 1/s)",
+        }
+    }
+}
+
+/// Transitions of one connection: client 5 (CLOSE->SYN_SENT->ESTABLISHED->...->CLOSE) and
+/// server child 5.
+const TRANSITIONS_PER_CONNECTION: u64 = 10;
+/// The listener's CLOSE -> LISTEN and LISTEN -> CLOSE.
+const LISTENER_TRANSITIONS: u64 = 2;
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Default, Clone, Debug)]
+struct RunResult {
+    conns_per_s: f64,
+    expected: u64,
+    received: u64,
+    lost_ring: u64,
+    lost_recursion: u64,
+    prog_ns_per_run: Option<f64>,
+    cpu_s_per_m: Option<f64>,
+    peak_rss_kb: Option<u64>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The churn: `n` connections from `c` client threads to `c` server threads.
+fn churn(port: u16, n: u64, c: u64, close: CloseOrder) -> anyhow::Result<f64> {
+    let listener = TcpListener::bind(("127.0.0.1", port))?;
+    // A deep accept queue: an overflowing one drops SYNs, and a 1 s SYN retransmit would
+    // measure the backlog instead of the tracer.
+    // SAFETY: listen(2) again on our own listening socket only changes its backlog.
+    unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 4096) };
+    let listener = Arc::new(listener);
+    let accepted = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let servers: Vec<_> = (0..c)
+        .map(|_| {
+            let listener = listener.clone();
+            let accepted = accepted.clone();
+            std::thread::spawn(move || -> std::io::Result<()> {
+                while accepted.fetch_add(1, Ordering::Relaxed) < n {
+                    let (mut s, _) = listener.accept()?;
+                    if close == CloseOrder::Client {
+                        let mut buf = [0u8; 1];
+                        let _ = s.read(&mut buf);
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    let per = n / c;
+    let clients: Vec<_> = (0..c)
+        .map(|i| {
+            let count = if i == c - 1 { n - per * (c - 1) } else { per };
+            std::thread::spawn(move || -> std::io::Result<()> {
+                for _ in 0..count {
+                    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+                    if close == CloseOrder::Server {
+                        let mut buf = [0u8; 1];
+                        let _ = s.read(&mut buf);
+                    }
+                    if Instant::now() > deadline {
+                        return Err(std::io::Error::other("run timed out"));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in clients {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    }
+    // Each acceptor takes a ticket before accept(), so exactly `n` accepts are attempted
+    // and all of them complete.
+    for t in servers {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+    }
+    let elapsed = start.elapsed();
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+fn read_proc(pid: u32, file: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default()
+}
+
+fn field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key)
+            .then(|| v.split_whitespace().next()?.parse().ok())
+            .flatten()
+    })
+}
+
+/// (run_time_ns, run_cnt) of the agent's busiest BPF program, from its fds' fdinfo.
+fn prog_stats(pid: u32) -> Option<(u64, u64)> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    dir.filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("bpf-prog"))
+        })
+        .filter_map(|e| {
+            let info = read_proc(pid, &format!("fdinfo/{}", e.file_name().to_string_lossy()));
+            Some((field(&info, "run_time_ns")?, field(&info, "run_cnt")?))
+        })
+        .max_by_key(|(_, cnt)| *cnt)
+}
+
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = read_proc(pid, "stat");
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime, fields 14 and 15 of proc(5), in USER_HZ ticks.
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / USER_HZ)
+}
+
+/// `sysconf(_SC_CLK_TCK)`: 100 on every Linux architecture tcptrace supports.
+const USER_HZ: f64 = 100.0;
+
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+fn sample(metrics: &str, series: &str) -> Option<u64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .map(|v| v as u64)
+    })
+}
+
+struct Agent {
+    child: Child,
+    stderr: BufReader<std::process::ChildStderr>,
+    metrics_addr: Option<String>,
+}
+
+fn start_agent(bin: &Path, mode: Mode, port: u16, extra: &[&str]) -> anyhow::Result<Agent> {
+    let port = port.to_string();
+    let mut cmd = Command::new(bin);
+    let mut metrics_addr = None;
+    match mode {
+        Mode::None => unreachable!("no agent"),
+        Mode::Tail => {
+            cmd.args(["tail", "-o", "json", "--port", &port]);
+        }
+        Mode::Serve => {
+            let addr = format!("127.0.0.1:{}", free_port()?);
+            cmd.args(["serve", "--port", &port, "--web.listen-address", &addr]);
+            metrics_addr = Some(addr);
+        }
+    }
+    let mut child = cmd
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let mut stderr = BufReader::new(child.stderr.take().context("stderr")?);
+    let mut line = String::new();
+    stderr.read_line(&mut line)?;
+    if !line.starts_with("tcptrace: tracing") {
+        bail!("tcptrace did not start: {line}");
+    }
+    Ok(Agent {
+        child,
+        stderr,
+        metrics_addr,
+    })
+}
+
+fn stop(agent: &mut Agent) -> anyhow::Result<String> {
+    Command::new("kill")
+        .args(["-INT", &agent.child.id().to_string()])
+        .status()?;
+    let mut rest = String::new();
+    agent.stderr.read_to_string(&mut rest)?;
+    agent.child.wait()?;
+    Ok(rest)
+}
+
+/// "12 shown, ... 3 lost (ring full), 4 lost (recursion)" -> the number before `label`.
+fn number_before(text: &str, label: &str) -> Option<u64> {
+    let at = text.find(label)?;
+    text[..at]
+        .split(|c: char| !c.is_ascii_digit())
+        .rev()
+        .find(|s| !s.is_empty())?
+        .parse()
+        .ok()
+}
+
+fn run_once(bin: &Path, mode: Mode, args: &BenchArgs, n: u64) -> anyhow::Result<RunResult> {
+    let port = free_port()?;
+    let expected = n * TRANSITIONS_PER_CONNECTION + LISTENER_TRANSITIONS;
+    if mode == Mode::None {
+        let rate = churn(port, n, args.concurrency, args.close)?;
+        return Ok(RunResult {
+            conns_per_s: rate,
+            expected,
+            ..Default::default()
+        });
+    }
+    let mut agent = start_agent(bin, mode, port, &[])?;
+    let pid = agent.child.id();
+    let scraping = Arc::new(AtomicBool::new(true));
+    let scraper = agent.metrics_addr.clone().map(|addr| {
+        let scraping = scraping.clone();
+        std::thread::spawn(move || {
+            while scraping.load(Ordering::Relaxed) {
+                let _ = http_get(&addr, "/metrics");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    });
+    let before = prog_stats(pid);
+    let cpu_before = cpu_seconds(pid);
+    let rate = churn(port, n, args.concurrency, args.close)?;
+    // Let the agent drain what is queued.
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = prog_stats(pid);
+    let cpu_after = cpu_seconds(pid);
+    let peak_rss_kb = field(&read_proc(pid, "status"), "VmHWM");
+    let (received, lost_ring, lost_recursion) = match &agent.metrics_addr {
+        Some(addr) => {
+            let m = http_get(addr, "/metrics").unwrap_or_default();
+            (
+                sample(&m, "tcptrace_events_processed_total").unwrap_or(0),
+                sample(&m, "tcptrace_lost_events_total{reason=\"ring_full\"}").unwrap_or(0),
+                sample(&m, "tcptrace_lost_events_total{reason=\"recursion\"}").unwrap_or(0),
+            )
+        }
+        None => (0, 0, 0),
+    };
+    scraping.store(false, Ordering::Relaxed);
+    if let Some(s) = scraper {
+        let _ = s.join();
+    }
+    let summary = stop(&mut agent)?;
+    let (received, lost_ring, lost_recursion) = if mode == Mode::Tail {
+        (
+            number_before(&summary, "shown").unwrap_or(0),
+            number_before(&summary, "lost (ring full)").unwrap_or(0),
+            number_before(&summary, "lost (recursion)").unwrap_or(0),
+        )
+    } else {
+        (received, lost_ring, lost_recursion)
+    };
+    let prog_ns_per_run = match (before, after) {
+        (Some((t0, c0)), Some((t1, c1))) if c1 > c0 && t1 > 0 => {
+            Some((t1 - t0) as f64 / (c1 - c0) as f64)
+        }
+        _ => None,
+    };
+    let cpu_s_per_m = match (cpu_before, cpu_after) {
+        (Some(a), Some(b)) if received > 0 => Some((b - a) / (received as f64 / 1e6)),
+        _ => None,
+    };
+    Ok(RunResult {
+        conns_per_s: rate,
+        expected,
+        received,
+        lost_ring,
+        lost_recursion,
+        prog_ns_per_run,
+        cpu_s_per_m,
+        peak_rss_kb,
+    })
+}
+
+/// Holds `n` connections open under `serve` and reports its peak RSS (kB) and tracked sockets.
+fn held(bin: &Path, n: u64) -> anyhow::Result<Held> {
+    let nofile = raise_nofile(2 * n + 4096);
+    // Two fds per connection in this process, and some to spare.
+    let n = n.min(nofile.saturating_sub(512) / 2);
+    if n == 0 {
+        bail!("RLIMIT_NOFILE ({nofile}) leaves no room for held connections");
+    }
+    // One destination port offers ~28k ephemeral source ports: spread over several listeners,
+    // on consecutive ports from a free one. The agent's port filter covers them all.
+    const PER_LISTENER: u64 = 20_000;
+    let listeners_needed = n.div_ceil(PER_LISTENER);
+    let mut listeners = Vec::new();
+    let mut ports = Vec::new();
+    while (listeners.len() as u64) < listeners_needed {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        ports.push(l.local_addr()?.port().to_string());
+        listeners.push(l);
+    }
+    // The kernel's per-socket map must hold them all, and so must the agent's table.
+    let max = (2 * n + 4096).next_power_of_two().to_string();
+    let mut extra = vec!["--max-sockets", &max, "--max-tracked-sockets", &max];
+    for p in &ports[1..] {
+        extra.extend(["--port", p.as_str()]);
+    }
+    let first: u16 = ports[0].parse()?;
+    let mut agent = start_agent(bin, Mode::Serve, first, &extra)?;
+    let mut conns = Vec::with_capacity(2 * n as usize);
+    for i in 0..n {
+        let listener = &listeners[(i / PER_LISTENER) as usize];
+        conns.push(TcpStream::connect(listener.local_addr()?)?);
+        conns.push(listener.accept()?.0);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let addr = agent.metrics_addr.clone().context("metrics address")?;
+    let metrics = http_get(&addr, "/metrics").unwrap_or_default();
+    let tracked = sample(&metrics, "tcptrace_sockets{state=\"established\"}").unwrap_or(0);
+    let rss = field(&read_proc(agent.child.id(), "status"), "VmHWM").unwrap_or(0);
+    drop(conns);
+    stop(&mut agent)?;
+    Ok((n, rss, tracked))
+}
+
+/// Raises RLIMIT_NOFILE toward `want`; returns the soft limit obtained (without
+/// CAP_SYS_RESOURCE only up to the hard limit).
+fn raise_nofile(want: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointers to rlimit structs.
+    unsafe {
+        if libc::setrlimit(
+            libc::RLIMIT_NOFILE,
+            &libc::rlimit {
+                rlim_cur: want,
+                rlim_max: want,
+            },
+        ) != 0
+        {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+    }
+    limit.rlim_cur
+}
+
+/// Results per mode, in run order.
+type Runs = Vec<(Mode, Vec<RunResult>)>;
+/// Held mode: (connections held, agent peak RSS kB, sockets the gauge counted).
+type Held = (u64, u64, u64);
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+fn spread(v: &[f64]) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if v.is_empty() {
+        "-".into()
+    } else {
+        format!("{min:.0}–{max:.0}")
+    }
+}
+
+fn bpf_stats(enable: Option<&str>) -> anyhow::Result<String> {
+    let path = "/proc/sys/kernel/bpf_stats_enabled";
+    let old = std::fs::read_to_string(path)
+        .context("kernel.bpf_stats_enabled")?
+        .trim()
+        .to_owned();
+    if let Some(v) = enable {
+        std::fs::write(path, v).context("set kernel.bpf_stats_enabled")?;
+    }
+    Ok(old)
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let mut args = args.clone();
+    if args.smoke {
+        args.connections = 2_000;
+        args.rounds = 1;
+        args.held = 2_000;
+    }
+    if !crate::setup::is_ready() {
+        crate::setup::run()?;
+    }
+    sh(cargo().args(["build", "--release", "--package", "tcptrace"]))?;
+    let bin = workspace_root().join("target/release/tcptrace");
+    let machine = describe_machine();
+    println!("xtask: bench on {machine}");
+    let old_stats = bpf_stats(Some("1"))?;
+    let result = (|| -> anyhow::Result<(Runs, Option<Held>)> {
+        let mut runs: Runs = [Mode::None, Mode::Tail, Mode::Serve]
+            .into_iter()
+            .map(|m| (m, Vec::new()))
+            .collect();
+        for round in 1..=args.rounds {
+            for (mode, results) in &mut runs {
+                let r = run_once(&bin, *mode, &args, args.connections)?;
+                println!(
+                    "xtask: round {round} {:<26} {:>8.0} conn/s received {}/{} lost ring {} recursion {}",
+                    mode.name(),
+                    r.conns_per_s,
+                    r.received,
+                    r.expected,
+                    r.lost_ring,
+                    r.lost_recursion
+                );
+                results.push(r);
+            }
+        }
+        let held = (args.held > 0).then(|| held(&bin, args.held)).transpose()?;
+        Ok((runs, held))
+    })();
+    bpf_stats(Some(&old_stats))?;
+    let (runs, held) = result?;
+
+    let base = median(runs[0].1.iter().map(|r| r.conns_per_s).collect()).unwrap_or(1.0);
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "Machine: {machine}. {} connections per run, {} client threads, {} closes first, {} rounds, interleaved.\n",
+        args.connections,
+        args.concurrency,
+        if args.close == CloseOrder::Client {
+            "client"
+        } else {
+            "server"
+        },
+        args.rounds
+    );
+    md.push_str("| mode | conn/s (median, min–max) | vs no tracer | transitions received / expected | completeness | lost ring_full | lost recursion | kernel ns/run | agent CPU s per 1M transitions | agent peak RSS |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut json = String::from("{\"machine\":");
+    let _ = write!(
+        json,
+        "\"{machine}\",\"connections\":{},\"rounds\":{},\"modes\":[",
+        args.connections, args.rounds
+    );
+    for (i, (mode, rs)) in runs.iter().enumerate() {
+        let rates: Vec<f64> = rs.iter().map(|r| r.conns_per_s).collect();
+        let rate = median(rates.clone()).unwrap_or(0.0);
+        let received: u64 = rs.iter().map(|r| r.received).sum();
+        let expected: u64 = rs.iter().map(|r| r.expected).sum();
+        let ring: u64 = rs.iter().map(|r| r.lost_ring).sum();
+        let rec: u64 = rs.iter().map(|r| r.lost_recursion).sum();
+        let ns = median(rs.iter().filter_map(|r| r.prog_ns_per_run).collect());
+        let cpu = median(rs.iter().filter_map(|r| r.cpu_s_per_m).collect());
+        let rss = rs.iter().filter_map(|r| r.peak_rss_kb).max();
+        let fmt = |v: Option<f64>, p: usize| v.map_or("-".to_owned(), |v| format!("{v:.p$}"));
+        if *mode == Mode::None {
+            let _ = writeln!(
+                md,
+                "| {} | {rate:.0} ({}) | 100 % | - | - | - | - | - | - | - |",
+                mode.name(),
+                spread(&rates)
+            );
+        } else {
+            let _ = writeln!(
+                md,
+                "| {} | {rate:.0} ({}) | {:.1} % | {received} / {expected} | {:.3} % | {ring} | {rec} | {} | {} | {} |",
+                mode.name(),
+                spread(&rates),
+                100.0 * rate / base,
+                100.0 * received as f64 / expected.max(1) as f64,
+                fmt(ns, 0),
+                fmt(cpu, 2),
+                rss.map_or("-".into(), |kb| format!("{:.1} MB", kb as f64 / 1024.0)),
+            );
+        }
+        let _ = write!(
+            json,
+            "{}{{\"mode\":\"{}\",\"conns_per_s_median\":{rate:.1},\"conns_per_s\":{rates:?},\"ratio\":{:.4},\"received\":{received},\"expected\":{expected},\"lost_ring_full\":{ring},\"lost_recursion\":{rec},\"kernel_ns_per_run\":{},\"agent_cpu_s_per_million\":{},\"agent_peak_rss_kb\":{}}}",
+            if i > 0 { "," } else { "" },
+            mode.name(),
+            rate / base,
+            fmt(ns, 1).replace('-', "null"),
+            fmt(cpu, 4).replace('-', "null"),
+            rss.map_or("null".into(), |v| v.to_string()),
+        );
+    }
+    json.push(']');
+    if let Some((n, rss, tracked)) = held {
+        let capped = if n < args.held {
+            format!(" (capped from {} by RLIMIT_NOFILE)", args.held)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            md,
+            "\nHeld: {n} connections{capped} ESTABLISHED under `serve` ({tracked} sockets in `tcptrace_sockets{{state=\"established\"}}`): agent peak RSS {:.1} MB.",
+            rss as f64 / 1024.0
+        );
+        let _ = write!(
+            json,
+            ",\"held\":{{\"connections\":{n},\"tracked\":{tracked},\"peak_rss_kb\":{rss}}}"
+        );
+    }
+    json.push('}');
+    let out = workspace_root().join(&args.out);
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("result.json"), &json)?;
+    std::fs::write(out.join("result.md"), &md)?;
+    println!(
+        "\n{md}\nxtask: wrote {} and result.md",
+        out.join("result.json").display()
+    );
+
+    // Accounting must close: every transition not received is counted as lost.
+    for (mode, rs) in &runs[1..] {
+        for r in rs {
+            if r.received + r.lost_ring + r.lost_recursion < r.expected {
+                bail!(
+                    "{}: {} transitions expected, {} received, {} counted lost: some loss was not accounted for",
+                    mode.name(),
+                    r.expected,
+                    r.received,
+                    r.lost_ring + r.lost_recursion
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe_machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| field(&m, "MemTotal"))
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    format!(
+        "{cpus} CPUs ({model}), {:.0} GiB RAM, Linux {kernel}",
+        mem_kb as f64 / 1048576.0
+    )
+}
