@@ -326,13 +326,26 @@ fn run_once(bin: &Path, mode: Mode, args: &BenchArgs, n: u64) -> anyhow::Result<
     let cpu_after = cpu_seconds(pid);
     let peak_rss_kb = field(&read_proc(pid, "status"), "VmHWM");
     let (received, lost_ring, lost_recursion) = match &agent.metrics_addr {
+        // Loss counters are published once a second: scrape until two scrapes agree.
         Some(addr) => {
-            let m = http_get(addr, "/metrics").unwrap_or_default();
-            (
-                sample(&m, "tcptrace_events_processed_total").unwrap_or(0),
-                sample(&m, "tcptrace_lost_events_total{reason=\"ring_full\"}").unwrap_or(0),
-                sample(&m, "tcptrace_lost_events_total{reason=\"recursion\"}").unwrap_or(0),
-            )
+            let read = || {
+                let m = http_get(addr, "/metrics").unwrap_or_default();
+                (
+                    sample(&m, "tcptrace_events_processed_total").unwrap_or(0),
+                    sample(&m, "tcptrace_lost_events_total{reason=\"ring_full\"}").unwrap_or(0),
+                    sample(&m, "tcptrace_lost_events_total{reason=\"recursion\"}").unwrap_or(0),
+                )
+            };
+            let mut last = read();
+            for _ in 0..10 {
+                std::thread::sleep(Duration::from_millis(1100));
+                let now = read();
+                if now == last {
+                    break;
+                }
+                last = now;
+            }
+            last
         }
         None => (0, 0, 0),
     };
