@@ -286,11 +286,10 @@ pub struct ConnectionTable {
 
 impl ConnectionTable {
     pub fn new(capacity: usize) -> Self {
-        let mut live = CookieMap::default();
-        live.reserve(capacity);
+        // Grown on demand, like the socket table: a reserved table would be resident at once.
         Self {
-            live,
-            order: VecDeque::with_capacity(capacity),
+            live: CookieMap::default(),
+            order: VecDeque::new(),
             capacity,
             finished: VecDeque::new(),
             time_wait: CookieMap::default(),

@@ -103,11 +103,10 @@ pub struct SocketTable {
 
 impl SocketTable {
     pub fn new(capacity: usize, netns: Option<u32>, filter: Filter) -> Self {
-        let mut map = CookieMap::default();
-        // Reserve up front so inserts on the hot path do not allocate.
-        map.reserve(capacity);
+        // Not reserved up front: entries land in random buckets, so a reserved table would be
+        // resident in full at once; growth is amortized (a few reallocations per doubling).
         Self {
-            map,
+            map: CookieMap::default(),
             counts: [0; 13],
             capacity,
             netns,
