@@ -26,7 +26,6 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const SOCKETS_MAP: &str = "SOCKETS";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const PORT_FILTER_MAP: &str = "PORT_FILTER";
-pub const LISTENERS_MAP: &str = "LISTENERS";
 /// Name of the program attached to `tp_btf/inet_sock_set_state`.
 pub const PROGRAM_NAME: &str = "inet_sock_set_state";
 pub const TRACEPOINT: &str = "inet_sock_set_state";
@@ -150,6 +149,40 @@ pub struct SockOffsets {
 
 impl SockOffsets {
     pub const ABSENT: u32 = u32::MAX;
+
+    /// Nothing resolved: the object's compile-time value, always overridden at load.
+    pub const UNRESOLVED: Self = Self {
+        family: 0,
+        num: 0,
+        dport: 0,
+        rcv_saddr: 0,
+        daddr: 0,
+        v6_rcv_saddr: Self::ABSENT,
+        v6_daddr: Self::ABSENT,
+        protocol_word: 0,
+        protocol_shift: 0,
+        protocol_mask: 0,
+        net: Self::ABSENT,
+        net_inum: Self::ABSENT,
+        cgroup: Self::ABSENT,
+        cgroup_kn: Self::ABSENT,
+        kn_id: Self::ABSENT,
+        inet_sport: Self::ABSENT,
+    };
+}
+
+impl Config {
+    /// No filters, offsets unresolved: the object's compile-time value.
+    pub const UNSET: Self = Self {
+        offsets: SockOffsets::UNRESOLVED,
+        state_mask: 0,
+        family_mask: 0,
+        port_filters: 0,
+        netns: 0,
+        pids: [0; MAX_PID_FILTER],
+        npids: 0,
+        _pad: 0,
+    };
 }
 
 /// Load-time configuration of the eBPF program, written by userspace into the program's

@@ -28,33 +28,7 @@ use tcptrace_common::{
 /// Written by userspace before load; all-zero offsets are never used because the loader always
 /// overrides this value.
 #[unsafe(no_mangle)]
-static CONFIG: Global<Config> = Global::new(Config {
-    offsets: SockOffsets {
-        family: 0,
-        num: 0,
-        dport: 0,
-        rcv_saddr: 0,
-        daddr: 0,
-        v6_rcv_saddr: SockOffsets::ABSENT,
-        v6_daddr: SockOffsets::ABSENT,
-        protocol_word: 0,
-        protocol_shift: 0,
-        protocol_mask: 0,
-        net: SockOffsets::ABSENT,
-        net_inum: SockOffsets::ABSENT,
-        cgroup: SockOffsets::ABSENT,
-        cgroup_kn: SockOffsets::ABSENT,
-        kn_id: SockOffsets::ABSENT,
-        inet_sport: SockOffsets::ABSENT,
-    },
-    state_mask: 0,
-    family_mask: 0,
-    port_filters: 0,
-    netns: 0,
-    pids: [0; MAX_PID_FILTER],
-    npids: 0,
-    _pad: 0,
-});
+static CONFIG: Global<Config> = Global::new(Config::UNSET);
 
 /// Transitions for userspace. Size set at load (`--ring-bytes`).
 #[map(name = "EVENTS")]
@@ -254,7 +228,6 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), u32> {
     }
 
     let result = emit(
-        ctx,
         config,
         sock,
         sk,
@@ -281,7 +254,6 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), u32> {
     reason = "one call site; keeps the hot path flat"
 )]
 fn emit(
-    _ctx: &BtfTracePointContext,
     config: &Config,
     sock: &SockEntry,
     sk: *const u8,

@@ -473,12 +473,7 @@ mod tests {
                 protocol_word: 0x20c,
                 protocol_shift: 0,
                 protocol_mask: 0xffff,
-                net: SockOffsets::ABSENT,
-                net_inum: SockOffsets::ABSENT,
-                cgroup: SockOffsets::ABSENT,
-                cgroup_kn: SockOffsets::ABSENT,
-                kn_id: SockOffsets::ABSENT,
-                inet_sport: SockOffsets::ABSENT,
+                ..SockOffsets::UNRESOLVED
             }
         );
     }

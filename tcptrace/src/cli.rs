@@ -31,9 +31,9 @@ pub enum Command {
     /// Print every TCP state transition as it happens.
     #[command(
         long_about = "Print one line per TCP state transition as it happens.\n\n\
-Columns: TIME (local time of the transition), PID and COMM (the task that was on the CPU: for \
-handshakes and peer-triggered closes, which run in softirq, this is often an unrelated task or \
-'-'), LOCAL and REMOTE (address:port of this socket and of its peer), OLD -> NEW (the \
+Columns: TIME (local time of the transition), PID and COMM (the socket's owner, captured when \
+its process connected, listened or closed, and inherited by server sockets from their listener; \
+'-' when unknown; the task merely on the CPU is in the JSON as cpu_pid/cpu_comm), LOCAL and REMOTE (address:port of this socket and of its peer), OLD -> NEW (the \
 transition), IN_OLD_MS (milliseconds the socket spent in OLD, '-' when tcptrace first saw the \
 socket at this transition and cannot know).\n\n\
 The kernel never reports TIME_WAIT here: an active close shows as FIN_WAIT2 -> CLOSE (or \

@@ -206,11 +206,6 @@ impl Connection {
         tw.ended_ns.map(|e| e.saturating_sub(tw.entered_ns))
     }
 
-    /// The story is complete (closed, and any TIME_WAIT over).
-    pub fn is_finished(&self) -> bool {
-        self.end.is_some() && self.time_wait.is_none_or(|tw| tw.ended_ns.is_some())
-    }
-
     fn apply(&mut self, t: &Transition) {
         if t.sport != 0 {
             self.sport = t.sport;

@@ -197,21 +197,22 @@ impl Pipeline {
             sink.begin_snapshot();
         }
         let taken_ns = monotonic_ns();
-        let sockets = match inet_diag::dump_tcp() {
-            Ok(s) => s,
+        let dump = inet_diag::dump_tcp();
+        let flow = self.drain(ring)?;
+        match dump {
+            // A failed dump says nothing about which sockets exist: the sinks keep their view
+            // (an empty list would read as "every socket closed").
             Err(e) => {
                 eprintln!("tcptrace: warning: INET_DIAG snapshot failed: {e}");
                 self.stats.snapshot_errors += 1;
-                Vec::new()
             }
-        };
-        let flow = self.drain(ring)?;
-        if self.stats.snapshot_errors == 0 || !sockets.is_empty() {
-            for sink in &mut self.sinks {
-                sink.snapshot(&sockets, taken_ns);
+            Ok(sockets) => {
+                for sink in &mut self.sinks {
+                    sink.snapshot(&sockets, taken_ns);
+                }
+                self.stats.snapshots += 1;
             }
         }
-        self.stats.snapshots += 1;
         Ok(flow)
     }
 

@@ -8,7 +8,7 @@
 //! So TIME_WAIT is *inferred* from those transitions, and a snapshot periodically confirms or
 //! corrects every entry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
@@ -96,7 +96,7 @@ pub struct SocketTable {
     generation: u32,
     /// Cookies closed by events while a reconcile is in progress: a snapshot taken before the
     /// close must not resurrect them.
-    closed_during_reconcile: Option<Vec<u64>>,
+    closed_during_reconcile: Option<HashSet<u64, BuildHasherDefault<CookieHasher>>>,
     /// Sockets not tracked because the table was full.
     pub overflow: u64,
 }
@@ -131,10 +131,6 @@ impl SocketTable {
 
     pub fn get(&self, cookie: u64) -> Option<&Tracked> {
         self.map.get(&cookie)
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (u64, &Tracked)> {
-        self.map.iter().map(|(c, t)| (*c, t))
     }
 
     /// Sockets per state, indexed by the kernel state number.
@@ -209,7 +205,7 @@ impl SocketTable {
             (_, TcpState::Close) => {
                 self.remove(t.cookie);
                 if let Some(closed) = &mut self.closed_during_reconcile {
-                    closed.push(t.cookie);
+                    closed.insert(t.cookie);
                 }
             }
             (_, new) => {
@@ -236,7 +232,7 @@ impl SocketTable {
 
     /// Starts a reconcile: from now until [`SocketTable::reconcile`], closes are remembered.
     pub fn begin_reconcile(&mut self) {
-        self.closed_during_reconcile = Some(Vec::new());
+        self.closed_during_reconcile = Some(HashSet::default());
     }
 
     /// Compares the table with a snapshot taken at `taken_ns` (before the events since then
