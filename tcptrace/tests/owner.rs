@@ -45,6 +45,17 @@ fn wait_listening(agent: &mut Agent, port: u16) {
     );
 }
 
+/// Once the server is listening, runs one client to `ip:port`, waits for both processes and
+/// for the agent to see both sockets close. Returns the client's pid.
+fn exchange(agent: &mut Agent, server: &mut Child, ip: &str, port: u16) -> u32 {
+    wait_listening(agent, port);
+    let mut client = client(ip, port);
+    assert!(wait_timeout(&mut client, Duration::from_secs(10)).success());
+    assert!(wait_timeout(server, Duration::from_secs(10)).success());
+    assert!(agent.wait_for(Duration::from_secs(10), complete));
+    client.id()
+}
+
 fn complete(events: &[Value]) -> bool {
     seen(events, "LAST_ACK", "CLOSE") >= 1 && seen(events, "LISTEN", "CLOSE") >= 1
 }
@@ -59,13 +70,9 @@ fn every_transition_names_the_process_that_owns_the_socket() {
     let port = free_port("127.0.0.1");
     let mut agent = Agent::start(&["--port", &port.to_string()]);
     let mut server = sh(&format!("exec {}", server_cmd("127.0.0.1", port)));
-    wait_listening(&mut agent, port);
-    let mut client = client("127.0.0.1", port);
-    assert!(wait_timeout(&mut client, Duration::from_secs(10)).success());
-    assert!(wait_timeout(&mut server, Duration::from_secs(10)).success());
-    assert!(agent.wait_for(Duration::from_secs(10), complete));
+    let client_pid = exchange(&mut agent, &mut server, "127.0.0.1", port);
     let (_, _, events) = agent.stop();
-    let (server_pid, client_pid) = (u64::from(server.id()), u64::from(client.id()));
+    let (server_pid, client_pid) = (u64::from(server.id()), u64::from(client_pid));
 
     let sockets = by_cookie(&events);
     let listener = socket_where(&sockets, |e| e["new"] == "LISTEN").unwrap();
@@ -144,11 +151,7 @@ fn server_in_a_network_namespace_reports_that_namespace() {
         ns.name,
         server_cmd(&ns.ns_ip, port)
     ));
-    wait_listening(&mut agent, port);
-    let mut client = client(&ns.ns_ip, port);
-    assert!(wait_timeout(&mut client, Duration::from_secs(10)).success());
-    assert!(wait_timeout(&mut server, Duration::from_secs(10)).success());
-    assert!(agent.wait_for(Duration::from_secs(10), complete));
+    exchange(&mut agent, &mut server, &ns.ns_ip, port);
     let (_, _, events) = agent.stop();
     // Only the namespace's sockets (listener and child) pass --netns-path; the client lives
     // in the host namespace.
@@ -196,11 +199,7 @@ fn process_in_a_fresh_cgroup_reports_its_path_and_cgroup_filter() {
         cg.dir.display(),
         server_cmd("127.0.0.1", port)
     ));
-    wait_listening(&mut agent, port);
-    let mut client = client("127.0.0.1", port);
-    assert!(wait_timeout(&mut client, Duration::from_secs(10)).success());
-    assert!(wait_timeout(&mut server, Duration::from_secs(10)).success());
-    assert!(agent.wait_for(Duration::from_secs(10), complete));
+    exchange(&mut agent, &mut server, "127.0.0.1", port);
     let (_, _, events) = agent.stop();
     // Listener (2) and child (5); the client is in another cgroup and filtered out.
     assert_eq!(events.len(), 7, "{events:#?}");
@@ -224,11 +223,7 @@ fn pid_filter_lets_through_exactly_that_process_sockets() {
     let server_pid = server.id();
     let mut agent = Agent::start(&["--pid", &server_pid.to_string()]);
     std::fs::write(&go, b"").unwrap();
-    wait_listening(&mut agent, port);
-    let mut client = client("127.0.0.1", port);
-    assert!(wait_timeout(&mut client, Duration::from_secs(10)).success());
-    assert!(wait_timeout(&mut server, Duration::from_secs(10)).success());
-    assert!(agent.wait_for(Duration::from_secs(10), complete));
+    exchange(&mut agent, &mut server, "127.0.0.1", port);
     let (_, _, events) = agent.stop();
     let _ = std::fs::remove_file(&go);
     assert_eq!(events.len(), 7, "{events:#?}");

@@ -40,7 +40,8 @@ pub struct BenchArgs {
     /// (2 tracked sockets per connection; 0 skips).
     #[arg(long, default_value_t = 50_000)]
     held: u64,
-    /// A short run for CI: 1 round of 2000 connections, 2000 held.
+    /// The short run `cargo xtask test` does: 1 round of 2000 connections, 2000 held, results
+    /// in target/bench-smoke (other options are ignored).
     #[arg(long)]
     smoke: bool,
     /// Where to write result.json and result.md.
@@ -490,12 +491,11 @@ fn bpf_stats(enable: Option<&str>) -> anyhow::Result<String> {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
-    let mut args = args.clone();
-    if args.smoke {
-        args.connections = 2_000;
-        args.rounds = 1;
-        args.held = 2_000;
-    }
+    let args = if args.smoke {
+        BenchArgs::smoke()
+    } else {
+        args.clone()
+    };
     if !crate::setup::is_ready() {
         crate::setup::run()?;
     }
