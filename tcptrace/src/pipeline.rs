@@ -256,8 +256,11 @@ impl Pipeline {
                 }
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
-                    let flow = self.drain(guard.get_inner_mut());
+                    // Clear before draining: the kernel wakes the reader only when it has
+                    // caught up (bpf_ringbuf_commit), so a record committed after the last
+                    // read but before a later clear would lose its wakeup and sit in the ring.
                     guard.clear_ready();
+                    let flow = self.drain(guard.get_inner_mut());
                     match flow {
                         Ok(Flow::Continue) => {}
                         Ok(Flow::Stop) => break Ok(StopReason::SinkDone),
