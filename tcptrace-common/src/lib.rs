@@ -61,8 +61,10 @@ pub mod counter {
     pub const FILTERED: u32 = 1;
     /// A `bpf_probe_read_kernel` of a socket field failed; the event was dropped.
     pub const READ_FAILED: u32 = 2;
+    /// Records written to the ring buffer: what the agent must end up reading.
+    pub const SENT: u32 = 3;
     /// Number of counters.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Indices into the `PORT_FILTER` array: one port bitmap per filter kind.

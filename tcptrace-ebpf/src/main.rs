@@ -313,6 +313,7 @@ fn emit(
         }
     }
     slot.submit(0);
+    bump(counter::SENT);
     Ok(())
 }
 

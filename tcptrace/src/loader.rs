@@ -79,6 +79,8 @@ pub struct KernelCounters {
     pub ring_full: u64,
     pub filtered: u64,
     pub read_failed: u64,
+    /// Records the program wrote to the ring buffer.
+    pub sent: u64,
     /// Runs the kernel skipped because the program was already running on that CPU
     /// (`prog->aux->recursion_misses`, from the program's fdinfo).
     pub recursion_misses: u64,
@@ -281,6 +283,7 @@ impl Tracer {
             ring_full: sum(counter::RING_FULL),
             filtered: sum(counter::FILTERED),
             read_failed: sum(counter::READ_FAILED),
+            sent: sum(counter::SENT),
             recursion_misses: recursion_misses(self.prog_fd).unwrap_or(0),
         }
     }

@@ -76,6 +76,7 @@ pub struct Metrics {
     lost_recursion: IntCounter,
     decode_errors: IntCounter,
     events: IntCounter,
+    kernel_sent: IntCounter,
     reconcile_corrections: IntCounter,
     reconciles: IntCounter,
     snapshot_errors: IntCounter,
@@ -248,6 +249,10 @@ impl Metrics {
                 "tcptrace_events_processed_total",
                 "Transitions the agent read from the kernel and processed.",
             ),
+            kernel_sent: counter(
+                "tcptrace_kernel_events_total",
+                "Transitions the kernel program wrote to the ring buffer (published each second).",
+            ),
             reconcile_corrections: counter(
                 "tcptrace_reconcile_corrections_total",
                 "Sockets whose state from transitions disagreed with an INET_DIAG snapshot and was corrected.",
@@ -387,6 +392,7 @@ pub struct MetricsSink {
     last_overflow: u64,
     last_snapshot_errors: u64,
     last_evicted: u64,
+    last_sent: u64,
 }
 
 impl MetricsSink {
@@ -407,6 +413,7 @@ impl MetricsSink {
             last_overflow: 0,
             last_snapshot_errors: 0,
             last_evicted: 0,
+            last_sent: 0,
         }
     }
 
@@ -511,6 +518,7 @@ impl Sink for MetricsSink {
             &mut self.last_kernel.ring_full,
             k.ring_full,
         );
+        add_delta(&m.kernel_sent, &mut self.last_sent, k.sent);
         add_delta(
             &m.lost_recursion,
             &mut self.last_kernel.recursion_misses,
@@ -637,6 +645,7 @@ mod tests {
             kernel: crate::loader::KernelCounters {
                 ring_full: 5,
                 recursion_misses: 2,
+                sent: 9,
                 ..Default::default()
             },
         };
@@ -650,6 +659,7 @@ mod tests {
         assert!(text.contains("tcptrace_state_oldest_seconds{state=\"established\"} 10"));
         assert!(text.contains("tcptrace_lost_events_total{reason=\"ring_full\"} 5"));
         assert!(text.contains("tcptrace_lost_events_total{reason=\"recursion\"} 2"));
+        assert!(text.contains("tcptrace_kernel_events_total 9"));
         // Counters stay monotonic.
         tick.kernel.ring_full = 3;
         sink.tick(&tick);

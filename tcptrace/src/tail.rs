@@ -81,7 +81,7 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
     let kernel = tracer.counters();
     if reason != StopReason::OutputClosed {
         eprintln!(
-            "tcptrace: {} shown, {} filtered out ({} in kernel, {} in agent), {} lost (ring full), {} lost (recursion), {} unreadable",
+            "tcptrace: {} shown, {} filtered out ({} in kernel, {} in agent), {} lost (ring full), {} lost (recursion), {} unreadable; {} sent by the kernel",
             stats.delivered,
             kernel.filtered + stats.filtered,
             kernel.filtered,
@@ -89,6 +89,7 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
             kernel.ring_full,
             kernel.recursion_misses,
             stats.decode_errors + kernel.read_failed,
+            kernel.sent,
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -42,8 +42,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<ExitCode> {
             "the integration tests load eBPF programs and create network namespaces: run `sudo -E cargo xtask test` (or `cargo xtask test --unit-only`)"
         );
     }
-    // A short benchmark run: proves `cargo xtask bench` works and that every transition of
-    // the churn is either received or counted as lost (timing goals are not asserted here).
+    // A short benchmark run: proves `cargo xtask bench` works and that the agent reads every
+    // record the kernel sends under churn (timing goals are not asserted here).
     crate::bench::run(&crate::bench::BenchArgs::smoke())?;
     // The kernel tests are ignored, with a reason, by plain `cargo test` (they need root).
     sh(cargo().args([
