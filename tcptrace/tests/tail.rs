@@ -200,7 +200,11 @@ fn port_filter_excludes_other_traffic_in_the_kernel() {
     let filtered = summary_number(&stderr, "in kernel");
     assert!(filtered >= 12, "{stderr}");
     // Everything the kernel sent was read and shown.
-    assert_eq!(summary_number(&stderr, "sent by the kernel"), 12, "{stderr}");
+    assert_eq!(
+        summary_number(&stderr, "sent by the kernel"),
+        12,
+        "{stderr}"
+    );
 }
 
 #[test]
