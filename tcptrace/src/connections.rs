@@ -482,6 +482,9 @@ mod tests {
             expires_ms: 59_000,
             uid: 0,
             inode: 0,
+            rqueue: 0,
+            wqueue: 0,
+            idle: None,
         };
         t.snapshot(&[diag], 4000 * MS); // taken before TIME_WAIT began: ignored
         t.snapshot(&[diag], 5042 * MS);

@@ -17,6 +17,29 @@ const NLMSG_DONE: u16 = 3;
 const NLMSG_HDR_LEN: usize = 16;
 /// `struct inet_diag_msg` without its trailing attributes.
 const INET_DIAG_MSG_LEN: usize = 72;
+/// `INET_DIAG_INFO`: the attribute carrying `struct tcp_info` (full sockets only).
+const INET_DIAG_INFO: u16 = 2;
+/// `tcp_info` up to and including `tcpi_last_ack_recv`.
+const TCP_INFO_IDLE_LEN: usize = 60;
+
+/// Idle times from `struct tcp_info` (`tcp_get_info()`): milliseconds since this socket last
+/// sent data, received data, and received an ACK. For a socket in CLOSE_WAIT or FIN_WAIT2 the
+/// peer has nothing more to send, so `last_ack_recv` is a lower bound of the time in that state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idle {
+    pub last_data_sent_ms: u32,
+    pub last_data_recv_ms: u32,
+    pub last_ack_recv_ms: u32,
+}
+
+impl Idle {
+    /// Milliseconds since anything was sent or received.
+    pub fn idle_ms(&self) -> u32 {
+        self.last_data_sent_ms
+            .min(self.last_data_recv_ms)
+            .min(self.last_ack_recv_ms)
+    }
+}
 
 /// One socket as INET_DIAG reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +60,12 @@ pub struct DiagSocket {
     pub uid: u32,
     /// Socket inode, 0 for sockets without a file (TIME_WAIT, request sockets, orphans).
     pub inode: u32,
+    /// LISTEN: connections waiting in the accept queue; others: bytes not yet read.
+    pub rqueue: u32,
+    /// LISTEN: the accept backlog (`sk_max_ack_backlog`); others: bytes not yet acknowledged.
+    pub wqueue: u32,
+    /// From `tcp_info`, when the dump asked for it and the socket is a full socket.
+    pub idle: Option<Idle>,
 }
 
 /// Parses a `SOCK_DIAG_BY_FAMILY` response buffer. Returns the sockets and whether the dump
@@ -103,6 +132,9 @@ fn parse_msg(p: &[u8]) -> Option<DiagSocket> {
         }
     };
     Some(DiagSocket {
+        idle: parse_info(&p[INET_DIAG_MSG_LEN..]),
+        rqueue: ne32(56),
+        wqueue: ne32(60),
         cookie: u64::from(ne32(44)) | (u64::from(ne32(48)) << 32),
         state,
         family: if i32::from(family) == libc::AF_INET {
@@ -121,8 +153,41 @@ fn parse_msg(p: &[u8]) -> Option<DiagSocket> {
     })
 }
 
+/// Finds `INET_DIAG_INFO` among the attributes that follow `inet_diag_msg`.
+fn parse_info(mut attrs: &[u8]) -> Option<Idle> {
+    while attrs.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]);
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        let body = &attrs[4..len];
+        if kind == INET_DIAG_INFO && body.len() >= TCP_INFO_IDLE_LEN {
+            let ne32 = |at: usize| u32::from_ne_bytes(body[at..at + 4].try_into().unwrap());
+            // struct tcp_info: tcpi_last_data_sent at 44, _last_data_recv at 52, _last_ack_recv at 56.
+            return Some(Idle {
+                last_data_sent_ms: ne32(44),
+                last_data_recv_ms: ne32(52),
+                last_ack_recv_ms: ne32(56),
+            });
+        }
+        attrs = &attrs[((len + 3) & !3).min(attrs.len())..];
+    }
+    None
+}
+
 /// Dumps every TCP socket (IPv4 and IPv6) in the caller's network namespace.
 pub fn dump_tcp() -> io::Result<Vec<DiagSocket>> {
+    dump(false)
+}
+
+/// As [`dump_tcp`], with each full socket's idle times from `tcp_info` (costlier: the kernel
+/// fills a `tcp_info` per socket).
+pub fn dump_tcp_with_idle() -> io::Result<Vec<DiagSocket>> {
+    dump(true)
+}
+
+fn dump(info: bool) -> io::Result<Vec<DiagSocket>> {
     // SAFETY: plain socket(2) call; the fd is owned immediately below.
     let fd = unsafe {
         libc::socket(
@@ -139,7 +204,7 @@ pub fn dump_tcp() -> io::Result<Vec<DiagSocket>> {
     let mut sockets = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     for (seq, family) in [(1u32, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
-        send_request(&fd, seq, family)?;
+        send_request(&fd, seq, family, info)?;
         loop {
             // SAFETY: buf is valid for buf.len() bytes.
             let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -158,7 +223,7 @@ pub fn dump_tcp() -> io::Result<Vec<DiagSocket>> {
     Ok(sockets)
 }
 
-fn send_request(fd: &OwnedFd, seq: u32, family: u8) -> io::Result<()> {
+fn send_request(fd: &OwnedFd, seq: u32, family: u8, info: bool) -> io::Result<()> {
     const REQ_LEN: usize = NLMSG_HDR_LEN + 56;
     let mut req = [0u8; REQ_LEN];
     req[0..4].copy_from_slice(&(REQ_LEN as u32).to_ne_bytes());
@@ -168,6 +233,9 @@ fn send_request(fd: &OwnedFd, seq: u32, family: u8) -> io::Result<()> {
     // struct inet_diag_req_v2: family, protocol, ext, pad, states, sockid (zero: all)
     req[16] = family;
     req[17] = libc::IPPROTO_TCP as u8;
+    if info {
+        req[18] = 1 << (INET_DIAG_INFO - 1);
+    }
     req[20..24].copy_from_slice(&u32::MAX.to_ne_bytes());
     // SAFETY: req is a valid buffer; the kernel is the destination (zeroed sockaddr_nl).
     let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
@@ -226,6 +294,31 @@ mod tests {
     }
 
     #[test]
+    fn parses_idle_times_from_tcp_info() {
+        let mut p = diag_v4(8, 5);
+        let mut info = vec![0u8; 104];
+        info[44..48].copy_from_slice(&7_000u32.to_ne_bytes());
+        info[52..56].copy_from_slice(&9_000u32.to_ne_bytes());
+        info[56..60].copy_from_slice(&8_000u32.to_ne_bytes());
+        p.extend_from_slice(&((4 + info.len()) as u16).to_ne_bytes());
+        p.extend_from_slice(&INET_DIAG_INFO.to_ne_bytes());
+        p.extend_from_slice(&info);
+        let mut out = Vec::new();
+        parse_messages(&msg(SOCK_DIAG_BY_FAMILY, &p), &mut out).unwrap();
+        let idle = out[0].idle.expect("tcp_info parsed");
+        assert_eq!(idle.last_ack_recv_ms, 8_000);
+        assert_eq!(idle.idle_ms(), 7_000);
+        // A truncated attribute is ignored, not read past.
+        let mut cut = diag_v4(8, 5);
+        cut.extend_from_slice(&200u16.to_ne_bytes());
+        cut.extend_from_slice(&INET_DIAG_INFO.to_ne_bytes());
+        cut.extend_from_slice(&[0; 16]);
+        let mut out = Vec::new();
+        parse_messages(&msg(SOCK_DIAG_BY_FAMILY, &cut), &mut out).unwrap();
+        assert_eq!(out[0].idle, None);
+    }
+
+    #[test]
     fn parses_sockets_until_done() {
         let mut buf = msg(SOCK_DIAG_BY_FAMILY, &diag_v4(6, 0x1_0000_0002));
         buf.extend(msg(SOCK_DIAG_BY_FAMILY, &diag_v4(10, 7)));
@@ -276,5 +369,17 @@ mod tests {
             .find(|s| s.sport == port && s.state == TcpState::Listen)
             .expect("listener in dump");
         assert!(found.cookie != 0 && found.inode != 0);
+        assert_eq!(found.idle, None);
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let local = client.local_addr().unwrap().port();
+        let sockets = dump_tcp_with_idle().unwrap();
+        let est = sockets
+            .iter()
+            .find(|s| s.sport == local && s.state == TcpState::Established)
+            .expect("client in dump");
+        assert!(est.idle.is_some(), "{est:?}");
+        let l = sockets.iter().find(|s| s.sport == port && s.state == TcpState::Listen).unwrap();
+        assert_eq!(l.wqueue, 128, "std's listen backlog");
+        assert_eq!(l.rqueue, 1, "one connection waiting to be accepted");
     }
 }

@@ -386,6 +386,9 @@ mod tests {
             expires_ms: if state == TimeWait { 30_000 } else { 0 },
             uid: 0,
             inode: 0,
+            rqueue: 0,
+            wqueue: 0,
+            idle: None,
         }
     }
 
