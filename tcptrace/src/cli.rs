@@ -80,6 +80,117 @@ tcptrace life --rport 5432 -o json    connections to PostgreSQL, as JSON\n  \
 tcptrace life --no-time-wait          print at close, without waiting for TIME_WAIT"
     )]
     Life(LifeArgs),
+
+    /// Diagnose the classic TCP state pathologies (CLOSE_WAIT leaks, TIME_WAIT pressure,
+    /// stuck FIN_WAIT2, SYN floods, failed connects, resets, ghost connections).
+    #[command(
+        long_about = "Diagnose TCP state pathologies on this host, with evidence and advice.\n\n\
+doctor takes an INET_DIAG snapshot, watches transitions for --duration, takes a second \
+snapshot (with each socket's idle times), reads the kernel's TCP counters and settings, and \
+prints its findings, most severe first. Each finding has a stable kind, a severity, one \
+statement, the evidence (counts, rates, ages, top owners, ports and endpoints, example \
+sockets), the relevant kernel settings and advice. --explain describes every state and kind.\n\n\
+Exit code: 0 healthy (or informational findings only), 1 warnings, 2 critical.\n\n\
+With --netns-path (or --netns), snapshots, counters and settings are read inside that network \
+namespace and only its transitions are watched.",
+        after_help = "Examples:\n  \
+tcptrace doctor                            5 s look at this host\n  \
+tcptrace doctor --duration 30 -o json      a longer look, as one JSON object\n  \
+tcptrace doctor --lport 8080               only connections of local port 8080\n  \
+tcptrace doctor --netns-path /run/netns/x  inside a network namespace\n  \
+tcptrace doctor --explain                  what each state and finding means"
+    )]
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DoctorFormat {
+    /// Findings as indented text.
+    Text,
+    /// One JSON object (keys documented in the README).
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Seconds to watch transitions between the two snapshots (fractions allowed).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_duration)]
+    pub duration: std::time::Duration,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = DoctorFormat::Text)]
+    pub output: DoctorFormat,
+
+    /// Explain every TCP state and finding kind, then exit (needs no privileges).
+    #[arg(long)]
+    pub explain: bool,
+
+    #[command(flatten)]
+    pub thresholds: ThresholdArgs,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+/// Where each `doctor` finding starts (also used by `serve` for tcptrace_finding).
+#[derive(Debug, Args)]
+pub struct ThresholdArgs {
+    /// close_wait_leak: sockets in CLOSE_WAIT at least this many seconds.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_duration, help_heading = "Thresholds")]
+    pub close_wait_age: std::time::Duration,
+
+    /// fin_wait2_stuck: sockets held in FIN_WAIT2 at least this many seconds [default: the
+    /// namespace's net.ipv4.tcp_fin_timeout].
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, help_heading = "Thresholds")]
+    pub fin_wait2_age: Option<std::time::Duration>,
+
+    /// time_wait_pressure: percent of the ephemeral port range one client/server pair holds
+    /// in TIME_WAIT.
+    #[arg(long, value_name = "PCT", default_value_t = 30.0, value_parser = parse_percent, help_heading = "Thresholds")]
+    pub time_wait_share: f64,
+
+    /// syn_flood: half-open connections on one listener (a full SYN queue always counts).
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Thresholds")]
+    pub syn_recv: u64,
+
+    /// connect_failures: failed outgoing connects in the window.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Thresholds")]
+    pub connect_failures: u64,
+
+    /// resets: connections ended by a reset (sent or received) in the window.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Thresholds")]
+    pub resets: u64,
+
+    /// long_idle_established: ESTABLISHED without keepalive, idle at least this many seconds.
+    #[arg(long, value_name = "SECS", default_value = "3600", value_parser = parse_duration, help_heading = "Thresholds")]
+    pub idle_age: std::time::Duration,
+}
+
+impl ThresholdArgs {
+    pub fn to_thresholds(&self) -> crate::diagnosis::Thresholds {
+        crate::diagnosis::Thresholds {
+            close_wait_age: self.close_wait_age,
+            fin_wait2_age: self.fin_wait2_age,
+            time_wait_share: self.time_wait_share,
+            syn_recv: self.syn_recv,
+            connect_failures: self.connect_failures,
+            resets: self.resets,
+            idle_age: self.idle_age,
+        }
+    }
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let p: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a percentage"))?;
+    if !(p > 0.0 && p <= 100.0) {
+        return Err(format!("{p} is not a percentage in (0, 100]"));
+    }
+    Ok(p)
 }
 
 #[derive(Debug, Args)]
@@ -365,7 +476,7 @@ mod tests {
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
             Command::Tail(t) => t,
-            Command::Serve(_) | Command::Life(_) => unreachable!("parsed tail"),
+            _ => unreachable!("parsed tail"),
         })
     }
 
@@ -463,13 +574,58 @@ mod tests {
     }
 
     #[test]
+    fn doctor_flags() {
+        let doctor = |args: &[&str]| {
+            let mut argv = vec!["tcptrace", "doctor"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Doctor(d) => d,
+                _ => unreachable!("parsed doctor"),
+            })
+        };
+        let d = doctor(&[]).unwrap();
+        assert_eq!(d.duration, std::time::Duration::from_secs(5));
+        assert_eq!(d.output, DoctorFormat::Text);
+        assert_eq!(
+            d.thresholds.to_thresholds(),
+            crate::diagnosis::Thresholds::default()
+        );
+        let d = doctor(&[
+            "-o",
+            "json",
+            "--close-wait-age",
+            "1.5",
+            "--time-wait-share",
+            "10",
+            "--fin-wait2-age",
+            "2",
+            "--netns-path",
+            "/proc/self/ns/net",
+        ])
+        .unwrap();
+        let t = d.thresholds.to_thresholds();
+        assert_eq!(t.close_wait_age, std::time::Duration::from_millis(1500));
+        assert_eq!(t.fin_wait2_age, Some(std::time::Duration::from_secs(2)));
+        assert_eq!(t.time_wait_share, 10.0);
+        for bad in [
+            &["--time-wait-share", "0"][..],
+            &["--time-wait-share", "101"],
+            &["--syn-recv", "0"],
+            &["--close-wait-age", "-1"],
+            &["-o", "table"],
+        ] {
+            assert!(doctor(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn serve_flags() {
         let serve = |args: &[&str]| {
             let mut argv = vec!["tcptrace", "serve"];
             argv.extend_from_slice(args);
             Cli::try_parse_from(argv).map(|cli| match cli.command {
                 Command::Serve(s) => s,
-                Command::Tail(_) | Command::Life(_) => unreachable!("parsed serve"),
+                _ => unreachable!("parsed serve"),
             })
         };
         let s = serve(&[]).unwrap();

@@ -378,7 +378,10 @@ mod tests {
             .find(|s| s.sport == local && s.state == TcpState::Established)
             .expect("client in dump");
         assert!(est.idle.is_some(), "{est:?}");
-        let l = sockets.iter().find(|s| s.sport == port && s.state == TcpState::Listen).unwrap();
+        let l = sockets
+            .iter()
+            .find(|s| s.sport == port && s.state == TcpState::Listen)
+            .unwrap();
         assert_eq!(l.wqueue, 128, "std's listen backlog");
         assert_eq!(l.rqueue, 1, "one connection waiting to be accepted");
     }

@@ -8,9 +8,12 @@ pub mod btf;
 pub mod cgroup;
 pub mod cli;
 pub mod connections;
+pub mod diagnosis;
+pub mod doctor;
 pub mod event;
 pub mod filter;
 pub mod format;
+pub mod host;
 pub mod http;
 pub mod inet_diag;
 pub mod life;
@@ -18,6 +21,7 @@ pub mod loader;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;
+pub mod procfs;
 pub mod serve;
 pub mod sockets;
 pub mod state;
@@ -29,6 +33,32 @@ pub fn own_netns() -> Option<u32> {
     std::fs::metadata("/proc/self/ns/net")
         .ok()
         .map(|m| m.ino() as u32)
+}
+
+/// Runs `f` on a thread inside the network namespace at `path` (or here, when `None`):
+/// INET_DIAG dumps, `/proc/thread-self/net` and `/proc/sys/net` then describe that namespace.
+/// setns(2) with CLONE_NEWNET moves only the calling thread, so the rest of the process stays.
+pub fn in_netns<T: Send>(
+    path: Option<&std::path::Path>,
+    f: impl FnOnce() -> T + Send,
+) -> std::io::Result<T> {
+    use std::os::fd::AsRawFd as _;
+    let Some(path) = path else {
+        return Ok(f());
+    };
+    let ns = std::fs::File::open(path)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: setns on a valid namespace fd; affects this scoped thread only.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("namespace thread panicked")))
+    })
 }
 
 /// A current-thread tokio runtime for a command's event loop.

@@ -9,6 +9,7 @@ fn main() -> ExitCode {
         Command::Tail(args) => tcptrace::tail::run(args),
         Command::Serve(args) => tcptrace::serve::run(args),
         Command::Life(args) => tcptrace::life::run(args),
+        Command::Doctor(args) => tcptrace::doctor::run(args),
     };
     match result {
         Ok(code) => code,
