@@ -54,7 +54,9 @@ tcptrace tail --duration 10                stop after 10 seconds"
 Counters and histograms come from every transition the kernel reports; the per-state socket \
 gauges are seeded from an INET_DIAG snapshot at start (so sockets opened earlier and TIME_WAIT \
 sockets count), kept current from transitions, and reconciled against a fresh snapshot every \
---reconcile-interval. Metric names and labels are documented in the README.",
+--reconcile-interval. At each reconcile after the first, the findings of `tcptrace doctor` are \
+evaluated over the interval and exported as tcptrace_finding{kind,severity} (thresholds: the \
+same flags as doctor). Metric names and labels are documented in the README.",
         after_help = "Examples:\n  \
 tcptrace serve                                   metrics on http://127.0.0.1:9850/metrics\n  \
 tcptrace serve --web.listen-address 0.0.0.0:9850 reachable from other hosts\n  \
@@ -246,6 +248,11 @@ pub struct ServeArgs {
     /// Also print every transition to stdout, as `tail` does.
     #[arg(long)]
     pub tail: bool,
+
+    /// Where doctor's findings start; serve evaluates them at every reconcile and exports
+    /// them as tcptrace_finding{kind,severity}.
+    #[command(flatten)]
+    pub thresholds: ThresholdArgs,
 
     #[command(flatten)]
     pub filter: FilterArgs,

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::cgroup::CgroupInfo;
-use crate::connections::{ClosedBy, ConnectionTable, End, Role};
+use crate::connections::{ClosedBy, Connection, ConnectionTable, End, Role};
 use crate::event::{Task, Transition};
 use crate::host::{Settings, TcpCounters};
 use crate::inet_diag::DiagSocket;
@@ -322,7 +322,8 @@ impl Observations {
         }
     }
 
-    pub fn observe(&mut self, t: &Transition) {
+    /// Applies a transition; returns the connection it closed, if any.
+    pub fn observe(&mut self, t: &Transition) -> Option<Connection> {
         self.transitions += 1;
         if t.new == TcpState::Close {
             self.seen.remove(&t.cookie);
@@ -338,7 +339,8 @@ impl Observations {
         } else {
             self.overflow += 1;
         }
-        if let Some(c) = self.connections.apply(t) {
+        let closed = self.connections.apply(t);
+        if let Some(c) = closed {
             self.closed += 1;
             let notable = c.closed_by == ClosedBy::Both
                 || matches!(
@@ -366,7 +368,14 @@ impl Observations {
                 }
             }
         }
+        // Closes are taken from apply(); nothing else reads the queue.
         while self.connections.next_finished().is_some() {}
+        closed
+    }
+
+    /// Connections dropped from the bounded table before they finished.
+    pub fn evicted(&self) -> u64 {
+        self.connections.evicted
     }
 
     /// Starts a new window: forgets ends and counts, keeps what is known of live sockets.

@@ -247,6 +247,7 @@ pub fn run(args: LifeArgs) -> anyhow::Result<ExitCode> {
                 RunOptions {
                     tick: Some(Duration::from_secs(1)),
                     snapshot,
+                    snapshot_idle: false,
                     tracer: Some(&tracer),
                 },
             )

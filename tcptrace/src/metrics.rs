@@ -12,8 +12,11 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::connections::{Connection, ConnectionTable};
+use crate::connections::Connection;
+use crate::diagnosis::{self, Baseline, Finding, LazyOwners, Observations, Scene, Thresholds};
 use crate::event::Transition;
+use crate::filter::Filter;
+use crate::host::{Settings, TcpCounters};
 use crate::inet_diag::DiagSocket;
 use crate::pipeline::{Flow, Sink, Tick};
 use crate::sockets::SocketTable;
@@ -84,7 +87,14 @@ pub struct Metrics {
     connection_duration: HistogramVec,
     connections_closed: IntCounterVec,
     connections_evicted: IntCounter,
+    findings: IntGaugeVec,
+    finding_evaluations: IntCounter,
     process: ProcessMetrics,
+}
+
+struct FindingsConfig {
+    thresholds: Thresholds,
+    filter: Filter,
 }
 
 struct ProcessMetrics {
@@ -275,6 +285,21 @@ impl Metrics {
                 "tcptrace_connections_evicted_total",
                 "Connections dropped from the bounded connection table before they finished.",
             ),
+            findings: {
+                let g = must(IntGaugeVec::new(
+                    Opts::new(
+                        "tcptrace_finding",
+                        "Active doctor findings by kind and severity; the value is the number of sockets or connections concerned. A series disappears when its finding clears.",
+                    ),
+                    &["kind", "severity"],
+                ));
+                reg(Box::new(g.clone()));
+                g
+            },
+            finding_evaluations: counter(
+                "tcptrace_finding_evaluations_total",
+                "Times the doctor findings were evaluated (once per reconcile snapshot after the first).",
+            ),
             process,
             registry,
         };
@@ -286,6 +311,17 @@ impl Metrics {
             metrics.process.start_time.set(start);
         }
         Arc::new(metrics)
+    }
+
+    /// Replaces the exported findings with `findings` (cleared ones disappear).
+    pub fn set_findings(&self, findings: &[Finding]) {
+        self.findings.reset();
+        for f in findings {
+            self.findings
+                .with_label_values(&[f.kind.name(), f.severity.name()])
+                .add(f.count.min(i64::MAX as u64) as i64);
+        }
+        self.finding_evaluations.inc();
     }
 
     /// The text exposition format (version 0.0.4) of every metric.
@@ -380,7 +416,10 @@ fn process_start_time() -> Option<f64> {
 pub struct MetricsSink {
     metrics: Arc<Metrics>,
     table: SocketTable,
-    connections: ConnectionTable,
+    observations: Observations,
+    /// Evaluate doctor's findings at each snapshot (after the seed) for `tcptrace_finding`.
+    findings: Option<FindingsConfig>,
+    baseline: Option<Baseline>,
     /// `[old][new]` handles, created on first use.
     transitions: [[Option<IntCounter>; 13]; 13],
     durations: [Option<Histogram>; 13],
@@ -398,12 +437,13 @@ pub struct MetricsSink {
 impl MetricsSink {
     pub fn new(metrics: Arc<Metrics>, table: SocketTable) -> Self {
         // Closes are counted when the full socket closes; TIME_WAIT is in the gauges.
-        let mut connections = ConnectionTable::new(table_capacity(&table));
-        connections.skip_time_wait = true;
+        let observations = Observations::new(table_capacity(&table));
         Self {
             metrics,
             table,
-            connections,
+            observations,
+            findings: None,
+            baseline: None,
             transitions: Default::default(),
             durations: Default::default(),
             seeded: false,
@@ -430,6 +470,49 @@ impl MetricsSink {
             .connections_closed
             .with_label_values(&[role, c.closed_by.name(), end])
             .inc();
+    }
+
+    /// Evaluates doctor's findings at every snapshot after the seed (snapshots should then
+    /// carry idle times) and exports them as `tcptrace_finding`.
+    pub fn with_findings(mut self, thresholds: Thresholds, filter: Filter) -> Self {
+        self.findings = Some(FindingsConfig { thresholds, filter });
+        self
+    }
+
+    /// Compares this snapshot with the previous one and the transitions between them.
+    fn evaluate_findings(&mut self, sockets: &[DiagSocket], taken_ns: u64) {
+        let Some(config) = &self.findings else {
+            return;
+        };
+        let counters = TcpCounters::read();
+        let sockets: Vec<DiagSocket> = sockets
+            .iter()
+            .filter(|s| {
+                config
+                    .filter
+                    .matches_socket(s.family, s.saddr, s.sport, s.daddr, s.dport, s.state)
+            })
+            .copied()
+            .collect();
+        if let Some(baseline) = &self.baseline {
+            let settings = Settings::read();
+            let scene = Scene {
+                sockets: &sockets,
+                taken_ns,
+                counters: &counters,
+                settings: &settings,
+                baseline,
+            };
+            let findings = diagnosis::diagnose(
+                &scene,
+                &self.observations,
+                &mut LazyOwners::default(),
+                &config.thresholds,
+            );
+            self.metrics.set_findings(&findings);
+        }
+        self.baseline = Some(Baseline::new(&sockets, taken_ns, counters));
+        self.observations.new_window();
     }
 
     /// `tx` receives one message once the seed snapshot has been applied.
@@ -498,13 +581,11 @@ impl Sink for MetricsSink {
             m.connect_failures.inc();
         }
         self.table.apply(t);
-        if let Some(c) = self.connections.apply(t)
+        if let Some(c) = self.observations.observe(t)
             && c.role != crate::connections::Role::Listener
         {
             self.closed(&c);
         }
-        // Stories are counted at close; nothing else reads the queue.
-        while self.connections.next_finished().is_some() {}
         Ok(Flow::Continue)
     }
 
@@ -542,7 +623,7 @@ impl Sink for MetricsSink {
         add_delta(
             &m.connections_evicted,
             &mut self.last_evicted,
-            self.connections.evicted,
+            self.observations.evicted(),
         );
     }
 
@@ -558,6 +639,7 @@ impl Sink for MetricsSink {
             .reconcile_corrections
             .inc_by(report.corrections);
         self.publish_gauges(crate::pipeline::monotonic_ns());
+        self.evaluate_findings(sockets, taken_ns);
         if let Some(tx) = self.on_seeded.take() {
             let _ = tx.send(());
         }
@@ -626,6 +708,41 @@ mod tests {
         assert!(!text.contains("tcptrace_state_duration_seconds_count{state=\"close\"}"));
         assert!(text.contains("tcptrace_events_processed_total 4"));
         assert!(text.contains("tcptrace_build_info{version=\""));
+    }
+
+    #[test]
+    fn findings_are_exported_and_cleared() {
+        use crate::diagnosis::{Kind, Severity};
+        let metrics = Metrics::new();
+        let finding = |kind, severity, count| Finding {
+            kind,
+            severity,
+            statement: String::new(),
+            count,
+            facts: Vec::new(),
+            top: Vec::new(),
+            examples: Vec::new(),
+            settings: Vec::new(),
+            advice: Vec::new(),
+        };
+        metrics.set_findings(&[
+            finding(Kind::SynFlood, Severity::Critical, 16),
+            finding(Kind::SynFlood, Severity::Critical, 4),
+            finding(Kind::CloseWaitLeak, Severity::Warning, 3),
+        ]);
+        let text = scrape(&metrics);
+        assert!(
+            text.contains("tcptrace_finding{kind=\"syn_flood\",severity=\"critical\"} 20"),
+            "{text}"
+        );
+        assert!(text.contains("tcptrace_finding{kind=\"close_wait_leak\",severity=\"warning\"} 3"));
+        metrics.set_findings(&[finding(Kind::CloseWaitLeak, Severity::Critical, 100)]);
+        let text = scrape(&metrics);
+        assert!(
+            !text.contains("syn_flood") && !text.contains("severity=\"warning\""),
+            "{text}"
+        );
+        assert!(text.contains("tcptrace_finding_evaluations_total 2"));
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub struct RunOptions<'a> {
     pub tick: Option<Duration>,
     /// Take an INET_DIAG snapshot at start and then this often.
     pub snapshot: Option<Duration>,
+    /// Ask each snapshot for the sockets' idle times (`tcp_info`).
+    pub snapshot_idle: bool,
     pub tracer: Option<&'a Tracer>,
 }
 
@@ -192,12 +194,16 @@ impl Pipeline {
 
     /// Takes a snapshot, then drains the ring so that every transition up to now is applied
     /// before the sinks compare: what happened during the dump is then known to be newer.
-    fn snapshot(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<Flow> {
+    fn snapshot(&mut self, ring: &mut RingBuf<MapData>, idle: bool) -> io::Result<Flow> {
         for sink in &mut self.sinks {
             sink.begin_snapshot();
         }
         let taken_ns = monotonic_ns();
-        let dump = inet_diag::dump_tcp();
+        let dump = if idle {
+            inet_diag::dump_tcp_with_idle()
+        } else {
+            inet_diag::dump_tcp()
+        };
         let flow = self.drain(ring)?;
         match dump {
             // A failed dump says nothing about which sockets exist: the sinks keep their view
@@ -238,7 +244,7 @@ impl Pipeline {
         // Intervals fire at once; consume the first snapshot tick here as the seed.
         if options.snapshot.is_some() {
             snapshot.tick().await;
-            if self.snapshot(ring.get_mut())? == Flow::Stop {
+            if self.snapshot(ring.get_mut(), options.snapshot_idle)? == Flow::Stop {
                 return Ok(StopReason::SinkDone);
             }
         }
@@ -248,7 +254,7 @@ impl Pipeline {
                     self.tick(options.tracer);
                 }
                 _ = snapshot.tick(), if options.snapshot.is_some() => {
-                    match self.snapshot(ring.get_mut()) {
+                    match self.snapshot(ring.get_mut(), options.snapshot_idle) {
                         Ok(Flow::Continue) => {}
                         Ok(Flow::Stop) => break Ok(StopReason::SinkDone),
                         Err(e) => break Err(e),

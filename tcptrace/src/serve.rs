@@ -53,7 +53,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut pipeline = Pipeline::new(&filter);
     let (seeded_tx, seeded_rx) = std::sync::mpsc::channel();
     pipeline.subscribe(Box::new(
-        MetricsSink::new(metrics.clone(), table).notify_seeded(seeded_tx),
+        MetricsSink::new(metrics.clone(), table)
+            .with_findings(args.thresholds.to_thresholds(), filter.clone())
+            .notify_seeded(seeded_tx),
     ));
     if args.tail {
         let lines = crate::output::Lines::new(std::io::LineWriter::new(std::io::stdout()), None);
@@ -74,6 +76,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     RunOptions {
                         tick: Some(Duration::from_secs(1)),
                         snapshot: Some(reconcile),
+                        snapshot_idle: true,
                         tracer: Some(&tracer),
                     },
                 ))
