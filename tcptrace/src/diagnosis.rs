@@ -486,6 +486,21 @@ impl Ctx<'_> {
             .or_else(|| self.owners.owner(s.inode))
     }
 
+    /// Who a finished connection belonged to: its owner, else (server sockets whose listener
+    /// predates tracing) the process holding the listener on its local port.
+    fn end_owner(&mut self, e: &Ended) -> Option<ProcessName> {
+        if let Some(t) = e.owner {
+            return Some(process(t));
+        }
+        let port = e.local.port();
+        let listener = *self
+            .scene
+            .sockets
+            .iter()
+            .find(|s| s.state == TcpState::Listen && s.sport == port)?;
+        self.owner(&listener)
+    }
+
     /// Lower bound of the time `s` has spent in its current state, when anything tells.
     fn age_ns(&self, s: &DiagSocket) -> Option<u64> {
         let taken = self.scene.taken_ns;
@@ -1060,29 +1075,25 @@ the listener)",
     findings
 }
 
-/// Groups window ends by owner and one endpoint, largest first.
+/// Groups window ends by owner and, when `endpoint` is given, one endpoint; largest first.
 fn end_groups<'e>(
+    ctx: &mut Ctx<'_>,
     ends: impl Iterator<Item = &'e Ended>,
-    endpoint: impl Fn(&Ended) -> SocketAddr,
-    key: &'static str,
+    endpoint: Option<(&'static str, fn(&Ended) -> SocketAddr)>,
 ) -> (Vec<Group>, String) {
     let mut g = Grouper::default();
     for e in ends {
-        g.add(
-            e.owner.map(process),
-            endpoint(e).to_string(),
-            String::new(),
-            None,
-        );
+        let place = endpoint.map_or_else(String::new, |(_, f)| f(e).to_string());
+        g.add(ctx.end_owner(e), place, String::new(), None);
     }
-    let top = g.top(key, "");
+    let top = g.top(endpoint.map_or("", |(key, _)| key), "");
     let worst = top.first().map(group_text).unwrap_or_default();
     (top, worst)
 }
 
 fn connect_failures(ctx: &mut Ctx<'_>, th: &Thresholds) -> Option<Finding> {
-    let failed: Vec<&Ended> = ctx
-        .obs
+    let obs = ctx.obs;
+    let failed: Vec<&Ended> = obs
         .ended
         .iter()
         .filter(|e| {
@@ -1112,7 +1123,7 @@ fn connect_failures(ctx: &mut Ctx<'_>, th: &Thresholds) -> Option<Finding> {
     }
     let mut dest: Vec<_> = dest.into_iter().collect();
     dest.sort_by(|a, b| b.1.iter().sum::<u64>().cmp(&a.1.iter().sum::<u64>()));
-    let (by_owner, _) = end_groups(failed.iter().copied(), |e| e.remote, "destination");
+    let (by_owner, _) = end_groups(ctx, failed.iter().copied(), None);
     let mut top: Vec<Group> = dest
         .iter()
         .take(TOP)
@@ -1140,9 +1151,15 @@ or a firewall rejects; clients should back off instead of retrying at once."
     if timeout > 0 {
         advice.push(format!(
             "Timed out: SYNs get no answer (a firewall dropping, a route or host down); each \
-attempt blocks until net.ipv4.tcp_syn_retries ({}) runs out, so give clients a connect \
-timeout.",
-            ctx.setting("net.ipv4.tcp_syn_retries")
+attempt blocks until net.ipv4.tcp_syn_retries ({retries}) runs out{}, so give clients a \
+connect timeout.",
+            // SYN retransmissions back off from 1 s, doubling: 1 + 2 + ... + 2^retries.
+            ctx.scene
+                .settings
+                .number("net.ipv4.tcp_syn_retries")
+                .filter(|r| *r < 30)
+                .map_or_else(String::new, |r| format!(" (about {} s)", (2u64 << r) - 1)),
+            retries = ctx.setting("net.ipv4.tcp_syn_retries"),
         ));
     }
     if abandoned > 0 {
@@ -1176,16 +1193,27 @@ out (no answer), {abandoned} abandoned; most to {worst_dest} ({worst_n})",
 }
 
 fn resets(ctx: &mut Ctx<'_>, th: &Thresholds) -> Option<Finding> {
-    let ends = &ctx.obs.ended;
-    let sent: Vec<&Ended> = ends.iter().filter(|e| e.end == End::Aborted).collect();
-    let received: Vec<&Ended> = ends.iter().filter(|e| e.end == End::RstReceived).collect();
+    let obs = ctx.obs;
+    let sent: Vec<&Ended> = obs.ended.iter().filter(|e| e.end == End::Aborted).collect();
+    let received: Vec<&Ended> = obs
+        .ended
+        .iter()
+        .filter(|e| e.end == End::RstReceived)
+        .collect();
     let n = (sent.len() + received.len()) as u64;
     if n == 0 || n < th.resets {
         return None;
     }
-    let (mut top, worst_sent) = end_groups(sent.iter().copied(), |e| e.local, "aborted_local");
-    let (top_received, worst_received) =
-        end_groups(received.iter().copied(), |e| e.remote, "reset_by_peer");
+    let (mut top, worst_sent) = end_groups(
+        ctx,
+        sent.iter().copied(),
+        Some(("aborted_local", |e| e.local)),
+    );
+    let (top_received, worst_received) = end_groups(
+        ctx,
+        received.iter().copied(),
+        Some(("reset_by_peer", |e| e.remote)),
+    );
     top.extend(top_received);
     let mut most = Vec::new();
     if !sent.is_empty() {
@@ -1244,8 +1272,8 @@ load balancer, firewall) lost the connection's state."
 }
 
 fn simultaneous_close(ctx: &mut Ctx<'_>) -> Option<Finding> {
-    let both: Vec<&Ended> = ctx
-        .obs
+    let obs = ctx.obs;
+    let both: Vec<&Ended> = obs
         .ended
         .iter()
         .filter(|e| e.closed_by == ClosedBy::Both)
@@ -1254,7 +1282,7 @@ fn simultaneous_close(ctx: &mut Ctx<'_>) -> Option<Finding> {
         return None;
     }
     let n = both.len() as u64;
-    let (top, worst) = end_groups(both.iter().copied(), |e| e.remote, "remote");
+    let (top, worst) = end_groups(ctx, both.iter().copied(), Some(("remote", |e| e.remote)));
     Some(Finding {
         kind: Kind::SimultaneousClose,
         severity: Severity::Info,

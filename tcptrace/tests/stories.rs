@@ -246,23 +246,6 @@ fn slow_application_shows_its_close_wait_dwell() {
     );
 }
 
-/// Runs `f` on a thread that has joined the network namespace `ns`: sockets it creates
-/// live there.
-fn in_namespace<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    let file = std::fs::File::open(ns.path()).unwrap();
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: setns(2) on this thread only, with a valid namespace fd.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns");
-                f()
-            })
-            .join()
-            .unwrap()
-    })
-}
-
 fn nft_in(ns: &Netns, args: &[&str]) {
     let ok = Command::new("ip")
         .args(["netns", "exec", &ns.name, "nft"])
@@ -284,7 +267,7 @@ fn simultaneous_close_goes_through_closing_on_both_ends() {
     let port = free_port("127.0.0.1");
     // Snapshots cover the agent's own namespace, not this one: print at close.
     let agent = Agent::command("life", &["--port", &port.to_string(), "--no-time-wait"]);
-    let (a, b) = in_namespace(&ns, || {
+    let (a, b) = ns.run(|| {
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         pair("127.0.0.1", &listener)
     });

@@ -329,12 +329,54 @@ pub struct Netns {
     pub ns_ip: String,
 }
 
+/// Namespaces created by this test process so far: names and subnets stay unique when tests
+/// run in parallel.
+static NETNS_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 impl Netns {
+    /// A namespace with loopback up and a veth pair to the host.
     pub fn create() -> Self {
+        let ns = Self::bare();
+        let (host_if, ns_if) = (
+            format!("{}a", ns.name_suffix()),
+            format!("{}b", ns.name_suffix()),
+        );
+        let ip = |args: &[&str]| {
+            let ok = Command::new("ip").args(args).status().unwrap().success();
+            assert!(ok, "ip {args:?}");
+        };
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &ns.name]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", ns.host_ip),
+            "dev",
+            &host_if,
+        ]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{}/30", ns.ns_ip),
+            "dev",
+            &ns_if,
+        ]);
+        ip(&["-n", &ns.name, "link", "set", &ns_if, "up"]);
+        ns
+    }
+
+    /// A namespace with only loopback (up): traffic in it never leaves it.
+    pub fn bare() -> Self {
         let id = std::process::id() % 10_000;
-        let name = format!("tcptrace-test-{id}");
-        let (host_if, ns_if) = (format!("ttv{id}a"), format!("ttv{id}b"));
-        let subnet = 10 + id % 200;
+        let seq = NETNS_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("tcptrace-test-{id}-{seq}");
+        // Third octet unique per (process, namespace), within one /30 each.
+        let subnet = (id % 50) * 5 + seq % 5;
         let host_ip = format!("10.213.{subnet}.1");
         let ns_ip = format!("10.213.{subnet}.2");
         // A namespace left over by an interrupted run.
@@ -347,28 +389,49 @@ impl Netns {
             assert!(ok, "ip {args:?}");
         };
         ip(&["netns", "add", &name]);
-        ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
-        ]);
-        ip(&["link", "set", &ns_if, "netns", &name]);
-        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
-        ip(&["link", "set", &host_if, "up"]);
-        ip(&[
-            "-n",
-            &name,
-            "addr",
-            "add",
-            &format!("{ns_ip}/30"),
-            "dev",
-            &ns_if,
-        ]);
-        ip(&["-n", &name, "link", "set", &ns_if, "up"]);
         ip(&["-n", &name, "link", "set", "lo", "up"]);
         Self {
             name,
             host_ip,
             ns_ip,
         }
+    }
+
+    /// Short unique suffix for interface names (at most 15 characters in all).
+    fn name_suffix(&self) -> String {
+        let rest = self
+            .name
+            .trim_start_matches("tcptrace-test-")
+            .replace('-', "x");
+        format!("ttv{rest}")
+    }
+
+    /// Runs `f` on a thread inside this namespace: sockets it creates live here.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        use std::os::fd::AsRawFd as _;
+        let file = std::fs::File::open(self.path()).unwrap();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: setns(2) on this thread only, with a valid namespace fd.
+                    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(rc, 0, "setns");
+                    f()
+                })
+                .join()
+                .unwrap()
+        })
+    }
+
+    /// Runs a command inside this namespace (`ip netns exec`) and asserts it succeeded.
+    pub fn exec(&self, program: &str, args: &[&str]) {
+        let ok = Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{program} {args:?} in {}", self.name);
     }
 
     pub fn path(&self) -> String {
