@@ -324,3 +324,39 @@ fn hostile_clients_cannot_stall_the_agent_or_grow_its_memory() {
         .unwrap();
     assert!(rss_kb < 64 * 1024, "RSS {rss_kb} kB after the attack");
 }
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn doctor_findings_are_exported_while_they_last() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let exporter = Exporter::start(&[
+        "--lport",
+        &port.to_string(),
+        "--reconcile-interval",
+        "1",
+        "--close-wait-age",
+        "1",
+    ]);
+    // Three CLOSE_WAIT sockets this server never closes.
+    let mut leaked = Vec::new();
+    for _ in 0..3 {
+        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        leaked.push(listener.accept().unwrap().0);
+        drop(client);
+    }
+    let series = "tcptrace_finding{kind=\"close_wait_leak\",severity=\"warning\"}";
+    assert_eq!(exporter.wait_metric(series, |v| v >= 3.0), 3.0);
+    // The application finally closes them: the finding clears and its series goes away.
+    drop(leaked);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = exporter.scrape();
+        if sample(&text, series).is_none() {
+            assert!(sample(&text, "tcptrace_finding_evaluations_total").unwrap() >= 2.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "finding never cleared");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
