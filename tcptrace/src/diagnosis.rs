@@ -573,10 +573,16 @@ fn owner_text(owner: &Option<ProcessName>) -> String {
     }
 }
 
+/// Owner, local and remote endpoint of a group.
+type GroupKey = (Option<ProcessName>, String, String);
+
+/// The label and the endpoint of an end that [`end_groups`] groups by.
+type EndpointKey = (&'static str, fn(&Ended) -> SocketAddr);
+
 /// Groups keyed by owner and endpoint strings, largest first.
 #[derive(Default)]
 struct Grouper {
-    groups: BTreeMap<(Option<ProcessName>, String, String), (u64, Option<u64>)>,
+    groups: BTreeMap<GroupKey, (u64, Option<u64>)>,
 }
 
 impl Grouper {
@@ -653,7 +659,7 @@ fn aged<'s>(
             }
         })
         .collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|(_, age)| std::cmp::Reverse(*age));
     (v, unknown)
 }
 
@@ -783,7 +789,7 @@ fn time_wait_pressure(ctx: &mut Ctx<'_>, th: &Thresholds) -> Option<Finding> {
         *pairs.entry(key).or_default() += 1;
     }
     let mut pairs: Vec<_> = pairs.into_iter().collect();
-    pairs.sort_by(|a, b| b.1.cmp(&a.1));
+    pairs.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     let ((client, server, server_first), worst) = pairs[0];
     let share = worst as f64 * 100.0 / range as f64;
     let total = tw.len() as u64;
@@ -1079,7 +1085,7 @@ the listener)",
 fn end_groups<'e>(
     ctx: &mut Ctx<'_>,
     ends: impl Iterator<Item = &'e Ended>,
-    endpoint: Option<(&'static str, fn(&Ended) -> SocketAddr)>,
+    endpoint: Option<EndpointKey>,
 ) -> (Vec<Group>, String) {
     let mut g = Grouper::default();
     for e in ends {
@@ -1122,7 +1128,7 @@ fn connect_failures(ctx: &mut Ctx<'_>, th: &Thresholds) -> Option<Finding> {
         }
     }
     let mut dest: Vec<_> = dest.into_iter().collect();
-    dest.sort_by(|a, b| b.1.iter().sum::<u64>().cmp(&a.1.iter().sum::<u64>()));
+    dest.sort_by_key(|(_, c)| std::cmp::Reverse(c.iter().sum::<u64>()));
     let (by_owner, _) = end_groups(ctx, failed.iter().copied(), None);
     let mut top: Vec<Group> = dest
         .iter()
@@ -1260,9 +1266,9 @@ by the peer; most: {}",
         examples: Vec::new(),
         settings: Vec::new(),
         advice: vec![
-            "Aborted here: SO_LINGER with a 0 timeout, close() with unread data \
-(TCPAbortOnClose), or a retransmission/keepalive give-up (TCPAbortOnTimeout); fix the \
-application or the path accordingly."
+            "Aborted here: SO_LINGER with a 0 timeout (counted in TCPAbortOnData), close() with \
+unread data (TCPAbortOnClose), or a retransmission/keepalive give-up (TCPAbortOnTimeout); fix \
+the application or the path accordingly."
                 .into(),
             "Reset by the peer: the peer aborted, crashed or restarted, or a middlebox (NAT, \
 load balancer, firewall) lost the connection's state."
@@ -1318,7 +1324,7 @@ fn long_idle_established(ctx: &mut Ctx<'_>, th: &Thresholds) -> Option<Finding> 
     if idle.is_empty() {
         return None;
     }
-    idle.sort_by(|a, b| b.1.cmp(&a.1));
+    idle.sort_by_key(|(_, ns)| std::cmp::Reverse(*ns));
     let mut groups = Grouper::default();
     let mut examples = Vec::new();
     for (s, ns) in &idle {

@@ -54,7 +54,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (seeded_tx, seeded_rx) = std::sync::mpsc::channel();
     pipeline.subscribe(Box::new(
         MetricsSink::new(metrics.clone(), table)
-            .with_findings(args.thresholds.to_thresholds(), filter.clone())
+            .with_findings(args.thresholds.to_thresholds(), filter)
             .notify_seeded(seeded_tx),
     ));
     if args.tail {
