@@ -19,7 +19,8 @@ Needs Linux with BTF (/sys/kernel/btf/vmlinux) and root, or CAP_BPF + CAP_PERFMO
 sudo tcptrace tail                         every transition, as a table\n  \
 sudo tcptrace tail --port 443              connections with 443 at either end\n  \
 sudo tcptrace tail --state close_wait      sockets entering or leaving CLOSE_WAIT\n  \
-sudo tcptrace tail -o json --count 100     100 JSON lines, then exit"
+sudo tcptrace tail -o json --count 100     100 JSON lines, then exit\n  \
+sudo tcptrace doctor                       diagnose CLOSE_WAIT leaks, SYN floods, ..."
 )]
 pub struct Cli {
     #[command(subcommand)]

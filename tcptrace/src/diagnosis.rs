@@ -118,7 +118,9 @@ on a listener: request sockets in SYN_RECV. Reported when a listener has at leas
 of them or its SYN queue is full (as many as its backlog), or when the kernel sent SYN cookies \
 or dropped SYNs for a full queue during the window. Many distinct source addresses point to a \
 (possibly spoofed) flood; a few point to one client's trouble. With tcp_syncookies on, a full \
-queue still answers every SYN with a cookie; with it off, SYNs are dropped."
+queue still answers every SYN with a cookie; with it off, SYNs are dropped. Sources are counted \
+from the half-open sockets: SYNs answered with a cookie leave no socket, so they are counted \
+(syncookies_sent) but not attributed."
             }
             Self::ConnectFailures => {
                 "Outgoing connects that went SYN_SENT -> CLOSE during the window, at least \
