@@ -6,11 +6,10 @@ mod common;
 
 use std::io::{ErrorKind, Read};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::AsRawFd as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Agent, Netns, free_port, wait_timeout};
+use common::{Agent, Netns, free_port, set_linger_zero, wait_timeout};
 use serde_json::Value;
 
 const CLIENT_ACTIVE: [&str; 7] = [
@@ -101,24 +100,6 @@ fn kill_time_wait(port: u16, after: Duration) {
         .unwrap()
         .success();
     assert!(ok, "ss -K");
-}
-
-fn set_linger_zero(s: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: valid fd and a properly sized linger struct.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            size_of::<libc::linger>() as u32,
-        )
-    };
-    assert_eq!(rc, 0);
 }
 
 fn pair(ip: &str, listener: &TcpListener) -> (TcpStream, TcpStream) {

@@ -149,6 +149,25 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
     }
 }
 
+/// close() will then send a RST and skip TIME_WAIT.
+pub fn set_linger_zero(s: &std::net::TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid fd and a properly sized linger struct.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as u32,
+        )
+    };
+    assert_eq!(rc, 0);
+}
+
 /// A port that is free on `ip` right now (picked by the kernel, then released), so that the
 /// test can start the agent before the listener exists and see its CLOSE -> LISTEN.
 pub fn free_port(ip: &str) -> u16 {
