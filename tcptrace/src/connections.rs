@@ -143,6 +143,9 @@ pub struct Connection {
     pub closed_ns: Option<u64>,
     pub end: Option<End>,
     pub time_wait: Option<TimeWaitSpan>,
+    /// The state the last transition entered, and when.
+    pub state: TcpState,
+    pub state_since_ns: u64,
     path: [TcpState; PATH_LEN],
     path_len: u8,
 }
@@ -174,6 +177,8 @@ impl Connection {
             closed_ns: None,
             end: None,
             time_wait: None,
+            state: t.old,
+            state_since_ns: t.ts_ns,
             path: [TcpState::Close; PATH_LEN],
             path_len: 0,
         };
@@ -214,6 +219,8 @@ impl Connection {
             self.owner = Some(owner.task);
         }
         self.push(t.new);
+        self.state = t.new;
+        self.state_since_ns = t.ts_ns;
         use TcpState::*;
         match (t.old, t.new) {
             (SynSent | SynRecv, Established) => {
@@ -296,6 +303,11 @@ impl ConnectionTable {
 
     pub fn len(&self) -> usize {
         self.live.len() + self.time_wait.len()
+    }
+
+    /// A connection whose full socket has not closed yet.
+    pub fn live(&self, cookie: u64) -> Option<&Connection> {
+        self.live.get(&cookie)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -273,13 +273,6 @@ pub struct Finding {
     pub advice: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Seen {
-    state: TcpState,
-    since_ns: u64,
-    owner: Option<Task>,
-}
-
 /// A connection that ended in a way a finding may report.
 #[derive(Debug, Clone, Copy)]
 struct Ended {
@@ -291,15 +284,11 @@ struct Ended {
     owner: Option<Task>,
 }
 
-/// What the transitions of a window told: when each live socket entered its state and who
-/// owns it, and the connections that ended badly. A [`Sink`].
+/// What the transitions of a window told: the live connections (when each entered its state,
+/// who owns it) and the connections that ended badly. A [`Sink`].
 pub struct Observations {
     connections: ConnectionTable,
-    seen: CookieMap<Seen>,
-    capacity: usize,
     ended: Vec<Ended>,
-    /// Sockets not remembered because the table was full.
-    pub overflow: u64,
     /// Transitions seen in this window.
     pub transitions: u64,
     /// Connections that closed in this window (every end).
@@ -314,10 +303,7 @@ impl Observations {
         connections.skip_time_wait = true;
         Self {
             connections,
-            seen: CookieMap::default(),
-            capacity,
             ended: Vec::new(),
-            overflow: 0,
             transitions: 0,
             closed: 0,
             ended_overflow: 0,
@@ -327,20 +313,6 @@ impl Observations {
     /// Applies a transition; returns the connection it closed, if any.
     pub fn observe(&mut self, t: &Transition) -> Option<Connection> {
         self.transitions += 1;
-        if t.new == TcpState::Close {
-            self.seen.remove(&t.cookie);
-        } else if self.seen.len() < self.capacity || self.seen.contains_key(&t.cookie) {
-            self.seen.insert(
-                t.cookie,
-                Seen {
-                    state: t.new,
-                    since_ns: t.ts_ns,
-                    owner: t.owner.map(|o| o.task),
-                },
-            );
-        } else {
-            self.overflow += 1;
-        }
         let closed = self.connections.apply(t);
         if let Some(c) = closed {
             self.closed += 1;
@@ -390,7 +362,13 @@ impl Observations {
 
     /// The owner transitions reported for a live socket.
     pub fn owner_of(&self, cookie: u64) -> Option<ProcessName> {
-        self.seen.get(&cookie)?.owner.map(process)
+        self.connections.live(cookie)?.owner.map(process)
+    }
+
+    /// When a live socket entered `state`, if a transition into it was seen.
+    fn in_state_since(&self, cookie: u64, state: TcpState) -> Option<u64> {
+        let c = self.connections.live(cookie)?;
+        (c.state == state).then_some(c.state_since_ns)
     }
 }
 
@@ -508,10 +486,8 @@ impl Ctx<'_> {
         let taken = self.scene.taken_ns;
         let from_event = self
             .obs
-            .seen
-            .get(&s.cookie)
-            .filter(|seen| seen.state == s.state)
-            .map(|seen| taken.saturating_sub(seen.since_ns));
+            .in_state_since(s.cookie, s.state)
+            .map(|since| taken.saturating_sub(since));
         let base = self.scene.baseline;
         let from_baseline = (base.states.get(&s.cookie) == Some(&s.state))
             .then(|| taken.saturating_sub(base.taken_ns));

@@ -268,8 +268,28 @@ impl Report<'_> {
             .collect()
     }
 
-    fn lost(&self) -> u64 {
-        self.kernel.ring_full + self.kernel.recursion_misses
+    /// Why counts may be low, when they may be.
+    fn incomplete(&self) -> String {
+        let mut why = Vec::new();
+        match self.kernel.ring_full + self.kernel.recursion_misses {
+            0 => {}
+            n => why.push(format!("{n} transitions lost in the kernel")),
+        }
+        match self.obs.evicted() {
+            0 => {}
+            n => why.push(format!(
+                "{n} connections dropped from the full connection table"
+            )),
+        }
+        match self.obs.ended_overflow {
+            0 => {}
+            n => why.push(format!("{n} connection ends beyond what one window keeps")),
+        }
+        if why.is_empty() {
+            String::new()
+        } else {
+            format!(" ({}: counts may be low)", why.join(", "))
+        }
     }
 
     pub fn text(&self) -> String {
@@ -293,10 +313,7 @@ impl Report<'_> {
             },
             self.obs.transitions,
             self.obs.closed,
-            match self.lost() {
-                0 => String::new(),
-                n => format!(" ({n} transitions lost in the kernel: counts may be low)"),
-            }
+            self.incomplete()
         );
         if self.findings.iter().all(|f| f.severity == Severity::Info) {
             out.push_str("\nNo problems found: the host looks healthy.\n");
@@ -395,11 +412,13 @@ impl Report<'_> {
         }
         let _ = write!(
             out,
-            "}},\"transitions\":{},\"connections_closed\":{},\"lost_ring_full\":{},\"lost_recursion\":{}}},\"settings\":{{",
+            "}},\"transitions\":{},\"connections_closed\":{},\"lost_ring_full\":{},\"lost_recursion\":{},\"connections_evicted\":{},\"ends_not_kept\":{}}},\"settings\":{{",
             self.obs.transitions,
             self.obs.closed,
             self.kernel.ring_full,
-            self.kernel.recursion_misses
+            self.kernel.recursion_misses,
+            self.obs.evicted(),
+            self.obs.ended_overflow,
         );
         settings_json(&self.settings.iter().collect::<Vec<_>>(), &mut out);
         out.push_str("},\"findings\":[");
@@ -578,6 +597,8 @@ mod tests {
         assert_eq!(v["worst"], "critical");
         assert_eq!(v["exit_code"], 2);
         assert_eq!(v["settings"]["net.ipv4.tcp_fin_timeout"], "60");
+        assert_eq!(v["summary"]["ends_not_kept"], 0);
+        assert_eq!(v["summary"]["connections_evicted"], 0);
         let f = &v["findings"][0];
         assert_eq!(f["kind"], "close_wait_leak");
         assert_eq!(f["statement"], "3 socket(s) in \"CLOSE_WAIT\"");
@@ -596,6 +617,19 @@ mod tests {
         assert_eq!(healthy.exit_code(), 0);
         let text = healthy.text();
         assert!(text.contains("the host looks healthy"), "{text}");
+        assert!(!text.contains("counts may be low"), "{text}");
+        let lossy = Report {
+            kernel: KernelCounters {
+                recursion_misses: 3,
+                ..KernelCounters::default()
+            },
+            ..report(&[], &obs, &settings)
+        };
+        assert!(
+            lossy
+                .text()
+                .contains("(3 transitions lost in the kernel: counts may be low)")
+        );
         assert!(
             text.contains("0 critical, 0 warning, 0 info (exit code 0)"),
             "{text}"
