@@ -505,16 +505,6 @@ impl Ctx<'_> {
             .max()
     }
 
-    fn example(&mut self, s: &DiagSocket, age_ns: Option<u64>) -> Example {
-        Example {
-            state: s.state,
-            local: SocketAddr::new(s.saddr, s.sport),
-            remote: SocketAddr::new(s.daddr, s.dport),
-            age_s: age_ns.map(secs),
-            owner: self.owner(s),
-        }
-    }
-
     fn delta(&self, name: &str) -> u64 {
         self.scene
             .counters
@@ -618,7 +608,43 @@ fn group_text(g: &Group) -> String {
     }
 }
 
-/// Sockets in `state` aged at least `min_age_ns`, oldest first, with their ages.
+/// Groups sockets (oldest first, with their ages) by owner and local endpoint, and by remote
+/// endpoint too when `by_remote`; the oldest few become examples. Also returns the largest
+/// group in words.
+fn socket_groups(
+    ctx: &mut Ctx<'_>,
+    sockets: &[(&DiagSocket, u64)],
+    by_remote: bool,
+) -> (Vec<Group>, Vec<Example>, String) {
+    let mut groups = Grouper::default();
+    let mut examples = Vec::new();
+    for &(s, age) in sockets {
+        let local = SocketAddr::new(s.saddr, s.sport);
+        let remote = SocketAddr::new(s.daddr, s.dport);
+        let owner = ctx.owner(s);
+        if examples.len() < TOP {
+            examples.push(Example {
+                state: s.state,
+                local,
+                remote,
+                age_s: Some(secs(age)),
+                owner: owner.clone(),
+            });
+        }
+        let remote = if by_remote {
+            remote.to_string()
+        } else {
+            String::new()
+        };
+        groups.add(owner, local.to_string(), remote, Some(age));
+    }
+    let top = groups.top("local", "remote");
+    let worst = top.first().map(group_text).unwrap_or_default();
+    (top, examples, worst)
+}
+
+/// Sockets `keep` selects, aged at least `min_age_ns`, oldest first, with their ages; and how
+/// many selected sockets had no known age.
 fn aged<'s>(
     ctx: &Ctx<'_>,
     sockets: &'s [DiagSocket],
@@ -683,21 +709,7 @@ fn close_wait_leak(ctx: &mut Ctx<'_>, th: &Thresholds) -> Option<Finding> {
     if old.is_empty() {
         return None;
     }
-    let mut groups = Grouper::default();
-    let mut examples = Vec::new();
-    for (s, age) in &old {
-        let owner = ctx.owner(s);
-        groups.add(
-            owner,
-            format!("{}:{}", s.saddr, s.sport),
-            String::new(),
-            Some(*age),
-        );
-        if examples.len() < TOP {
-            examples.push(ctx.example(s, Some(*age)));
-        }
-    }
-    let top = groups.top("local", "remote");
+    let (top, examples, worst) = socket_groups(ctx, &old, false);
     let n = old.len() as u64;
     let oldest = secs(old[0].1);
     let severity = if n >= 100 {
@@ -705,7 +717,6 @@ fn close_wait_leak(ctx: &mut Ctx<'_>, th: &Thresholds) -> Option<Finding> {
     } else {
         Severity::Warning
     };
-    let worst = top.first().map(group_text).unwrap_or_default();
     Some(Finding {
         kind: Kind::CloseWaitLeak,
         severity,
@@ -871,23 +882,8 @@ fn fin_wait2_stuck(ctx: &mut Ctx<'_>, th: &Thresholds) -> Option<Finding> {
     if old.is_empty() {
         return None;
     }
-    let mut groups = Grouper::default();
-    let mut examples = Vec::new();
-    for (s, age) in &old {
-        let owner = ctx.owner(s);
-        groups.add(
-            owner,
-            format!("{}:{}", s.saddr, s.sport),
-            format!("{}:{}", s.daddr, s.dport),
-            Some(*age),
-        );
-        if examples.len() < TOP {
-            examples.push(ctx.example(s, Some(*age)));
-        }
-    }
     let n = old.len() as u64;
-    let top = groups.top("local", "remote");
-    let worst = top.first().map(group_text).unwrap_or_default();
+    let (top, examples, worst) = socket_groups(ctx, &old, true);
     Some(Finding {
         kind: Kind::FinWait2Stuck,
         severity: Severity::Warning,
@@ -1303,23 +1299,8 @@ fn long_idle_established(ctx: &mut Ctx<'_>, th: &Thresholds) -> Option<Finding> 
         return None;
     }
     idle.sort_by_key(|(_, ns)| std::cmp::Reverse(*ns));
-    let mut groups = Grouper::default();
-    let mut examples = Vec::new();
-    for (s, ns) in &idle {
-        let owner = ctx.owner(s);
-        groups.add(
-            owner,
-            format!("{}:{}", s.saddr, s.sport),
-            format!("{}:{}", s.daddr, s.dport),
-            Some(*ns),
-        );
-        if examples.len() < TOP {
-            examples.push(ctx.example(s, Some(*ns)));
-        }
-    }
     let n = idle.len() as u64;
-    let top = groups.top("local", "remote");
-    let worst = top.first().map(group_text).unwrap_or_default();
+    let (top, examples, worst) = socket_groups(ctx, &idle, true);
     Some(Finding {
         kind: Kind::LongIdleEstablished,
         severity: Severity::Info,
@@ -1513,6 +1494,28 @@ mod tests {
             f.statement
         );
         assert!(f.facts.contains(&("age_unknown", Fact::Count(1))));
+    }
+
+    #[test]
+    fn ipv6_endpoints_are_bracketed() {
+        let mut s = sock(7, TcpState::CloseWait, "[::1]:8080", "[fe80::1]:40000");
+        s.family = Family::Ipv6;
+        s.idle = Some(Idle {
+            last_data_sent_ms: 0,
+            last_data_recv_ms: 60_000,
+            last_ack_recv_ms: 60_000,
+        });
+        let f = run(&[s], &Observations::new(10), &Thresholds::default());
+        assert!(
+            f[0].top[0]
+                .labels
+                .contains(&("local", Fact::Text("[::1]:8080".into())))
+        );
+        assert!(
+            f[0].statement.ends_with("local [::1]:8080"),
+            "{}",
+            f[0].statement
+        );
     }
 
     #[test]
