@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::cgroup::CgroupInfo;
 use crate::connections::{ClosedBy, Connection, ConnectionTable, End, Role};
 use crate::event::{Task, Transition};
+use crate::filter::Filter;
 use crate::host::{Settings, TcpCounters};
 use crate::inet_diag::DiagSocket;
 use crate::pipeline::{Flow, Sink};
@@ -667,6 +668,42 @@ fn aged<'s>(
     (v, unknown)
 }
 
+/// Keeps the snapshot sockets the filter speaks for. Owner filters judge a socket by its
+/// owner, and sockets without one (TIME_WAIT, half-open) by their port's listener.
+pub fn filter_sockets(
+    filter: &Filter,
+    sockets: impl IntoIterator<Item = DiagSocket>,
+    obs: &Observations,
+    owners: &mut dyn OwnerLookup,
+) -> Vec<DiagSocket> {
+    let sockets: Vec<DiagSocket> = sockets
+        .into_iter()
+        .filter(|s| filter.matches_socket(s.family, s.saddr, s.sport, s.daddr, s.dport, s.state))
+        .collect();
+    if filter.pids.is_empty() && filter.comms.is_empty() {
+        return sockets;
+    }
+    let owner_ok = |s: &DiagSocket, owners: &mut dyn OwnerLookup| {
+        obs.owner_of(s.cookie)
+            .or_else(|| owners.owner(s.inode))
+            .is_some_and(|p| {
+                (filter.pids.is_empty() || filter.pids.contains(&p.pid))
+                    && (filter.comms.is_empty()
+                        || filter.comms.iter().any(|c| p.comm.starts_with(c.as_str())))
+            })
+    };
+    let listener_ports: HashSet<u16> = sockets
+        .iter()
+        .filter(|s| s.state == TcpState::Listen)
+        .filter(|s| owner_ok(s, owners))
+        .map(|s| s.sport)
+        .collect();
+    sockets
+        .into_iter()
+        .filter(|s| owner_ok(s, owners) || (s.inode == 0 && listener_ports.contains(&s.sport)))
+        .collect()
+}
+
 /// Runs every check; findings come most severe first.
 pub fn diagnose(
     scene: &Scene<'_>,
@@ -1032,7 +1069,11 @@ SYN queue {n}/{backlog}{}; {cookies_sent} SYN cookie(s) sent in {:.1} s",
     if findings.is_empty() && (cookies_sent > 0 || queue_full_drops > 0) {
         findings.push(Finding {
             kind: Kind::SynFlood,
-            severity: Severity::Warning,
+            severity: if queue_full_drops > 0 {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            },
             statement: format!(
                 "a SYN queue overflowed during the {:.1} s window: {cookies_sent} SYN cookie(s) \
 sent, {queue_full_drops} SYN(s) dropped for a full queue (no half-open sockets left to name \
@@ -1497,6 +1538,49 @@ mod tests {
     }
 
     #[test]
+    fn owner_filters_judge_sockets_by_owner_and_ownerless_ones_by_their_listener() {
+        let sockets = vec![
+            sock(7, TcpState::Listen, "10.0.0.1:80", "0.0.0.0:0"), // held by pid 700
+            sock(8, TcpState::CloseWait, "10.0.0.1:80", "10.0.0.2:40000"), // unknown owner
+            {
+                let mut tw = sock(9, TcpState::TimeWait, "10.0.0.1:80", "10.0.0.2:40001");
+                tw.inode = 0;
+                tw
+            },
+            {
+                let mut tw = sock(10, TcpState::TimeWait, "10.0.0.1:443", "10.0.0.2:40002");
+                tw.inode = 0;
+                tw
+            },
+        ];
+        let mut owners = SocketOwners::from_pairs([(
+            7,
+            ProcessName {
+                pid: 700,
+                comm: "leaky".into(),
+            },
+        )]);
+        let obs = Observations::new(10);
+        let kept = |filter: Filter, owners: &mut SocketOwners| -> Vec<u64> {
+            filter_sockets(&filter, sockets.clone(), &obs, owners)
+                .iter()
+                .map(|s| s.cookie)
+                .collect()
+        };
+        let by_pid = Filter {
+            pids: vec![700],
+            ..Filter::default()
+        };
+        assert_eq!(kept(by_pid, &mut owners), [7, 9]);
+        let by_port = Filter {
+            lports: vec![443],
+            ..Filter::default()
+        };
+        assert_eq!(kept(by_port, &mut owners), [10]);
+        assert_eq!(kept(Filter::default(), &mut owners).len(), 4);
+    }
+
+    #[test]
     fn ipv6_endpoints_are_bracketed() {
         let mut s = sock(7, TcpState::CloseWait, "[::1]:8080", "[fe80::1]:40000");
         s.family = Family::Ipv6;
@@ -1652,6 +1736,19 @@ mod tests {
         );
         let f = run(few, &Observations::new(10), &Thresholds::default());
         assert!(f.is_empty());
+        // SYNs dropped for a full queue are critical even with no listener to name.
+        after.parse("TcpExt: TCPReqQFullDrop\nTcpExt: 3\n");
+        let f = run_with(
+            few,
+            &Observations::new(10),
+            &Thresholds::default(),
+            &baseline,
+            &after,
+        );
+        assert_eq!(
+            (f[0].kind, f[0].severity, f[0].count),
+            (Kind::SynFlood, Severity::Critical, 203)
+        );
     }
 
     #[test]

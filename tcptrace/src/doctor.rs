@@ -13,11 +13,10 @@ use crate::Shutdown;
 use crate::cgroup::CgroupInfo;
 use crate::cli::{DoctorArgs, DoctorFormat};
 use crate::diagnosis::{
-    self, Baseline, Fact, Finding, Kind, LazyOwners, Observations, OwnerLookup, STATES_EXPLAINED,
-    Scene, Severity,
+    self, Baseline, Fact, Finding, Kind, LazyOwners, Observations, STATES_EXPLAINED, Scene,
+    Severity,
 };
 use crate::event::Transition;
-use crate::filter::Filter;
 use crate::format::json_string;
 use crate::host::{Settings, TcpCounters};
 use crate::inet_diag::{self, DiagSocket};
@@ -82,42 +81,6 @@ fn netns_path_of(inode: u32) -> Option<PathBuf> {
     })
 }
 
-/// Keeps the snapshot sockets the filter speaks for. Owner filters judge a socket by its
-/// owner, and sockets without one (TIME_WAIT, half-open) by their port's listener.
-fn filter_sockets(
-    filter: &Filter,
-    sockets: Vec<DiagSocket>,
-    obs: &Observations,
-    owners: &mut LazyOwners,
-) -> Vec<DiagSocket> {
-    let sockets: Vec<DiagSocket> = sockets
-        .into_iter()
-        .filter(|s| filter.matches_socket(s.family, s.saddr, s.sport, s.daddr, s.dport, s.state))
-        .collect();
-    if filter.pids.is_empty() && filter.comms.is_empty() {
-        return sockets;
-    }
-    let owner_ok = |s: &DiagSocket, owners: &mut LazyOwners| {
-        obs.owner_of(s.cookie)
-            .or_else(|| owners.owner(s.inode))
-            .is_some_and(|p| {
-                (filter.pids.is_empty() || filter.pids.contains(&p.pid))
-                    && (filter.comms.is_empty()
-                        || filter.comms.iter().any(|c| p.comm.starts_with(c.as_str())))
-            })
-    };
-    let listener_ports: std::collections::HashSet<u16> = sockets
-        .iter()
-        .filter(|s| s.state == TcpState::Listen)
-        .filter(|s| owner_ok(s, owners))
-        .map(|s| s.sport)
-        .collect();
-    sockets
-        .into_iter()
-        .filter(|s| owner_ok(s, owners) || (s.inode == 0 && listener_ports.contains(&s.sport)))
-        .collect()
-}
-
 pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     if args.explain {
         print!("{}", explain());
@@ -162,11 +125,11 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
 
     let mut owners = LazyOwners::default();
     let baseline = Baseline::new(
-        &filter_sockets(&filter, start.sockets, &obs, &mut owners),
+        &diagnosis::filter_sockets(&filter, start.sockets, &obs, &mut owners),
         start.taken_ns,
         start.counters,
     );
-    let sockets = filter_sockets(&filter, end.sockets, &obs, &mut owners);
+    let sockets = diagnosis::filter_sockets(&filter, end.sockets, &obs, &mut owners);
     let scene = Scene {
         sockets: &sockets,
         taken_ns: end.taken_ns,

@@ -485,15 +485,13 @@ impl MetricsSink {
             return;
         };
         let counters = TcpCounters::read();
-        let sockets: Vec<DiagSocket> = sockets
-            .iter()
-            .filter(|s| {
-                config
-                    .filter
-                    .matches_socket(s.family, s.saddr, s.sport, s.daddr, s.dport, s.state)
-            })
-            .copied()
-            .collect();
+        let mut owners = LazyOwners::default();
+        let sockets = diagnosis::filter_sockets(
+            &config.filter,
+            sockets.iter().copied(),
+            &self.observations,
+            &mut owners,
+        );
         if let Some(baseline) = &self.baseline {
             let settings = Settings::read();
             let scene = Scene {
@@ -503,12 +501,8 @@ impl MetricsSink {
                 settings: &settings,
                 baseline,
             };
-            let findings = diagnosis::diagnose(
-                &scene,
-                &self.observations,
-                &mut LazyOwners::default(),
-                &config.thresholds,
-            );
+            let findings =
+                diagnosis::diagnose(&scene, &self.observations, &mut owners, &config.thresholds);
             self.metrics.set_findings(&findings);
         }
         self.baseline = Some(Baseline::new(&sockets, taken_ns, counters));
