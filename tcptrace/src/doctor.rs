@@ -5,39 +5,24 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 
 use crate::Shutdown;
-use crate::cgroup::CgroupInfo;
 use crate::cli::{DoctorArgs, DoctorFormat};
 use crate::diagnosis::{
     self, Baseline, Fact, Finding, Kind, LazyOwners, Observations, STATES_EXPLAINED, Scene,
     Severity,
 };
-use crate::event::Transition;
 use crate::format::json_string;
 use crate::host::{Settings, TcpCounters};
 use crate::inet_diag::{self, DiagSocket};
 use crate::loader::{KernelCounters, Tracer};
-use crate::pipeline::{Flow, Pipeline, RunOptions, Sink, monotonic_ns};
+use crate::pipeline::{Pipeline, RunOptions, monotonic_ns};
 use crate::state::TcpState;
 
 /// Sockets the observations remember at once.
 const OBSERVED_SOCKETS: usize = 262_144;
-
-/// Lets the command read the observations back after the pipeline ran.
-struct Shared(Arc<Mutex<Observations>>);
-
-impl Sink for Shared {
-    fn transition(&mut self, t: &Transition, _: Option<&CgroupInfo>) -> std::io::Result<Flow> {
-        if let Ok(mut obs) = self.0.lock() {
-            obs.observe(t);
-        }
-        Ok(Flow::Continue)
-    }
-}
 
 /// A snapshot of one namespace: its sockets, counters and settings, read together.
 pub struct Snapshot {
@@ -105,9 +90,9 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         "tcptrace: watching TCP for {} (Ctrl-C to stop early)",
         diagnosis::human(args.duration)
     );
-    let obs = Arc::new(Mutex::new(Observations::new(OBSERVED_SOCKETS)));
+    let mut obs = Observations::new(OBSERVED_SOCKETS);
     let mut pipeline = Pipeline::new(&filter);
-    pipeline.subscribe(Box::new(Shared(obs.clone())));
+    pipeline.subscribe(Box::new(&mut obs));
     runtime
         .block_on(pipeline.run(
             ring,
@@ -115,13 +100,9 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             RunOptions::default(),
         ))
         .context("reading transitions failed")?;
-    let end = Snapshot::take(netns_path.as_deref(), true)?;
     drop(pipeline);
+    let end = Snapshot::take(netns_path.as_deref(), true)?;
     let kernel = tracer.counters();
-    let obs = Arc::try_unwrap(obs)
-        .ok()
-        .and_then(|m| m.into_inner().ok())
-        .context("observations still shared")?;
 
     let mut owners = LazyOwners::default();
     let baseline = Baseline::new(

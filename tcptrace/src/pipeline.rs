@@ -65,6 +65,28 @@ pub trait Sink {
     fn snapshot(&mut self, _sockets: &[DiagSocket], _taken_ns: u64) {}
 }
 
+impl<S: Sink + ?Sized> Sink for &mut S {
+    fn transition(&mut self, t: &Transition, cgroup: Option<&CgroupInfo>) -> io::Result<Flow> {
+        (**self).transition(t, cgroup)
+    }
+
+    fn batch_end(&mut self) -> io::Result<()> {
+        (**self).batch_end()
+    }
+
+    fn tick(&mut self, tick: &Tick) {
+        (**self).tick(tick);
+    }
+
+    fn begin_snapshot(&mut self) {
+        (**self).begin_snapshot();
+    }
+
+    fn snapshot(&mut self, sockets: &[DiagSocket], taken_ns: u64) {
+        (**self).snapshot(sockets, taken_ns);
+    }
+}
+
 /// Periodic work during [`Pipeline::run`].
 #[derive(Default)]
 pub struct RunOptions<'a> {
@@ -103,14 +125,15 @@ pub enum StopReason {
     OutputClosed,
 }
 
-pub struct Pipeline {
+/// Sinks may borrow (`'s`): a command can hand in `&mut` its own sink and read it afterwards.
+pub struct Pipeline<'s> {
     filter: Option<Filter>,
     cgroups: Option<CgroupResolver>,
-    sinks: Vec<Box<dyn Sink + Send>>,
+    sinks: Vec<Box<dyn Sink + Send + 's>>,
     pub stats: Stats,
 }
 
-impl Pipeline {
+impl<'s> Pipeline<'s> {
     /// `filter` is applied in the agent only when it has parts the kernel cannot apply.
     pub fn new(filter: &Filter) -> Self {
         Self {
@@ -121,7 +144,7 @@ impl Pipeline {
         }
     }
 
-    pub fn subscribe(&mut self, sink: Box<dyn Sink + Send>) {
+    pub fn subscribe(&mut self, sink: Box<dyn Sink + Send + 's>) {
         self.sinks.push(sink);
     }
 
