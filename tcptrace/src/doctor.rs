@@ -348,12 +348,15 @@ impl Report<'_> {
                 .map_or_else(|| "null".to_owned(), |n| n.to_string()),
             self.sockets.len()
         );
-        for (i, (st, n)) in self.state_counts().iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(out, "\"{}\":{n}", st.name());
-        }
+        json_fields(
+            self.state_counts()
+                .into_iter()
+                .map(|(st, n)| (st.name(), n)),
+            &mut out,
+            |n, out| {
+                let _ = write!(out, "{n}");
+            },
+        );
         let _ = write!(
             out,
             "}},\"transitions\":{},\"connections_closed\":{},\"lost_ring_full\":{},\"lost_recursion\":{},\"connections_evicted\":{},\"ends_not_kept\":{}}},\"settings\":{{",
@@ -364,27 +367,41 @@ impl Report<'_> {
             self.obs.evicted(),
             self.obs.ended_overflow,
         );
-        settings_json(&self.settings.iter().collect::<Vec<_>>(), &mut out);
+        json_fields(self.settings.iter(), &mut out, json_string);
         out.push_str("},\"findings\":[");
-        for (i, f) in self.findings.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            finding_json(f, &mut out);
-        }
+        json_items(self.findings, &mut out, finding_json);
         out.push_str("]}\n");
         out
     }
 }
 
-fn settings_json(pairs: &[(&str, &str)], out: &mut String) {
-    for (i, (k, v)) in pairs.iter().enumerate() {
+/// `"key":value` pairs, comma-separated, each value written by `value`.
+fn json_fields<K: AsRef<str>, V>(
+    pairs: impl IntoIterator<Item = (K, V)>,
+    out: &mut String,
+    mut value: impl FnMut(V, &mut String),
+) {
+    for (i, (k, v)) in pairs.into_iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        json_string(k, out);
+        json_string(k.as_ref(), out);
         out.push(':');
-        json_string(v, out);
+        value(v, out);
+    }
+}
+
+/// The items, comma-separated, each written by `item`.
+fn json_items<T>(
+    items: impl IntoIterator<Item = T>,
+    out: &mut String,
+    mut item: impl FnMut(T, &mut String),
+) {
+    for (i, t) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        item(t, out);
     }
 }
 
@@ -400,15 +417,8 @@ fn fact_json(v: &Fact, out: &mut String) {
     }
 }
 
-fn facts_json(facts: &[(&str, Fact)], out: &mut String) {
-    for (i, (k, v)) in facts.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        json_string(k, out);
-        out.push(':');
-        fact_json(v, out);
-    }
+fn facts_json(facts: &[(&'static str, Fact)], out: &mut String) {
+    json_fields(facts.iter().map(|(k, v)| (k, v)), out, fact_json);
 }
 
 fn finding_json(f: &Finding, out: &mut String) {
@@ -421,10 +431,7 @@ fn finding_json(f: &Finding, out: &mut String) {
     let _ = write!(out, ",\"count\":{},\"evidence\":{{", f.count);
     facts_json(&f.facts, out);
     out.push_str("},\"top\":[");
-    for (i, g) in f.top.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
+    json_items(&f.top, out, |g, out| {
         out.push('{');
         facts_json(&g.labels, out);
         let _ = write!(out, ",\"count\":{}", g.count);
@@ -432,12 +439,9 @@ fn finding_json(f: &Finding, out: &mut String) {
             let _ = write!(out, ",\"oldest_s\":{s:.3}");
         }
         out.push('}');
-    }
+    });
     out.push_str("],\"examples\":[");
-    for (i, e) in f.examples.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
+    json_items(&f.examples, out, |e, out| {
         let _ = write!(
             out,
             "{{\"state\":\"{}\",\"local\":\"{}\",\"remote\":\"{}\",\"age_s\":",
@@ -459,22 +463,13 @@ fn finding_json(f: &Finding, out: &mut String) {
             None => out.push_str(",\"pid\":null,\"comm\":null"),
         }
         out.push('}');
-    }
+    });
     out.push_str("],\"settings\":{");
-    settings_json(
-        &f.settings
-            .iter()
-            .map(|(k, v)| (*k, v.as_str()))
-            .collect::<Vec<_>>(),
-        out,
-    );
+    json_fields(f.settings.iter().map(|(k, v)| (k, v)), out, |v, out| {
+        json_string(v, out)
+    });
     out.push_str("},\"advice\":[");
-    for (i, a) in f.advice.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        json_string(a, out);
-    }
+    json_items(&f.advice, out, |a, out| json_string(a, out));
     out.push_str("]}");
 }
 

@@ -106,6 +106,16 @@ struct ProcessMetrics {
     start_time: prometheus::Gauge,
 }
 
+/// Registers a metric and returns its handle.
+fn registered<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<C>,
+) -> C {
+    let metric = must(metric);
+    must(registry.register(Box::new(metric.clone())));
+    metric
+}
+
 fn must<T>(r: prometheus::Result<T>) -> T {
     // Metric definitions are static; an error here is a programming error caught by tests.
     r.unwrap_or_else(|e| panic!("invalid metric definition: {e}"))
@@ -114,107 +124,115 @@ fn must<T>(r: prometheus::Result<T>) -> T {
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let registry = Registry::new();
-        let reg = |c: Box<dyn prometheus::core::Collector>| must(registry.register(c));
-        let counter = |name: &str, help: &str| {
-            let c = must(IntCounter::new(name, help));
-            reg(Box::new(c.clone()));
-            c
-        };
+        let counter = |name: &str, help: &str| registered(&registry, IntCounter::new(name, help));
         let duration_opts = |name: &str, help: &str| {
             HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec())
         };
 
-        let transitions = must(IntCounterVec::new(
-            Opts::new(
-                "tcptrace_transitions_total",
-                "TCP state transitions observed, by old and new state.",
+        let transitions = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "tcptrace_transitions_total",
+                    "TCP state transitions observed, by old and new state.",
+                ),
+                &["from", "to"],
             ),
-            &["from", "to"],
-        ));
-        reg(Box::new(transitions.clone()));
-        let state_duration = must(HistogramVec::new(
-            duration_opts(
-                "tcptrace_state_duration_seconds",
-                "Time sockets spent in a state before leaving it (only when the entry time is known).",
+        );
+        let state_duration = registered(
+            &registry,
+            HistogramVec::new(
+                duration_opts(
+                    "tcptrace_state_duration_seconds",
+                    "Time sockets spent in a state before leaving it (only when the entry time is known).",
+                ),
+                &["state"],
             ),
-            &["state"],
-        ));
-        reg(Box::new(state_duration.clone()));
-        let handshake = must(HistogramVec::new(
-            duration_opts(
-                "tcptrace_handshake_duration_seconds",
-                "TCP handshake time: SYN_SENT -> ESTABLISHED (client), SYN_RECV -> ESTABLISHED (server).",
+        );
+        let handshake = registered(
+            &registry,
+            HistogramVec::new(
+                duration_opts(
+                    "tcptrace_handshake_duration_seconds",
+                    "TCP handshake time: SYN_SENT -> ESTABLISHED (client), SYN_RECV -> ESTABLISHED (server).",
+                ),
+                &["role"],
             ),
-            &["role"],
-        ));
-        reg(Box::new(handshake.clone()));
-        let sockets = must(IntGaugeVec::new(
-            Opts::new(
-                "tcptrace_sockets",
-                "TCP sockets currently in each state in the agent's network namespace (TIME_WAIT included).",
+        );
+        let sockets = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "tcptrace_sockets",
+                    "TCP sockets currently in each state in the agent's network namespace (TIME_WAIT included).",
+                ),
+                &["state"],
             ),
-            &["state"],
-        ));
-        reg(Box::new(sockets.clone()));
-        let oldest = must(prometheus::GaugeVec::new(
-            Opts::new(
-                "tcptrace_state_oldest_seconds",
-                "Age in its current state of the oldest socket whose entry time is known; 0 when none.",
+        );
+        let oldest = registered(
+            &registry,
+            prometheus::GaugeVec::new(
+                Opts::new(
+                    "tcptrace_state_oldest_seconds",
+                    "Age in its current state of the oldest socket whose entry time is known; 0 when none.",
+                ),
+                &["state"],
             ),
-            &["state"],
-        ));
-        reg(Box::new(oldest.clone()));
-        let lost = must(IntCounterVec::new(
-            Opts::new(
-                "tcptrace_lost_events_total",
-                "Transitions lost before reaching the agent: ring buffer full, or program runs the kernel skipped (recursion).",
+        );
+        let lost = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "tcptrace_lost_events_total",
+                    "Transitions lost before reaching the agent: ring buffer full, or program runs the kernel skipped (recursion).",
+                ),
+                &["reason"],
             ),
-            &["reason"],
-        ));
-        reg(Box::new(lost.clone()));
-        let build_info = must(IntGaugeVec::new(
-            Opts::new(
-                "tcptrace_build_info",
-                "tcptrace build information; always 1.",
+        );
+        let build_info = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "tcptrace_build_info",
+                    "tcptrace build information; always 1.",
+                ),
+                &["version"],
             ),
-            &["version"],
-        ));
-        reg(Box::new(build_info.clone()));
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
 
-        let connection_duration = must(HistogramVec::new(
-            duration_opts(
-                "tcptrace_connection_duration_seconds",
-                "Connection lifetime from SYN to the full socket's CLOSE (TIME_WAIT excluded).",
+        let connection_duration = registered(
+            &registry,
+            HistogramVec::new(
+                duration_opts(
+                    "tcptrace_connection_duration_seconds",
+                    "Connection lifetime from SYN to the full socket's CLOSE (TIME_WAIT excluded).",
+                ),
+                &["role"],
             ),
-            &["role"],
-        ));
-        reg(Box::new(connection_duration.clone()));
-        let connections_closed = must(IntCounterVec::new(
-            Opts::new(
-                "tcptrace_connections_closed_total",
-                "Connections closed, by role, who closed first and how they ended (see README).",
+        );
+        let connections_closed = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "tcptrace_connections_closed_total",
+                    "Connections closed, by role, who closed first and how they ended (see README).",
+                ),
+                &["role", "closed_by", "end"],
             ),
-            &["role", "closed_by", "end"],
-        ));
-        reg(Box::new(connections_closed.clone()));
+        );
 
-        let gauge = |name: &str, help: &str| {
-            let g = must(IntGauge::new(name, help));
-            reg(Box::new(g.clone()));
-            g
-        };
+        let gauge = |name: &str, help: &str| registered(&registry, IntGauge::new(name, help));
         let process = ProcessMetrics {
-            cpu_seconds: {
-                let c = must(Counter::new(
+            cpu_seconds: registered(
+                &registry,
+                Counter::new(
                     "process_cpu_seconds_total",
                     "Total user and system CPU time spent in seconds.",
-                ));
-                reg(Box::new(c.clone()));
-                c
-            },
+                ),
+            ),
             resident_bytes: gauge(
                 "process_resident_memory_bytes",
                 "Resident memory size in bytes.",
@@ -228,14 +246,13 @@ impl Metrics {
                 "process_max_fds",
                 "Maximum number of open file descriptors.",
             ),
-            start_time: {
-                let g = must(prometheus::Gauge::new(
+            start_time: registered(
+                &registry,
+                prometheus::Gauge::new(
                     "process_start_time_seconds",
                     "Start time of the process since unix epoch in seconds.",
-                ));
-                reg(Box::new(g.clone()));
-                g
-            },
+                ),
+            ),
         };
 
         let metrics = Self {
@@ -285,17 +302,16 @@ impl Metrics {
                 "tcptrace_connections_evicted_total",
                 "Connections dropped from the bounded connection table before they finished.",
             ),
-            findings: {
-                let g = must(IntGaugeVec::new(
+            findings: registered(
+                &registry,
+                IntGaugeVec::new(
                     Opts::new(
                         "tcptrace_finding",
                         "Active doctor findings by kind and severity; the value is the number of sockets or connections concerned. A series disappears when its finding clears.",
                     ),
                     &["kind", "severity"],
-                ));
-                reg(Box::new(g.clone()));
-                g
-            },
+                ),
+            ),
             finding_evaluations: counter(
                 "tcptrace_finding_evaluations_total",
                 "Times the doctor findings were evaluated (once per reconcile snapshot after the first).",
