@@ -4,14 +4,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd as _, FromRawFd as _};
 use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{BIN, Netns, require_root, set_linger_zero, wait_timeout};
+use common::{BIN, Netns, await_ready, require_root, set_linger_zero, wait_timeout};
 use serde_json::Value;
 
 /// Line doctor prints on stderr once the program is attached and the first snapshot taken.
@@ -41,22 +41,7 @@ impl Doctor {
             let _ = stdout.read_to_string(&mut s);
             s
         });
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !line.starts_with(WATCHING) {
-            line.clear();
-            let n = stderr.read_line(&mut line).expect("read stderr");
-            assert!(
-                n > 0 && Instant::now() < deadline,
-                "doctor exited before watching: {line}"
-            );
-        }
-        let stderr = std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = stderr.read_to_string(&mut rest);
-            rest
-        });
+        let stderr = await_ready(&mut child, WATCHING);
         Self {
             child,
             stdout,
@@ -108,64 +93,67 @@ fn me() -> u64 {
     u64::from(std::process::id())
 }
 
-/// A listener on 127.0.0.1 with an explicit backlog, inside the calling thread's namespace.
-fn listen(backlog: i32) -> TcpListener {
-    // SAFETY: plain socket calls on a fresh descriptor we own; sockaddr_in is fully set.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let one: libc::c_int = 1;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&raw const one).cast(),
-            4,
-        );
-        let mut addr: libc::sockaddr_in = std::mem::zeroed();
-        addr.sin_family = libc::AF_INET as u16;
-        addr.sin_addr.s_addr = u32::from(Ipv4Addr::UNSPECIFIED).to_be();
-        let rc = libc::bind(
-            fd,
-            (&raw const addr).cast(),
+fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain data; zero is a valid starting value.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sin.sin_family = libc::AF_INET as u16;
+    sin.sin_port = addr.port().to_be();
+    sin.sin_addr.s_addr = u32::from(*addr.ip()).to_be();
+    sin
+}
+
+/// A fresh IPv4 TCP socket, neither bound nor connected, in the calling thread's namespace.
+fn tcp_socket() -> TcpStream {
+    // SAFETY: plain socket(2); the descriptor is owned by the TcpStream at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket");
+    // SAFETY: fresh descriptor we own.
+    unsafe { TcpStream::from_raw_fd(fd) }
+}
+
+/// bind(2) or connect(2) of `s` to `addr`.
+fn sys_addr(
+    s: &TcpStream,
+    addr: SocketAddrV4,
+    call: unsafe extern "C" fn(i32, *const libc::sockaddr, u32) -> i32,
+) -> std::io::Result<()> {
+    let sin = sockaddr(addr);
+    // SAFETY: a valid fd and a sockaddr_in of the length given.
+    let rc = unsafe {
+        call(
+            s.as_raw_fd(),
+            (&raw const sin).cast(),
             size_of::<libc::sockaddr_in>() as u32,
-        );
-        assert_eq!(rc, 0, "bind");
-        assert_eq!(libc::listen(fd, backlog), 0, "listen");
-        TcpListener::from_raw_fd(fd)
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
+}
+
+fn localhost(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)
+}
+
+/// A listener on all addresses with an explicit backlog, in the calling thread's namespace.
+fn listen(backlog: i32) -> TcpListener {
+    let s = tcp_socket();
+    set_int_opt(&s, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+    sys_addr(&s, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), libc::bind).expect("bind");
+    // SAFETY: listen(2) on a valid, bound socket.
+    assert_eq!(unsafe { libc::listen(s.as_raw_fd(), backlog) }, 0, "listen");
+    TcpListener::from(std::os::fd::OwnedFd::from(s))
 }
 
 /// A connection to 127.0.0.1:`port` from 127.0.0.1:`local_port`.
 fn connect_from(local_port: u16, port: u16) -> TcpStream {
-    let sin = |port: u16| {
-        // SAFETY: sockaddr_in is plain data; zero is a valid starting value.
-        let mut a: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        a.sin_family = libc::AF_INET as u16;
-        a.sin_port = port.to_be();
-        a.sin_addr.s_addr = u32::from(Ipv4Addr::LOCALHOST).to_be();
-        a
-    };
-    // SAFETY: a fresh socket owned by the TcpStream at once; valid sockaddr_in arguments.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let s = TcpStream::from_raw_fd(fd);
-        let local = sin(local_port);
-        let len = size_of::<libc::sockaddr_in>() as u32;
-        assert_eq!(
-            libc::bind(fd, (&raw const local).cast(), len),
-            0,
-            "bind {local_port}"
-        );
-        let remote = sin(port);
-        assert_eq!(
-            libc::connect(fd, (&raw const remote).cast(), len),
-            0,
-            "connect"
-        );
-        s
-    }
+    let s = tcp_socket();
+    sys_addr(&s, localhost(local_port), libc::bind)
+        .unwrap_or_else(|e| panic!("bind {local_port}: {e}"));
+    sys_addr(&s, localhost(port), libc::connect).expect("connect");
+    s
 }
 
 fn port(l: &TcpListener) -> u16 {
@@ -438,9 +426,7 @@ fn syn_flood_from_many_sources_fills_the_queue() {
         let SocketAddr::V4(t) = target else {
             unreachable!()
         };
-        let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        to.sin_family = libc::AF_INET as u16;
-        to.sin_addr.s_addr = u32::from(*t.ip()).to_be();
+        let to = sockaddr(t);
         let mut sent = 0;
         for i in 0..2000u32 {
             let n = i % 500;
@@ -535,33 +521,11 @@ fn refused_and_timed_out_connects_by_destination() {
         std::thread::scope(|scope| {
             for _ in 0..2 {
                 scope.spawn(|| {
-                    // SAFETY: a fresh TCP socket, owned by the TcpStream built from it below.
-                    let fd = unsafe {
-                        libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
-                    };
-                    assert!(fd >= 0);
-                    // SAFETY: fresh descriptor we own.
-                    let s = unsafe { TcpStream::from_raw_fd(fd) };
+                    let s = tcp_socket();
                     // One retransmission: the kernel gives up after ~3 s.
                     set_int_opt(&s, libc::IPPROTO_TCP, libc::TCP_SYNCNT, 1);
-                    let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-                    to.sin_family = libc::AF_INET as u16;
-                    to.sin_port = dropped.to_be();
-                    to.sin_addr.s_addr = u32::from(Ipv4Addr::LOCALHOST).to_be();
-                    // SAFETY: valid fd and sockaddr_in.
-                    let rc = unsafe {
-                        libc::connect(
-                            fd,
-                            (&raw const to).cast(),
-                            size_of::<libc::sockaddr_in>() as u32,
-                        )
-                    };
-                    let err = std::io::Error::last_os_error();
-                    assert_eq!(
-                        (rc, err.raw_os_error()),
-                        (-1, Some(libc::ETIMEDOUT)),
-                        "{err}"
-                    );
+                    let err = sys_addr(&s, localhost(dropped), libc::connect).unwrap_err();
+                    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
                 });
             }
             for _ in 0..6 {

@@ -227,16 +227,6 @@ fn slow_application_shows_its_close_wait_dwell() {
     );
 }
 
-fn nft_in(ns: &Netns, args: &[&str]) {
-    let ok = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "nft"])
-        .args(args)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "nft {args:?}");
-}
-
 /// Both ends send FIN while the other's FIN is still unacknowledged. Loopback is too fast
 /// for that, so both ends live in a namespace whose firewall drops the connection's segments
 /// while both call shutdown(); when the drop is lifted, the retransmitted FINs cross and
@@ -252,9 +242,9 @@ fn simultaneous_close_goes_through_closing_on_both_ends() {
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         pair("127.0.0.1", &listener)
     });
-    nft_in(&ns, &["add", "table", "inet", "tcptrace_sim"]);
-    nft_in(
-        &ns,
+    ns.exec("nft", &["add", "table", "inet", "tcptrace_sim"]);
+    ns.exec(
+        "nft",
         &[
             "add",
             "chain",
@@ -265,8 +255,8 @@ fn simultaneous_close_goes_through_closing_on_both_ends() {
         ],
     );
     let p = port.to_string();
-    nft_in(
-        &ns,
+    ns.exec(
+        "nft",
         &[
             "add",
             "rule",
@@ -279,8 +269,8 @@ fn simultaneous_close_goes_through_closing_on_both_ends() {
             "drop",
         ],
     );
-    nft_in(
-        &ns,
+    ns.exec(
+        "nft",
         &[
             "add",
             "rule",
@@ -296,7 +286,7 @@ fn simultaneous_close_goes_through_closing_on_both_ends() {
     a.shutdown(Shutdown::Write).unwrap();
     b.shutdown(Shutdown::Write).unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    nft_in(&ns, &["delete", "table", "inet", "tcptrace_sim"]);
+    ns.exec("nft", &["delete", "table", "inet", "tcptrace_sim"]);
     let mut a = a;
     let mut b = b;
     a.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -409,15 +399,7 @@ fn ipv6_connection_refused() {
 /// `tcp_syn_retries` = 1 so a connect times out after ~3 s (1 s + 2 s).
 fn dropping_namespace(port: u16) -> Netns {
     let ns = Netns::create();
-    let nft = |args: &[&str]| {
-        let ok = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "nft"])
-            .args(args)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "nft {args:?}");
-    };
+    let nft = |args: &[&str]| ns.exec("nft", args);
     nft(&["add", "table", "inet", "tcptrace_test"]);
     nft(&[
         "add",

@@ -64,23 +64,7 @@ impl Agent {
                 }
             }
         });
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut first = String::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        // The verifier can be slow on a busy machine; the ready line comes after attach.
-        while !first.starts_with(READY) {
-            first.clear();
-            let n = stderr.read_line(&mut first).expect("read stderr");
-            assert!(
-                n > 0 && Instant::now() < deadline,
-                "tcptrace exited before attaching: {first}"
-            );
-        }
-        let stderr_thread = std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = stderr.read_to_string(&mut rest);
-            rest
-        });
+        let stderr_thread = await_ready(&mut child, READY);
         Self {
             child,
             lines,
@@ -132,6 +116,27 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Reads `child`'s stderr until a line starts with `ready` (within 60 s: the verifier can be
+/// slow on a busy machine), then drains the rest on a thread that returns it.
+pub fn await_ready(child: &mut Child, ready: &str) -> JoinHandle<String> {
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr piped"));
+    let mut line = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !line.starts_with(ready) {
+        line.clear();
+        let n = stderr.read_line(&mut line).expect("read stderr");
+        assert!(
+            n > 0 && Instant::now() < deadline,
+            "tcptrace exited before `{ready}`: {line}"
+        );
+    }
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        rest
+    })
 }
 
 /// Waits for `child`, killing it (and failing) after `timeout`.
@@ -255,6 +260,8 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
 /// A running `tcptrace serve`.
 pub struct Exporter {
     child: Child,
+    /// The rest of the agent's stderr, printed when the test ends.
+    stderr: Option<JoinHandle<String>>,
     pub addr: String,
 }
 
@@ -272,22 +279,13 @@ impl Exporter {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tcptrace serve");
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        stderr.read_line(&mut line).expect("read stderr");
-        assert!(
-            line.starts_with(READY),
-            "tcptrace serve did not start: {line}"
-        );
         // Keep draining stderr so the agent never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = stderr.read_to_string(&mut rest);
-            if !rest.is_empty() {
-                eprintln!("tcptrace serve stderr: {rest}");
-            }
-        });
-        let exporter = Self { child, addr };
+        let stderr = Some(await_ready(&mut child, READY));
+        let exporter = Self {
+            child,
+            stderr,
+            addr,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while http_get(&exporter.addr, "/metrics").is_err() {
             assert!(Instant::now() < deadline, "exporter never answered");
@@ -330,18 +328,20 @@ impl Drop for Exporter {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
+        while Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(Some(_))) {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(rest) = self.stderr.take().and_then(|t| t.join().ok())
+            && !rest.is_empty()
+        {
+            eprintln!("tcptrace serve stderr: {rest}");
+        }
     }
 }
 
-/// A network namespace with a veth pair to the host; removed on drop.
+/// A network namespace: loopback, and optionally a veth pair to the host; removed on drop.
 pub struct Netns {
     pub name: String,
     pub host_ip: String,
