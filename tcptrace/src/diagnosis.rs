@@ -1413,6 +1413,15 @@ mod tests {
         }
     }
 
+    /// tcp_info idle times: last data sent, last data received, last ACK received (ms).
+    fn idle(sent: u32, recv: u32, ack: u32) -> Option<Idle> {
+        Some(Idle {
+            last_data_sent_ms: sent,
+            last_data_recv_ms: recv,
+            last_ack_recv_ms: ack,
+        })
+    }
+
     fn settings() -> Settings {
         Settings::from_pairs(&[
             ("net.ipv4.ip_local_port_range", "40000 40999"),
@@ -1485,11 +1494,7 @@ mod tests {
     #[test]
     fn close_wait_ages_come_from_tcp_info_baseline_or_events_and_name_the_owner() {
         let mut old = sock(7, TcpState::CloseWait, "10.0.0.1:8080", "10.0.0.2:40000");
-        old.idle = Some(Idle {
-            last_data_sent_ms: 0,
-            last_data_recv_ms: 45_000,
-            last_ack_recv_ms: 45_000,
-        });
+        old.idle = idle(0, 45_000, 45_000);
         let young = sock(8, TcpState::CloseWait, "10.0.0.1:8080", "10.0.0.2:40001");
         let in_baseline = sock(9, TcpState::CloseWait, "10.0.0.1:9090", "10.0.0.2:40002");
         let from_event = sock(10, TcpState::CloseWait, "10.0.0.1:9090", "10.0.0.2:40003");
@@ -1584,11 +1589,7 @@ mod tests {
     fn ipv6_endpoints_are_bracketed() {
         let mut s = sock(7, TcpState::CloseWait, "[::1]:8080", "[fe80::1]:40000");
         s.family = Family::Ipv6;
-        s.idle = Some(Idle {
-            last_data_sent_ms: 0,
-            last_data_recv_ms: 60_000,
-            last_ack_recv_ms: 60_000,
-        });
+        s.idle = idle(0, 60_000, 60_000);
         let f = run(&[s], &Observations::new(10), &Thresholds::default());
         assert!(
             f[0].top[0]
@@ -1656,11 +1657,7 @@ mod tests {
     #[test]
     fn held_fin_wait2_is_stuck_orphans_are_not() {
         let mut held = sock(7, TcpState::FinWait2, "10.0.0.1:40000", "10.0.0.2:80");
-        held.idle = Some(Idle {
-            last_data_sent_ms: 90_000,
-            last_data_recv_ms: 90_000,
-            last_ack_recv_ms: 90_000,
-        });
+        held.idle = idle(90_000, 90_000, 90_000);
         let mut orphan = held;
         orphan.cookie = 8;
         orphan.timer = 3;
@@ -1838,11 +1835,7 @@ mod tests {
     #[test]
     fn idle_established_without_keepalive_is_a_ghost_candidate() {
         let mut ghost = sock(7, TcpState::Established, "10.0.0.1:40000", "10.0.0.2:80");
-        ghost.idle = Some(Idle {
-            last_data_sent_ms: 4_000_000,
-            last_data_recv_ms: 4_000_000,
-            last_ack_recv_ms: 4_000_000,
-        });
+        ghost.idle = idle(4_000_000, 4_000_000, 4_000_000);
         let mut keepalive = ghost;
         keepalive.cookie = 8;
         keepalive.timer = 2;

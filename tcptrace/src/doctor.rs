@@ -160,6 +160,12 @@ risk now).\nExit code: 0 healthy or info only, 1 warnings, 2 critical.\n",
     out
 }
 
+/// `k=v k=v ...` for the text report.
+fn key_values<V: std::fmt::Display>(pairs: &[(&str, V)]) -> String {
+    let words: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    words.join(" ")
+}
+
 fn wrap(text: &str, indent: usize, width: usize) -> String {
     let mut out = String::new();
     let mut line = String::new();
@@ -270,18 +276,15 @@ impl Report<'_> {
                 f.kind.name(),
                 f.statement
             );
-            let facts: Vec<String> = f.facts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let _ = writeln!(out, "  evidence  {}", facts.join(" "));
+            let _ = writeln!(out, "  evidence  {}", key_values(&f.facts));
             for g in &f.top {
-                let labels: Vec<String> =
-                    g.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 let oldest = g
                     .oldest_s
                     .map_or_else(String::new, |s| format!(" oldest_s={s:.1}"));
                 let _ = writeln!(
                     out,
                     "  top       {} count={}{oldest}",
-                    labels.join(" "),
+                    key_values(&g.labels),
                     g.count
                 );
             }
@@ -302,8 +305,7 @@ impl Report<'_> {
                 );
             }
             if !f.settings.is_empty() {
-                let s: Vec<String> = f.settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                let _ = writeln!(out, "  settings  {}", s.join(" "));
+                let _ = writeln!(out, "  settings  {}", key_values(&f.settings));
             }
             for a in &f.advice {
                 let _ = write!(
