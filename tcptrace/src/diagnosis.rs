@@ -226,8 +226,8 @@ const ENDED_CAP: usize = 65_536;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fact {
     Count(u64),
-    Seconds(f64),
-    Percent(f64),
+    /// Seconds, percentages, rates: the key names the unit.
+    Number(f64),
     Text(String),
 }
 
@@ -235,8 +235,7 @@ impl std::fmt::Display for Fact {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Count(n) => write!(f, "{n}"),
-            Self::Seconds(s) => write!(f, "{s:.1}"),
-            Self::Percent(p) => write!(f, "{p:.1}"),
+            Self::Number(x) => write!(f, "{x:.1}"),
             Self::Text(t) => f.write_str(t),
         }
     }
@@ -767,11 +766,8 @@ called close() (a leak in the application); most: {worst}",
             ("close_wait_total", Fact::Count(total)),
             ("over_threshold", Fact::Count(n)),
             ("age_unknown", Fact::Count(unknown)),
-            ("oldest_s", Fact::Seconds(oldest)),
-            (
-                "threshold_s",
-                Fact::Seconds(th.close_wait_age.as_secs_f64()),
-            ),
+            ("oldest_s", Fact::Number(oldest)),
+            ("threshold_s", Fact::Number(th.close_wait_age.as_secs_f64())),
         ],
         top,
         examples,
@@ -843,7 +839,7 @@ fn time_wait_pressure(ctx: &mut Ctx<'_>, th: &Thresholds) -> Option<Finding> {
                 ),
                 (
                     "port_range_pct",
-                    Fact::Percent(*n as f64 * 100.0 / range as f64),
+                    Fact::Number(*n as f64 * 100.0 / range as f64),
                 ),
             ],
             count: *n,
@@ -874,12 +870,12 @@ safely (needs TCP timestamps); tcp_tw_recycle no longer exists (removed in Linux
     let mut facts = vec![
         ("time_wait_total", Fact::Count(total)),
         ("worst_pair", Fact::Count(worst)),
-        ("worst_pair_port_range_pct", Fact::Percent(share)),
+        ("worst_pair_port_range_pct", Fact::Number(share)),
         ("ephemeral_ports", Fact::Count(range)),
         ("tw_overflow", Fact::Count(overflow)),
     ];
     if let Some(p) = bucket_pct {
-        facts.push(("max_tw_buckets_pct", Fact::Percent(p)));
+        facts.push(("max_tw_buckets_pct", Fact::Number(p)));
     }
     Some(Finding {
         kind: Kind::TimeWaitPressure,
@@ -933,9 +929,9 @@ its FIN and the application still holds them; most: {worst}",
         facts: vec![
             ("over_threshold", Fact::Count(n)),
             ("age_unknown", Fact::Count(unknown)),
-            ("oldest_s", Fact::Seconds(secs(old[0].1))),
+            ("oldest_s", Fact::Number(secs(old[0].1))),
             ("orphaned_fin_wait2", Fact::Count(orphans)),
-            ("threshold_s", Fact::Seconds(threshold.as_secs_f64())),
+            ("threshold_s", Fact::Number(threshold.as_secs_f64())),
         ],
         top,
         examples,
@@ -1045,7 +1041,7 @@ SYN queue {n}/{backlog}{}; {cookies_sent} SYN cookie(s) sent in {:.1} s",
                 ("half_open", Fact::Count(n)),
                 ("distinct_sources", Fact::Count(sources.len() as u64)),
                 ("new_in_window", Fact::Count(new)),
-                ("syn_rate_per_s", Fact::Seconds(rate)),
+                ("syn_rate_per_s", Fact::Number(rate)),
                 ("listen_backlog", Fact::Count(backlog)),
                 (
                     "accept_queue",
@@ -1353,8 +1349,8 @@ gone they stay forever (ghost candidates); most: {worst}",
         count: n,
         facts: vec![
             ("idle_without_keepalive", Fact::Count(n)),
-            ("longest_idle_s", Fact::Seconds(secs(idle[0].1))),
-            ("threshold_s", Fact::Seconds(th.idle_age.as_secs_f64())),
+            ("longest_idle_s", Fact::Number(secs(idle[0].1))),
+            ("threshold_s", Fact::Number(th.idle_age.as_secs_f64())),
         ],
         top,
         examples,
@@ -1712,7 +1708,7 @@ mod tests {
         );
         assert!(f.facts.contains(&("distinct_sources", Fact::Count(16))));
         assert!(f.facts.contains(&("syncookies_sent", Fact::Count(200))));
-        assert!(f.facts.contains(&("syn_rate_per_s", Fact::Seconds(21.6))));
+        assert!(f.facts.contains(&("syn_rate_per_s", Fact::Number(21.6))));
         assert!(
             f.top[0]
                 .labels

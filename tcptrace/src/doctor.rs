@@ -412,7 +412,7 @@ fn fact_json(v: &Fact, out: &mut String) {
         Fact::Count(n) => {
             let _ = write!(out, "{n}");
         }
-        Fact::Seconds(x) | Fact::Percent(x) => {
+        Fact::Number(x) => {
             let _ = write!(out, "{x:.3}");
         }
         Fact::Text(t) => json_string(t, out),
@@ -488,7 +488,7 @@ mod tests {
             statement: "3 socket(s) in \"CLOSE_WAIT\"".into(),
             count: 3,
             facts: vec![
-                ("oldest_s", Fact::Seconds(45.0)),
+                ("oldest_s", Fact::Number(45.0)),
                 ("over_threshold", Fact::Count(3)),
             ],
             top: vec![Group {
