@@ -183,7 +183,7 @@ impl Config {
         netns: 0,
         pids: [0; MAX_PID_FILTER],
         npids: 0,
-        _pad: 0,
+        wakeup_bytes: 0,
     };
 }
 
@@ -205,7 +205,12 @@ pub struct Config {
     /// Keep only sockets owned by one of the first `npids` process ids (tgid).
     pub pids: [u32; MAX_PID_FILTER],
     pub npids: u32,
-    pub _pad: u32,
+    /// Wake the agent only once this many bytes wait in the ring: below it records are
+    /// submitted with `BPF_RB_NO_WAKEUP` and the agent drains on a short timer instead; at or
+    /// above it, `BPF_RB_FORCE_WAKEUP`. A wakeup per record costs an `irq_work` and a
+    /// reader context switch, which at high churn is most of the program's cost. 0: the
+    /// kernel's default (wake when the reader has caught up, `bpf_ringbuf_commit()`).
+    pub wakeup_bytes: u32,
 }
 
 pub const FAMILY_MASK_V4: u32 = 1;

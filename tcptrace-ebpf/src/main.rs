@@ -11,6 +11,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     Global,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_kernel_buf, generated::bpf_get_socket_cookie,
@@ -312,9 +313,21 @@ fn emit(
             );
         }
     }
-    slot.submit(0);
+    slot.submit(wakeup_flags(config.wakeup_bytes));
     bump(counter::SENT);
     Ok(())
+}
+
+/// Submit flags: wake the agent only when enough is waiting (see `Config::wakeup_bytes`).
+#[inline(always)]
+fn wakeup_flags(wakeup_bytes: u32) -> u64 {
+    if wakeup_bytes == 0 {
+        0
+    } else if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(wakeup_bytes) {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
 }
 
 /// `sk->__sk_common.skc_net.net->ns.inum`, or 0 when the offsets are unknown or a read fails.

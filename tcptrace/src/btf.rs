@@ -25,6 +25,7 @@ pub enum BtfError {
 const BTF_MAGIC: u16 = 0xeb9f;
 
 const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
 const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
@@ -40,7 +41,7 @@ const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct Member {
     name: u32,
     type_id: u32,
@@ -50,21 +51,47 @@ struct Member {
     bitfield_size: u32,
 }
 
-#[derive(Debug, Clone)]
-struct Type {
+/// One type record, read on demand from the blob.
+#[derive(Debug, Clone, Copy)]
+struct Type<'a> {
     name: u32,
     kind: u32,
+    kind_flag: bool,
     /// Size in bytes for INT/STRUCT/UNION/ENUM, the referenced type id for modifiers.
     size_or_type: u32,
-    members: Vec<Member>,
+    /// The member records of a STRUCT/UNION (12 bytes each), empty otherwise.
+    members: &'a [u8],
 }
 
-/// A parsed BTF blob: types and the string table.
-pub struct Btf {
-    /// Index 0 is the implicit `void` type.
-    types: Vec<Type>,
-    strings: Vec<u8>,
-    structs_by_name: HashMap<String, u32>,
+impl Type<'_> {
+    fn members(&self) -> impl Iterator<Item = Member> + '_ {
+        self.members.chunks_exact(12).map(|m| {
+            let word = |i: usize| u32::from_le_bytes([m[i], m[i + 1], m[i + 2], m[i + 3]]);
+            let offset = word(8);
+            let (bit_offset, bitfield_size) = if self.kind_flag {
+                (offset & 0x00ff_ffff, offset >> 24)
+            } else {
+                (offset, 0)
+            };
+            Member {
+                name: word(0),
+                type_id: word(4),
+                bit_offset,
+                bitfield_size,
+            }
+        })
+    }
+}
+
+/// A BTF blob, borrowed: an index of where each type record starts and the structs by name.
+/// Records are decoded when asked for, so reading the kernel's ~130k types costs half a
+/// megabyte of index instead of a decoded copy of everything.
+pub struct Btf<'a> {
+    types_data: &'a [u8],
+    strings: &'a [u8],
+    /// Byte offset of type `id` in `types_data`; index 0 (the implicit `void`) is unused.
+    offsets: Vec<u32>,
+    structs_by_name: HashMap<&'a str, u32>,
 }
 
 /// Where a member lives, relative to the start of the outermost struct.
@@ -93,10 +120,22 @@ fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
         .ok_or(BtfError::Malformed("truncated"))
 }
 
-impl Btf {
-    /// Parses a little-endian BTF blob (what `/sys/kernel/btf/vmlinux` holds on x86_64 and
+/// Bytes of kind-specific data after a type's 12-byte header.
+fn trailing_len(kind: u32, vlen: usize) -> Result<usize, BtfError> {
+    Ok(match kind {
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+        KIND_ARRAY => 12,
+        KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => vlen * 12,
+        KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
+        0..=KIND_ENUM64 => 0,
+        _ => return Err(BtfError::Malformed("unknown type kind")),
+    })
+}
+
+impl<'a> Btf<'a> {
+    /// Indexes a little-endian BTF blob (what `/sys/kernel/btf/vmlinux` holds on x86_64 and
     /// arm64).
-    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+    pub fn parse(data: &'a [u8]) -> Result<Self, BtfError> {
         if u16_at(data, 0)? != BTF_MAGIC {
             return Err(BtfError::Malformed("bad magic (not little-endian BTF)"));
         }
@@ -110,90 +149,121 @@ impl Btf {
             .ok_or(BtfError::Malformed("type section out of bounds"))?;
         let strings = data
             .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .ok_or(BtfError::Malformed("string section out of bounds"))?
-            .to_vec();
+            .ok_or(BtfError::Malformed("string section out of bounds"))?;
 
-        let mut types = vec![Type {
-            name: 0,
-            kind: 0,
-            size_or_type: 0,
-            members: Vec::new(),
-        }];
+        let mut btf = Self {
+            types_data,
+            strings,
+            offsets: vec![0],
+            structs_by_name: HashMap::new(),
+        };
         let mut at = 0;
         while at < types_data.len() {
             let name = u32_at(types_data, at)?;
             let info = u32_at(types_data, at + 4)?;
-            let size_or_type = u32_at(types_data, at + 8)?;
-            at += 12;
-            let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            let mut members = Vec::new();
-            let trailing = match kind {
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
-                KIND_ARRAY => 12,
-                KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen {
-                        let m = at + i * 12;
-                        let offset = u32_at(types_data, m + 8)?;
-                        let (bit_offset, bitfield_size) = if kind_flag {
-                            (offset & 0x00ff_ffff, offset >> 24)
-                        } else {
-                            (offset, 0)
-                        };
-                        members.push(Member {
-                            name: u32_at(types_data, m)?,
-                            type_id: u32_at(types_data, m + 4)?,
-                            bit_offset,
-                            bitfield_size,
-                        });
-                    }
-                    vlen * 12
-                }
-                KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
-                KIND_DATASEC | KIND_ENUM64 => vlen * 12,
-                0..=KIND_ENUM64 => 0,
-                _ => return Err(BtfError::Malformed("unknown type kind")),
-            };
-            at += trailing;
-            types.push(Type {
-                name,
-                kind,
-                size_or_type,
-                members,
-            });
-        }
-        if at != types_data.len() {
-            return Err(BtfError::Malformed("type section ends mid-type"));
-        }
-
-        let mut btf = Self {
-            types,
-            strings,
-            structs_by_name: HashMap::new(),
-        };
-        for (id, ty) in btf.types.iter().enumerate() {
-            if ty.kind == KIND_STRUCT && ty.name != 0 {
-                let name = btf.string(ty.name).to_owned();
-                // Keep the first definition: a name is unique among vmlinux structs.
-                btf.structs_by_name.entry(name).or_insert(id as u32);
+            let end = at + 12 + trailing_len(kind, (info & 0xffff) as usize)?;
+            if end > types_data.len() {
+                return Err(BtfError::Malformed("type section ends mid-type"));
             }
+            let id = btf.offsets.len() as u32;
+            btf.offsets.push(at as u32);
+            if kind == KIND_STRUCT && name != 0 {
+                // Keep the first definition: a name is unique among vmlinux structs.
+                btf.structs_by_name.entry(btf.string(name)).or_insert(id);
+            }
+            at = end;
         }
         Ok(btf)
     }
 
-    fn string(&self, offset: u32) -> &str {
+    fn string(&self, offset: u32) -> &'a str {
         let rest = self.strings.get(offset as usize..).unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
         std::str::from_utf8(&rest[..end]).unwrap_or("")
     }
 
-    fn ty(&self, id: u32) -> Option<&Type> {
-        self.types.get(id as usize)
+    fn ty(&self, id: u32) -> Option<Type<'a>> {
+        if id == 0 {
+            return None;
+        }
+        let at = *self.offsets.get(id as usize)? as usize;
+        let word = |i: usize| u32_at(self.types_data, at + i).ok();
+        let info = word(4)?;
+        let kind = (info >> 24) & 0x1f;
+        let members = if matches!(kind, KIND_STRUCT | KIND_UNION) {
+            let n = (info & 0xffff) as usize;
+            self.types_data.get(at + 12..at + 12 + n * 12)?
+        } else {
+            &[]
+        };
+        Some(Type {
+            name: word(0)?,
+            kind,
+            kind_flag: info >> 31 == 1,
+            size_or_type: word(8)?,
+            members,
+        })
+    }
+
+    /// Number of types, including the implicit `void` (id 0).
+    pub fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.offsets.len() <= 1
+    }
+
+    /// The id of `typedef name`, e.g. `btf_trace_inet_sock_set_state` (the type a
+    /// `tp_btf` program names as its attach target).
+    pub fn typedef_id(&self, name: &str) -> Option<u32> {
+        (1..self.offsets.len() as u32).find(|&id| {
+            self.ty(id)
+                .is_some_and(|t| t.kind == KIND_TYPEDEF && self.string(t.name) == name)
+        })
+    }
+
+    /// A small BTF blob in which each `typedef` of `names` has the same id as here and every
+    /// type before it is a nameless placeholder. Attaching a `tp_btf` program needs only the
+    /// id of its `btf_trace_*` typedef; handing aya this instead of the whole kernel BTF saves
+    /// it decoding ~130k types (some 30 MB at peak). Names this BTF lacks are left out.
+    pub fn typedef_ids_blob(&self, names: &[&str]) -> Vec<u8> {
+        let found: Vec<(u32, &str)> = names
+            .iter()
+            .filter_map(|&n| Some((self.typedef_id(n)?, n)))
+            .collect();
+        let last = found.iter().map(|&(id, _)| id).max().unwrap_or(0);
+        let mut strings = vec![0u8];
+        let mut types = Vec::with_capacity(last as usize * 12);
+        for id in 1..=last {
+            let (name, info) = match found.iter().find(|&&(i, _)| i == id) {
+                Some(&(_, n)) => {
+                    let at = strings.len() as u32;
+                    strings.extend_from_slice(n.as_bytes());
+                    strings.push(0);
+                    (at, KIND_TYPEDEF << 24)
+                }
+                None => (0, KIND_PTR << 24),
+            };
+            for word in [name, info, 0] {
+                types.extend_from_slice(&word.to_le_bytes());
+            }
+        }
+        let mut blob = Vec::with_capacity(24 + types.len() + strings.len());
+        blob.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+        blob.extend_from_slice(&[1, 0]); // version 1, no flags
+        let (types_len, strings_len) = (types.len() as u32, strings.len() as u32);
+        for word in [24, 0, types_len, types_len, strings_len] {
+            blob.extend_from_slice(&u32::to_le_bytes(word));
+        }
+        blob.extend_from_slice(&types);
+        blob.extend_from_slice(&strings);
+        blob
     }
 
     /// Follows typedefs and qualifiers to the underlying type.
-    fn resolve(&self, mut id: u32) -> Option<&Type> {
+    fn resolve(&self, mut id: u32) -> Option<Type<'a>> {
         for _ in 0..32 {
             let ty = self.ty(id)?;
             match ty.kind {
@@ -211,26 +281,26 @@ impl Btf {
             Some(ty) if matches!(ty.kind, KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM) => {
                 ty.size_or_type * 8
             }
-            Some(ty) if ty.kind == KIND_ARRAY => 0,
             _ => 0,
         }
     }
 
     /// Finds `name` among the members of `ty`, looking through anonymous structs and unions
     /// (as C does). Returns the bit offset relative to `ty`.
-    fn find_member(&self, ty: &Type, name: &str, depth: u32) -> Option<Member> {
+    fn find_member(&self, ty: &Type<'a>, name: &str, depth: u32) -> Option<Member> {
         if depth > 8 {
             return None;
         }
-        for m in &ty.members {
-            if m.name != 0 && self.string(m.name) == name {
-                return Some(m.clone());
-            }
+        if let Some(m) = ty
+            .members()
+            .find(|m| m.name != 0 && self.string(m.name) == name)
+        {
+            return Some(m);
         }
-        for m in ty.members.iter().filter(|m| m.name == 0) {
+        for m in ty.members().filter(|m| m.name == 0) {
             let inner = self.resolve(m.type_id)?;
             if matches!(inner.kind, KIND_STRUCT | KIND_UNION)
-                && let Some(found) = self.find_member(inner, name, depth + 1)
+                && let Some(found) = self.find_member(&inner, name, depth + 1)
             {
                 return Some(Member {
                     bit_offset: m.bit_offset + found.bit_offset,
@@ -252,7 +322,7 @@ impl Btf {
         let mut bits = 0;
         for (i, part) in path.split('.').enumerate() {
             let member = self
-                .find_member(ty, part, 0)
+                .find_member(&ty, part, 0)
                 .ok_or_else(|| BtfError::NoMember {
                     strukt: strukt.to_owned(),
                     member: path.split('.').take(i + 1).collect::<Vec<_>>().join("."),
@@ -458,7 +528,8 @@ mod tests {
 
     #[test]
     fn resolves_sock_fields_through_anonymous_members_and_typedefs() {
-        let btf = Btf::parse(&mini_sock(false, true)).unwrap();
+        let blob = mini_sock(false, true);
+        let btf = Btf::parse(&blob).unwrap();
         let off = btf.sock_offsets().unwrap();
         assert_eq!(
             off,
@@ -480,7 +551,8 @@ mod tests {
 
     #[test]
     fn handles_pre_5_6_protocol_bitfield() {
-        let btf = Btf::parse(&mini_sock(true, true)).unwrap();
+        let blob = mini_sock(true, true);
+        let btf = Btf::parse(&blob).unwrap();
         let off = btf.sock_offsets().unwrap();
         assert_eq!(off.protocol_word, 0x200);
         assert_eq!(off.protocol_shift, 8);
@@ -489,7 +561,8 @@ mod tests {
 
     #[test]
     fn kernel_without_ipv6_marks_v6_fields_absent() {
-        let btf = Btf::parse(&mini_sock(false, false)).unwrap();
+        let blob = mini_sock(false, false);
+        let btf = Btf::parse(&blob).unwrap();
         let off = btf.sock_offsets().unwrap();
         assert_eq!(off.v6_daddr, SockOffsets::ABSENT);
         assert_eq!(off.v6_rcv_saddr, SockOffsets::ABSENT);
@@ -498,7 +571,8 @@ mod tests {
 
     #[test]
     fn missing_member_names_the_path() {
-        let btf = Btf::parse(&mini_sock(false, true)).unwrap();
+        let blob = mini_sock(false, true);
+        let btf = Btf::parse(&blob).unwrap();
         assert_eq!(
             btf.field("sock", "__sk_common.skc_nope"),
             Err(BtfError::NoMember {
@@ -538,5 +612,28 @@ mod tests {
         assert_ne!(off.kn_id, SockOffsets::ABSENT, "kernfs_node.id");
         // struct inet_sock starts with its struct sock.
         assert!(off.inet_sport != SockOffsets::ABSENT && off.inet_sport > off.family);
+    }
+
+    #[test]
+    fn typedef_ids_blob_keeps_the_kernels_ids_for_aya() {
+        let data = std::fs::read(VMLINUX_BTF).expect("this kernel exposes BTF");
+        let btf = Btf::parse(&data).unwrap();
+        let names = [
+            "btf_trace_inet_sock_set_state",
+            "btf_trace_tcp_receive_reset",
+        ];
+        let full = aya::Btf::parse(&data, aya::Endianness::default()).unwrap();
+        let blob = btf.typedef_ids_blob(&[names[0], names[1], "btf_trace_no_such_thing"]);
+        let small = aya::Btf::parse(&blob, aya::Endianness::default()).unwrap();
+        for name in names {
+            let id = full
+                .id_by_type_name_kind(name, aya_obj::btf::BtfKind::Typedef)
+                .unwrap();
+            assert_eq!(btf.typedef_id(name), Some(id), "{name}");
+            let got = small.id_by_type_name_kind(name, aya_obj::btf::BtfKind::Typedef);
+            assert_eq!(got.unwrap(), id, "{name}");
+        }
+        assert!(btf.typedef_id("btf_trace_no_such_thing").is_none());
+        assert!(blob.len() < data.len() / 2, "{} bytes", blob.len());
     }
 }

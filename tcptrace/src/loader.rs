@@ -94,6 +94,11 @@ fn effective_caps() -> Option<u64> {
 }
 
 const CAP_SYS_ADMIN: u64 = 21;
+
+/// The kernel wakes the agent once 1/8 of the ring is waiting; below that the agent drains on
+/// its own timer ([`crate::pipeline::RING_POLL`]). At 200k transitions/s the timer's 10 ms is
+/// ~250 KiB, far below 1/8 of the default 4 MiB ring, so wakeups at full churn are rare.
+const WAKEUP_FRACTION: u32 = 8;
 const CAP_PERFMON: u64 = 38;
 const CAP_BPF: u64 = 39;
 
@@ -137,6 +142,11 @@ impl Tracer {
         if !may_trace() {
             return Err(LoadError::NotPermitted);
         }
+        // `EbpfLoader::new()` decodes the whole kernel BTF (`Btf::from_sys_fs()`, ~25 MB at
+        // peak) for CO-RE relocations, which this object has none of: let it go before
+        // anything else is allocated, so that peak is not stacked on ours.
+        let mut loader = EbpfLoader::new();
+        loader.btf(None);
         let btf_bytes = std::fs::read(btf::VMLINUX_BTF).map_err(|source| {
             if source.kind() == io::ErrorKind::NotFound {
                 LoadError::NoBtf {
@@ -149,9 +159,17 @@ impl Tracer {
                 }
             }
         })?;
-        let offsets = btf::Btf::parse(&btf_bytes)?.sock_offsets()?;
-        let kernel_btf = aya::Btf::parse(&btf_bytes, aya::Endianness::default())
-            .map_err(|e| aya_err("parse kernel BTF")(e.into()))?;
+        let kernel = btf::Btf::parse(&btf_bytes)?;
+        let offsets = kernel.sock_offsets()?;
+        let attach_btf = aya::Btf::parse(
+            &kernel.typedef_ids_blob(&[
+                &format!("btf_trace_{TRACEPOINT}"),
+                &format!("btf_trace_{RESET_PROGRAM}"),
+            ]),
+            aya::Endianness::default(),
+        )
+        .map_err(|e| aya_err("index the kernel's tracepoint types")(e.into()))?;
+        drop(kernel);
         drop(btf_bytes);
 
         raise_memlock_rlimit();
@@ -163,11 +181,10 @@ impl Tracer {
             netns: filter.netns,
             pids: filter.pids,
             npids: filter.npids,
-            _pad: 0,
+            wakeup_bytes: sizes.ring_bytes / WAKEUP_FRACTION,
         };
         let mut ebpf =
-            EbpfLoader::new()
-                .btf(Some(&kernel_btf))
+            loader
                 .override_global(CONFIG_GLOBAL, &config, true)
                 .map_max_entries(EVENTS_MAP, sizes.ring_bytes)
                 .map_max_entries(SOCKETS_MAP, sizes.max_sockets)
@@ -197,7 +214,7 @@ impl Tracer {
             .ok_or_else(|| aya_err("find program")(PROGRAM_NAME.into()))?
             .try_into()
             .map_err(|e: ProgramError| aya_err("open the program")(e.into()))?;
-        program.load(TRACEPOINT, &kernel_btf).map_err(|e| match e {
+        program.load(TRACEPOINT, &attach_btf).map_err(|e| match e {
             ProgramError::LoadError {
                 io_error,
                 verifier_log,
@@ -231,7 +248,7 @@ impl Tracer {
             .ok_or(())
             .and_then(|p| <&mut BtfTracePoint>::try_from(p).map_err(drop))
             .and_then(|p| {
-                p.load(RESET_PROGRAM, &kernel_btf).map_err(drop)?;
+                p.load(RESET_PROGRAM, &attach_btf).map_err(drop)?;
                 p.attach().map(drop).map_err(drop)
             });
         if attached.is_err() {
@@ -250,6 +267,11 @@ impl Tracer {
                 .ok_or_else(|| aya_err("find map")(COUNTERS_MAP.into()))?,
         )
         .map_err(|e| aya_err("open the counters map")(e.into()))?;
+
+        // Loading freed megabytes of small BTF allocations; hand the pages back to the system
+        // instead of keeping them resident for the agent's lifetime.
+        // SAFETY: malloc_trim only releases free memory; no pointer is invalidated.
+        unsafe { libc::malloc_trim(0) };
 
         Ok(Self {
             _ebpf: ebpf,

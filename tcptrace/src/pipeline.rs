@@ -27,6 +27,11 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// How often the reader drains the ring without being woken. The kernel submits records
+/// without a wakeup until 1/8 of the ring is waiting (`Config::wakeup_bytes`), so this bounds
+/// how late a record is shown at low rates.
+pub const RING_POLL: Duration = Duration::from_millis(10);
+
 /// What sinks see on each periodic tick.
 #[derive(Debug, Clone, Copy)]
 pub struct Tick {
@@ -194,13 +199,18 @@ impl<'s> Pipeline<'s> {
     /// Drains every record currently in the ring.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<Flow> {
         let mut flow = Flow::Continue;
+        let mut read = false;
         while let Some(item) = ring.next() {
+            read = true;
             if self.record(&item)? == Flow::Stop {
                 flow = Flow::Stop;
                 break;
             }
         }
-        self.batch_end()?;
+        // The poll timer mostly finds the ring empty: no flush for nothing.
+        if read {
+            self.batch_end()?;
+        }
         Ok(flow)
     }
 
@@ -271,8 +281,17 @@ impl<'s> Pipeline<'s> {
                 return Ok(StopReason::SinkDone);
             }
         }
+        let mut poll = tokio::time::interval(RING_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             tokio::select! {
+                _ = poll.tick() => {
+                    match self.drain(ring.get_mut()) {
+                        Ok(Flow::Continue) => {}
+                        Ok(Flow::Stop) => break Ok(StopReason::SinkDone),
+                        Err(e) => break Err(e),
+                    }
+                }
                 _ = tick.tick(), if options.tick.is_some() => {
                     self.tick(options.tracer);
                 }

@@ -418,22 +418,35 @@ fn run_once(bin: &Path, mode: Mode, args: &BenchArgs, n: u64) -> anyhow::Result<
 
 /// Holds `n` connections open under `serve` and reports its peak RSS (kB) and tracked sockets.
 fn held(bin: &Path, n: u64) -> anyhow::Result<Held> {
-    let nofile = raise_nofile(2 * n + 4096);
-    // Two fds per connection in this process, and some to spare.
-    let n = n.min(nofile.saturating_sub(512) / 2);
-    if n == 0 {
-        bail!("RLIMIT_NOFILE ({nofile}) leaves no room for held connections");
+    // Without CAP_SYS_RESOURCE one process gets at most the hard RLIMIT_NOFILE of file
+    // descriptors, two per connection: spread the connections over helper processes, each
+    // with a listener of its own (one destination port offers ~28k ephemeral source ports).
+    let per_helper = (raise_nofile(2 * n + 4096).saturating_sub(512) / 2).min(20_000);
+    if per_helper == 0 {
+        bail!("RLIMIT_NOFILE leaves no room for held connections");
     }
-    // One destination port offers ~28k ephemeral source ports: spread over several listeners,
-    // on consecutive ports from a free one. The agent's port filter covers them all.
-    const PER_LISTENER: u64 = 20_000;
-    let listeners_needed = n.div_ceil(PER_LISTENER);
-    let mut listeners = Vec::new();
+    let exe = std::env::current_exe().context("xtask's own path")?;
+    let mut helpers = Vec::new();
     let mut ports = Vec::new();
-    while (listeners.len() as u64) < listeners_needed {
-        let l = TcpListener::bind("127.0.0.1:0")?;
-        ports.push(l.local_addr()?.port().to_string());
-        listeners.push(l);
+    let mut left = n;
+    while left > 0 {
+        let count = left.min(per_helper);
+        left -= count;
+        let mut child = Command::new(&exe)
+            .args(["hold-connections", "--count", &count.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot start a hold-connections helper")?;
+        let mut out = BufReader::new(child.stdout.take().context("helper stdout")?);
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        let port = line
+            .strip_prefix("port ")
+            .and_then(|p| p.trim().parse::<u16>().ok())
+            .with_context(|| format!("helper said {line:?}, not its port"))?;
+        ports.push(port.to_string());
+        helpers.push((child, out));
     }
     // The kernel's per-socket map must hold them all, and so must the agent's table.
     let max = (2 * n + 4096).next_power_of_two().to_string();
@@ -441,22 +454,55 @@ fn held(bin: &Path, n: u64) -> anyhow::Result<Held> {
     for p in &ports[1..] {
         extra.extend(["--port", p.as_str()]);
     }
-    let first: u16 = ports[0].parse()?;
-    let mut agent = start_agent(bin, Mode::Serve, first, &extra)?;
-    let mut conns = Vec::with_capacity(2 * n as usize);
-    for i in 0..n {
-        let listener = &listeners[(i / PER_LISTENER) as usize];
-        conns.push(TcpStream::connect(listener.local_addr()?)?);
-        conns.push(listener.accept()?.0);
+    let mut agent = start_agent(bin, Mode::Serve, ports[0].parse()?, &extra)?;
+    let mut opened = 0;
+    for (child, out) in &mut helpers {
+        writeln!(child.stdin.as_mut().context("helper stdin")?, "go")?;
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        opened += line
+            .strip_prefix("held ")
+            .and_then(|c| c.trim().parse::<u64>().ok())
+            .with_context(|| format!("helper said {line:?}, not how many it holds"))?;
     }
     std::thread::sleep(Duration::from_secs(3));
     let addr = agent.metrics_addr.clone().context("metrics address")?;
     let metrics = http_get(&addr, "/metrics").unwrap_or_default();
     let tracked = sample(&metrics, "tcptrace_sockets{state=\"established\"}").unwrap_or(0);
     let rss = field(&read_proc(agent.child.id(), "status"), "VmHWM").unwrap_or(0);
-    drop(conns);
+    for (mut child, _) in helpers {
+        drop(child.stdin.take());
+        child.wait()?;
+    }
     stop(&mut agent)?;
-    Ok((n, rss, tracked))
+    Ok((opened, rss, tracked))
+}
+
+/// The helper behind `held`: binds a loopback listener, says its port, waits for "go", opens
+/// `count` connections (both ends kept), says how many, and holds them until stdin closes.
+pub fn hold_connections(count: u64) -> anyhow::Result<ExitCode> {
+    let nofile = raise_nofile(2 * count + 64);
+    if nofile < 2 * count + 16 {
+        bail!("RLIMIT_NOFILE {nofile} cannot hold {count} connections");
+    }
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "port {}", listener.local_addr()?.port())?;
+    stdout.flush()?;
+    let mut stdin = BufReader::new(std::io::stdin());
+    let mut line = String::new();
+    stdin.read_line(&mut line)?;
+    let mut conns = Vec::with_capacity(2 * count as usize);
+    for _ in 0..count {
+        conns.push(TcpStream::connect(listener.local_addr()?)?);
+        conns.push(listener.accept()?.0);
+    }
+    writeln!(stdout, "held {count}")?;
+    stdout.flush()?;
+    // Until the bench closes our stdin.
+    let _ = stdin.read_to_string(&mut line);
+    drop(conns);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Raises RLIMIT_NOFILE toward `want`; returns the soft limit obtained (without
@@ -625,14 +671,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     json.push(']');
     if let Some((n, rss, tracked)) = held {
-        let capped = if n < args.held {
-            format!(" (capped from {} by RLIMIT_NOFILE)", args.held)
-        } else {
-            String::new()
-        };
         let _ = writeln!(
             md,
-            "\nHeld: {n} connections{capped} ESTABLISHED under `serve` ({tracked} sockets in `tcptrace_sockets{{state=\"established\"}}`): agent peak RSS {:.1} MB.",
+            "\nHeld: {n} connections ESTABLISHED under `serve` ({tracked} sockets in `tcptrace_sockets{{state=\"established\"}}`): agent peak RSS {:.1} MB.",
             rss as f64 / 1024.0
         );
         let _ = write!(

@@ -42,6 +42,12 @@ enum Cmd {
     /// Measure tcptrace's cost and completeness under loopback connection churn, side by
     /// side with no tracer (needs root); writes target/bench/result.{json,md}.
     Bench(bench::BenchArgs),
+    /// Bench helper: hold COUNT loopback connections (both ends) until stdin closes.
+    #[command(hide = true)]
+    HoldConnections {
+        #[arg(long)]
+        count: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -51,6 +57,7 @@ fn main() -> ExitCode {
         Cmd::Run { args } => run(&args),
         Cmd::Test(args) => test::run(&args),
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::HoldConnections { count } => bench::hold_connections(count),
     };
     match result {
         Ok(code) => code,
