@@ -4,6 +4,7 @@
 //! Pure logic: `doctor` and `serve` gather the inputs ([`Observations`] from the pipeline, a
 //! snapshot, [`crate::host`] facts, [`crate::procfs`] owners) and call [`diagnose`].
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::io;
@@ -669,18 +670,23 @@ fn aged<'s>(
 
 /// Keeps the snapshot sockets the filter speaks for. Owner filters judge a socket by its
 /// owner, and sockets without one (TIME_WAIT, half-open) by their port's listener.
-pub fn filter_sockets(
+pub fn filter_sockets<'s>(
     filter: &Filter,
-    sockets: impl IntoIterator<Item = DiagSocket>,
+    sockets: &'s [DiagSocket],
     obs: &Observations,
     owners: &mut dyn OwnerLookup,
-) -> Vec<DiagSocket> {
-    let sockets: Vec<DiagSocket> = sockets
-        .into_iter()
-        .filter(|s| filter.matches_socket(s.family, s.saddr, s.sport, s.daddr, s.dport, s.state))
-        .collect();
-    if filter.pids.is_empty() && filter.comms.is_empty() {
-        return sockets;
+) -> Cow<'s, [DiagSocket]> {
+    let by_socket = |s: &DiagSocket| {
+        filter.matches_socket(s.family, s.saddr, s.sport, s.daddr, s.dport, s.state)
+    };
+    let by_owner = !(filter.pids.is_empty() && filter.comms.is_empty());
+    // The common case keeps everything: no copy of a snapshot that may hold 100k sockets.
+    if !by_owner && sockets.iter().all(by_socket) {
+        return Cow::Borrowed(sockets);
+    }
+    let sockets: Vec<DiagSocket> = sockets.iter().filter(|s| by_socket(s)).copied().collect();
+    if !by_owner {
+        return Cow::Owned(sockets);
     }
     let owner_ok = |s: &DiagSocket, owners: &mut dyn OwnerLookup| {
         obs.owner_of(s.cookie)
@@ -697,10 +703,12 @@ pub fn filter_sockets(
         .filter(|s| owner_ok(s, owners))
         .map(|s| s.sport)
         .collect();
-    sockets
-        .into_iter()
-        .filter(|s| owner_ok(s, owners) || (s.inode == 0 && listener_ports.contains(&s.sport)))
-        .collect()
+    Cow::Owned(
+        sockets
+            .into_iter()
+            .filter(|s| owner_ok(s, owners) || (s.inode == 0 && listener_ports.contains(&s.sport)))
+            .collect(),
+    )
 }
 
 /// Runs every check; findings come most severe first.
@@ -1563,7 +1571,7 @@ mod tests {
         )]);
         let obs = Observations::new(10);
         let kept = |filter: Filter, owners: &mut SocketOwners| -> Vec<u64> {
-            filter_sockets(&filter, sockets.clone(), &obs, owners)
+            filter_sockets(&filter, &sockets, &obs, owners)
                 .iter()
                 .map(|s| s.cookie)
                 .collect()

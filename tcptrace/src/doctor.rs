@@ -106,11 +106,11 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
 
     let mut owners = LazyOwners::default();
     let baseline = Baseline::new(
-        &diagnosis::filter_sockets(&filter, start.sockets, &obs, &mut owners),
+        &diagnosis::filter_sockets(&filter, &start.sockets, &obs, &mut owners),
         start.taken_ns,
         start.counters,
     );
-    let sockets = diagnosis::filter_sockets(&filter, end.sockets, &obs, &mut owners);
+    let sockets = diagnosis::filter_sockets(&filter, &end.sockets, &obs, &mut owners);
     let scene = Scene {
         sockets: &sockets,
         taken_ns: end.taken_ns,

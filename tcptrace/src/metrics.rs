@@ -502,12 +502,8 @@ impl MetricsSink {
         };
         let counters = TcpCounters::read();
         let mut owners = LazyOwners::default();
-        let sockets = diagnosis::filter_sockets(
-            &config.filter,
-            sockets.iter().copied(),
-            &self.observations,
-            &mut owners,
-        );
+        let sockets =
+            diagnosis::filter_sockets(&config.filter, sockets, &self.observations, &mut owners);
         if let Some(baseline) = &self.baseline {
             let settings = Settings::read();
             let scene = Scene {
