@@ -606,7 +606,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     bpf_stats(Some(&old_stats))?;
     let (runs, held) = result?;
 
-    let base = median(runs[0].1.iter().map(|r| r.conns_per_s).collect()).unwrap_or(1.0);
+    // Each traced run is compared with the untraced run of its own round: on a shared VM the
+    // machine's speed drifts between rounds far more than the tracer costs.
+    let untraced: Vec<f64> = runs[0].1.iter().map(|r| r.conns_per_s).collect();
+    let paired = |rs: &[RunResult]| -> Vec<f64> {
+        rs.iter()
+            .zip(&untraced)
+            .map(|(r, base)| 100.0 * r.conns_per_s / base.max(1e-9))
+            .collect()
+    };
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -620,7 +628,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         },
         args.rounds
     );
-    md.push_str("| mode | conn/s (median, min–max) | vs no tracer | transitions received / expected | completeness | lost ring_full | lost recursion | kernel ns/run | agent CPU s per 1M transitions | agent peak RSS |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| mode | conn/s (median, min–max) | vs no tracer in its round (median, min–max) | transitions received / expected | completeness | lost ring_full | lost recursion | kernel ns/run | agent CPU s per 1M transitions | agent peak RSS |\n|---|---|---|---|---|---|---|---|---|---|\n");
     let mut json = String::from("{\"machine\":");
     let _ = write!(
         json,
@@ -630,6 +638,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     for (i, (mode, rs)) in runs.iter().enumerate() {
         let rates: Vec<f64> = rs.iter().map(|r| r.conns_per_s).collect();
         let rate = median(rates.clone()).unwrap_or(0.0);
+        let ratios = paired(rs);
+        let ratio = median(ratios.clone()).unwrap_or(0.0);
         let received: u64 = rs.iter().map(|r| r.received).sum();
         let expected: u64 = rs.iter().map(|r| r.expected).sum();
         let ring: u64 = rs.iter().map(|r| r.lost_ring).sum();
@@ -648,10 +658,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         } else {
             let _ = writeln!(
                 md,
-                "| {} | {rate:.0} ({}) | {:.1} % | {received} / {expected} | {:.3} % | {ring} | {rec} | {} | {} | {} |",
+                "| {} | {rate:.0} ({}) | {:.1} % ({} %) | {received} / {expected} | {:.3} % | {ring} | {rec} | {} | {} | {} |",
                 mode.name(),
                 spread(&rates),
-                100.0 * rate / base,
+                ratio,
+                spread(&ratios),
                 100.0 * received as f64 / expected.max(1) as f64,
                 fmt(ns, 0),
                 fmt(cpu, 2),
@@ -660,10 +671,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         }
         let _ = write!(
             json,
-            "{}{{\"mode\":\"{}\",\"conns_per_s_median\":{rate:.1},\"conns_per_s\":{rates:?},\"ratio\":{:.4},\"received\":{received},\"expected\":{expected},\"lost_ring_full\":{ring},\"lost_recursion\":{rec},\"kernel_ns_per_run\":{},\"agent_cpu_s_per_million\":{},\"agent_peak_rss_kb\":{}}}",
+            "{}{{\"mode\":\"{}\",\"conns_per_s_median\":{rate:.1},\"conns_per_s\":{rates:?},\"ratio\":{:.4},\"ratios_pct\":{ratios:?},\"received\":{received},\"expected\":{expected},\"lost_ring_full\":{ring},\"lost_recursion\":{rec},\"kernel_ns_per_run\":{},\"agent_cpu_s_per_million\":{},\"agent_peak_rss_kb\":{}}}",
             if i > 0 { "," } else { "" },
             mode.name(),
-            rate / base,
+            ratio / 100.0,
             fmt(ns, 1).replace('-', "null"),
             fmt(cpu, 4).replace('-', "null"),
             rss.map_or("null".into(), |v| v.to_string()),
