@@ -281,6 +281,9 @@ pub struct ConnectionTable {
     time_wait: CookieMap<Connection>,
     /// Emit closed connections at once instead of after their TIME_WAIT.
     pub skip_time_wait: bool,
+    /// Queue finished connections for [`Self::next_finished`]; off when the caller takes
+    /// closes from [`Self::apply`] alone.
+    queue_finished: bool,
     /// The network namespace snapshots describe; TIME_WAITs elsewhere end by the 60 s rule.
     pub netns: Option<u32>,
     pub evicted: u64,
@@ -296,8 +299,19 @@ impl ConnectionTable {
             finished: VecDeque::new(),
             time_wait: CookieMap::default(),
             skip_time_wait: false,
+            queue_finished: true,
             netns: None,
             evicted: 0,
+        }
+    }
+
+    /// A table whose caller counts closes from [`Self::apply`] and wants no stories: nothing
+    /// is queued and no TIME_WAIT is followed.
+    pub fn closes_only(capacity: usize) -> Self {
+        Self {
+            skip_time_wait: true,
+            queue_finished: false,
+            ..Self::new(capacity)
         }
     }
 
@@ -342,7 +356,7 @@ impl ConnectionTable {
     fn close(&mut self, c: Connection) -> Option<Connection> {
         if c.time_wait.is_some() && !self.skip_time_wait {
             self.time_wait.insert(c.cookie, c);
-        } else {
+        } else if self.queue_finished {
             self.finished.push_back(c);
         }
         Some(c)
@@ -549,6 +563,30 @@ mod tests {
         );
         assert_eq!(c.close_wait_ns, Some(300 * MS));
         assert_eq!(c.time_wait, None);
+    }
+
+    #[test]
+    fn closes_only_returns_closes_and_queues_nothing() {
+        let mut t = ConnectionTable::closes_only(100);
+        let mut closed = Vec::new();
+        for (old, new, at) in [
+            (Close, SynSent, 0),
+            (SynSent, Established, 1),
+            (Established, FinWait1, 10),
+            (FinWait1, FinWait2, 11),
+            (FinWait2, Close, 12),
+        ] {
+            let mut raw = raw_v4();
+            raw.cookie = 9;
+            raw.oldstate = old.number();
+            raw.newstate = new.number();
+            raw.ts_ns = at * MS;
+            closed.extend(t.apply(&Transition::from_raw(&raw).unwrap()));
+        }
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].closed_by, ClosedBy::Local);
+        assert!(t.next_finished().is_none());
+        assert!(t.is_empty(), "no TIME_WAIT followed");
     }
 
     #[test]

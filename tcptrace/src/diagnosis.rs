@@ -300,10 +300,8 @@ pub struct Observations {
 
 impl Observations {
     pub fn new(capacity: usize) -> Self {
-        let mut connections = ConnectionTable::new(capacity);
-        connections.skip_time_wait = true;
         Self {
-            connections,
+            connections: ConnectionTable::closes_only(capacity),
             ended: Vec::new(),
             transitions: 0,
             closed: 0,
@@ -343,8 +341,6 @@ impl Observations {
                 }
             }
         }
-        // Closes are taken from apply(); nothing else reads the queue.
-        while self.connections.next_finished().is_some() {}
         closed
     }
 
