@@ -208,8 +208,7 @@ pub struct Config {
     /// Wake the agent only once this many bytes wait in the ring: below it records are
     /// submitted with `BPF_RB_NO_WAKEUP` and the agent drains on a short timer instead; at or
     /// above it, `BPF_RB_FORCE_WAKEUP`. A wakeup per record costs an `irq_work` and a
-    /// reader context switch, which at high churn is most of the program's cost. 0: the
-    /// kernel's default (wake when the reader has caught up, `bpf_ringbuf_commit()`).
+    /// reader context switch, which at high churn is most of the program's cost.
     pub wakeup_bytes: u32,
 }
 

@@ -321,9 +321,7 @@ fn emit(
 /// Submit flags: wake the agent only when enough is waiting (see `Config::wakeup_bytes`).
 #[inline(always)]
 fn wakeup_flags(wakeup_bytes: u32) -> u64 {
-    if wakeup_bytes == 0 {
-        0
-    } else if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(wakeup_bytes) {
+    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(wakeup_bytes) {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
         u64::from(BPF_RB_NO_WAKEUP)

@@ -206,15 +206,6 @@ impl<'a> Btf<'a> {
         })
     }
 
-    /// Number of types, including the implicit `void` (id 0).
-    pub fn len(&self) -> usize {
-        self.offsets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.offsets.len() <= 1
-    }
-
     /// The id of `typedef name`, e.g. `btf_trace_inet_sock_set_state` (the type a
     /// `tp_btf` program names as its attach target).
     pub fn typedef_id(&self, name: &str) -> Option<u32> {

@@ -97,7 +97,7 @@ const CAP_SYS_ADMIN: u64 = 21;
 
 /// The kernel wakes the agent once 1/8 of the ring is waiting; below that the agent drains on
 /// its own timer ([`crate::pipeline::RING_POLL`]). At 200k transitions/s the timer's 10 ms is
-/// ~250 KiB, far below 1/8 of the default 4 MiB ring, so wakeups at full churn are rare.
+/// ~200 KiB, far below 1/8 of the default 4 MiB ring, so wakeups at full churn are rare.
 const WAKEUP_FRACTION: u32 = 8;
 const CAP_PERFMON: u64 = 38;
 const CAP_BPF: u64 = 39;
