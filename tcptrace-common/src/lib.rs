@@ -28,11 +28,19 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const PORT_FILTER_MAP: &str = "PORT_FILTER";
 /// Name of the program attached to `tp_btf/inet_sock_set_state`.
 pub const PROGRAM_NAME: &str = "inet_sock_set_state";
+/// The same program for kernels whose tracing programs may not call `bpf_get_socket_cookie`
+/// (before Linux 5.12): sockets keyed by address, numbered by the program.
+pub const PROGRAM_NAME_NO_COOKIE: &str = "inet_sock_set_state_nocookie";
 pub const TRACEPOINT: &str = "inet_sock_set_state";
 /// Program that marks sockets that received a RST (optional: the agent degrades without it).
 /// There is no "sent" counterpart: aborts (`tcp_disconnect()`, close() with unread data) set
 /// CLOSE before they send their RST, so a send-side mark would come after the transition.
 pub const RESET_PROGRAM: &str = "tcp_receive_reset";
+/// [`RESET_PROGRAM`] for kernels without the cookie helper in tracing programs.
+pub const RESET_PROGRAM_NO_COOKIE: &str = "tcp_receive_reset_nocookie";
+/// Socket ids the program numbers itself (no kernel cookie) have this bit set; kernel cookies
+/// are a counter from 1 and never reach it.
+pub const SYNTHETIC_ID: u64 = 1 << 63;
 
 /// Default ring buffer size in bytes (must be a power-of-two multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
@@ -147,6 +155,12 @@ pub struct SockOffsets {
     /// `inet_put_port()`, so `-> CLOSE` events (a refused connect included) keep the local
     /// port. [`SockOffsets::ABSENT`] falls back to `num`.
     pub inet_sport: u32,
+    /// `sk->__sk_common.skc_cookie` (atomic64): the socket cookie once something asked for it
+    /// (`sock_gen_cookie()`: INET_DIAG, SO_COOKIE), 0 before. Read only by the no-cookie program.
+    pub cookie: u32,
+    /// 1 when `cgroup` is the pre-5.15 `sk_cgrp_data.val`: a `struct cgroup *` when its low two
+    /// bits are clear and it is not 0, else the root cgroup (`sock_cgroup_ptr()`).
+    pub cgroup_tagged: u32,
 }
 
 impl SockOffsets {
@@ -170,6 +184,8 @@ impl SockOffsets {
         cgroup_kn: Self::ABSENT,
         kn_id: Self::ABSENT,
         inet_sport: Self::ABSENT,
+        cookie: Self::ABSENT,
+        cgroup_tagged: 0,
     };
 }
 
@@ -227,10 +243,14 @@ pub struct Owner {
     pub comm: [u8; TASK_COMM_LEN],
 }
 
-/// What the program remembers per socket, keyed by socket cookie.
+/// What the program remembers per socket, keyed by socket cookie (or, without the cookie
+/// helper, by socket address).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockEntry {
+    /// The socket's identity for userspace ([`RawTransition::cookie`]): its cookie, or without
+    /// the cookie helper an id given when the socket was first seen (see [`SYNTHETIC_ID`]).
+    pub id: u64,
     /// `bpf_ktime_get_ns()` when the socket entered its current state.
     pub entered_ns: u64,
     /// cgroup v2 id of the socket (`sk->sk_cgrp_data.cgroup->kn->id`), read once: a socket's
@@ -263,7 +283,10 @@ pub struct ListenKey {
 pub struct RawTransition {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the transition.
     pub ts_ns: u64,
-    /// Socket cookie (`bpf_get_socket_cookie`): the socket's identity, also reported by INET_DIAG.
+    /// Socket cookie (`bpf_get_socket_cookie`): the socket's identity, also reported by
+    /// INET_DIAG. Kernels without the cookie helper in tracing programs give the program's own
+    /// id instead (the kernel's cookie when one was already generated, else [`SYNTHETIC_ID`]
+    /// set), unique across reuse of the socket's memory.
     pub cookie: u64,
     /// Nanoseconds spent in `oldstate`, or [`DWELL_UNKNOWN`].
     pub in_old_ns: u64,
@@ -297,8 +320,8 @@ pub struct RawTransition {
 pub const RAW_TRANSITION_SIZE: usize = size_of::<RawTransition>();
 
 const _: () = assert!(RAW_TRANSITION_SIZE == 136);
-const _: () = assert!(size_of::<Config>() == 120);
-const _: () = assert!(size_of::<SockEntry>() == 64);
+const _: () = assert!(size_of::<Config>() == 128);
+const _: () = assert!(size_of::<SockEntry>() == 72);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -4,6 +4,10 @@
 //! (per-socket entry timestamps in an LRU hash keyed by socket cookie), applies the cheap
 //! filters, and streams one [`RawTransition`] through a ring buffer. Nothing here may panic:
 //! every failure is counted in `COUNTERS` and the event is dropped.
+//!
+//! Each program exists twice: tracing programs may call `bpf_get_socket_cookie` only since
+//! Linux 5.12 (`bpf_get_socket_ptr_cookie_proto`), so the `_nocookie` variants key sockets by
+//! address and number them themselves; the loader picks the variant the kernel accepts.
 #![no_std]
 #![no_main]
 
@@ -13,8 +17,8 @@ use aya_ebpf::{
     Global,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_buf, generated::bpf_get_socket_cookie,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated::bpf_get_socket_cookie,
     },
     macros::{btf_tracepoint, map},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
@@ -23,7 +27,8 @@ use aya_ebpf::{
 use tcptrace_common::{
     AF_INET, AF_INET6, Config, DEFAULT_MAX_SOCKETS, DEFAULT_RING_BYTES, DWELL_UNKNOWN,
     FAMILY_MASK_V4, FAMILY_MASK_V6, IPPROTO_TCP, ListenKey, MAX_LISTENERS, MAX_PID_FILTER, Owner,
-    PortSet, RawTransition, SockEntry, SockOffsets, TCP_CLOSE, counter, flags, port_filter,
+    PortSet, RawTransition, SYNTHETIC_ID, SockEntry, SockOffsets, TCP_CLOSE, counter, flags,
+    port_filter,
 };
 
 /// Written by userspace before load; all-zero offsets are never used because the loader always
@@ -35,8 +40,8 @@ static CONFIG: Global<Config> = Global::new(Config::UNSET);
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
-/// Cookie -> when the socket entered its current state, and who owns it. Size set at load
-/// (`--max-sockets`).
+/// Cookie (or socket address, without the cookie helper) -> when the socket entered its
+/// current state, and who owns it. Size set at load (`--max-sockets`).
 #[map(name = "SOCKETS")]
 static SOCKETS: LruHashMap<u64, SockEntry> = LruHashMap::with_max_entries(DEFAULT_MAX_SOCKETS, 0);
 
@@ -47,6 +52,10 @@ static LISTENERS: LruHashMap<ListenKey, Owner> = LruHashMap::with_max_entries(MA
 /// Per-CPU loss and filter counters, see `tcptrace_common::counter`.
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Per-CPU sequence for socket ids the no-cookie programs give (see `SYNTHETIC_ID`).
+#[map(name = "NEXT_ID")]
+static NEXT_ID: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Port bitmaps for `--port`, `--lport`, `--rport`, see `tcptrace_common::port_filter`.
 #[map(name = "PORT_FILTER")]
@@ -62,7 +71,15 @@ const TCP_LISTEN: i32 = 10;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
-    if let Err(index) = try_inet_sock_set_state(&ctx) {
+    if let Err(index) = try_inet_sock_set_state::<true>(&ctx) {
+        bump(index);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_nocookie(ctx: BtfTracePointContext) -> i32 {
+    if let Err(index) = try_inet_sock_set_state::<false>(&ctx) {
         bump(index);
     }
     0
@@ -72,20 +89,69 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 /// to CLOSE, so the CLOSE transition can say "reset by the peer".
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
-    mark(ctx.arg(0), flags::RST_RECEIVED);
+    mark::<true>(ctx.arg(0), flags::RST_RECEIVED);
+    0
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset_nocookie(ctx: BtfTracePointContext) -> i32 {
+    mark::<false>(ctx.arg(0), flags::RST_RECEIVED);
     0
 }
 
 /// Sets `flag` on a socket tcptrace already tracks.
 #[inline(always)]
-fn mark(sk: *const u8, flag: u32) {
+fn mark<const COOKIE: bool>(sk: *const u8, flag: u32) {
     if sk.is_null() {
         return;
     }
-    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    if let Some(entry) = SOCKETS.get_ptr_mut(cookie) {
+    if let Some(entry) = SOCKETS.get_ptr_mut(socket_key::<COOKIE>(sk)) {
         unsafe { (*entry).flags |= flag };
     }
+}
+
+/// The `SOCKETS` key: the socket cookie, or the socket's address. An address is reused as soon
+/// as the socket is freed, which is safe only because every life of a socket starts with a
+/// birth transition (see `is_birth`) that replaces whatever entry the address had.
+#[inline(always)]
+fn socket_key<const COOKIE: bool>(sk: *const u8) -> u64 {
+    if COOKIE {
+        unsafe { bpf_get_socket_cookie(sk as *mut c_void) }
+    } else {
+        sk as u64
+    }
+}
+
+/// The id userspace sees for a socket first seen now. Without the cookie helper: the kernel's
+/// cookie if one was already generated (sockets INET_DIAG has dumped, so ids match snapshots of
+/// sockets older than the agent), else a per-CPU sequence with `SYNTHETIC_ID` set.
+#[inline(always)]
+fn new_id<const COOKIE: bool>(key: u64, sk: *const u8, off: &SockOffsets) -> u64 {
+    if COOKIE {
+        return key;
+    }
+    if off.cookie != SockOffsets::ABSENT
+        && let Ok(cookie) = read::<u64>(sk, off.cookie)
+        && cookie != 0
+    {
+        return cookie;
+    }
+    let cpu = u64::from(unsafe { bpf_get_smp_processor_id() });
+    match NEXT_ID.get_ptr_mut(0) {
+        Some(seq) => unsafe {
+            // Per-CPU slot, no nesting on one CPU: a plain increment is race-free.
+            *seq += 1;
+            SYNTHETIC_ID | (cpu << 44) | (*seq & ((1 << 44) - 1))
+        },
+        None => SYNTHETIC_ID,
+    }
+}
+
+/// Transitions that start a new life of a socket: connect() or listen() on a closed socket,
+/// and a server child created by `inet_csk_clone_lock()` (it inherits the listener's state).
+#[inline(always)]
+fn is_birth(old: i32, new: i32) -> bool {
+    old == TCP_CLOSE || (old, new) == (TCP_LISTEN, TCP_SYN_RECV)
 }
 
 #[inline(always)]
@@ -121,7 +187,7 @@ fn in_owner_context(old: i32, new: i32) -> bool {
 
 /// The configuration in read-only data. Fields are read through a pointer the compiler cannot
 /// see through, so it never folds in the compile-time defaults (userspace rewrites them before
-/// load), and the 120-byte struct is never copied onto the 512-byte BPF stack.
+/// load), and the 128-byte struct is never copied onto the 512-byte BPF stack.
 #[inline(always)]
 fn config() -> &'static Config {
     let ptr: *const Global<Config> = unsafe { core::ptr::read_volatile(&&raw const CONFIG) };
@@ -132,7 +198,7 @@ fn config() -> &'static Config {
 /// Returns `Err(counter)` to count a dropped event, `Ok(())` otherwise (including events that
 /// are not TCP, which are not counted).
 #[inline(always)]
-fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), u32> {
+fn try_inet_sock_set_state<const COOKIE: bool>(ctx: &BtfTracePointContext) -> Result<(), u32> {
     // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
     let sk: *const u8 = ctx.arg(0);
     let oldstate: i32 = ctx.arg(1);
@@ -152,7 +218,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), u32> {
     }
 
     let now = unsafe { bpf_ktime_get_ns() };
-    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    let key = socket_key::<COOKIE>(sk);
     let family: u16 = read(sk, off.family)?;
     let lport: u16 = if off.inet_sport != SockOffsets::ABSENT {
         u16::from_be(read::<u16>(sk, off.inet_sport)?)
@@ -164,9 +230,16 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), u32> {
     // The idle task (pid 0) never owns a socket.
     let capture = in_owner_context(oldstate, newstate) && cpu_pid_tgid >> 32 != 0;
 
-    // Either the map's entry or, for a socket seen for the first time, one on the stack.
+    // Either the map's entry or, for a socket seen for the first time, one on the stack. A
+    // birth never continues an entry: one left under the same key belongs to an earlier life
+    // whose close was missed.
     let mut fresh = SockEntry::default();
-    let (in_old_ns, known) = match SOCKETS.get_ptr_mut(cookie) {
+    let existing = if is_birth(oldstate, newstate) {
+        None
+    } else {
+        SOCKETS.get_ptr_mut(key)
+    };
+    let (in_old_ns, known) = match existing {
         Some(entry) => {
             let e = unsafe { &mut *entry };
             let dwell = now.wrapping_sub(e.entered_ns);
@@ -183,6 +256,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), u32> {
             (dwell, Some(entry))
         }
         None => {
+            fresh.id = new_id::<COOKIE>(key, sk, off);
             fresh.entered_ns = now;
             fresh.lport = lport;
             fresh.netns = netns_inum(sk, off);
@@ -205,7 +279,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), u32> {
             }
             if newstate != TCP_CLOSE {
                 // An LRU map evicts the coldest entry instead of failing when full.
-                let _ = SOCKETS.insert(cookie, fresh, 0);
+                let _ = SOCKETS.insert(key, fresh, 0);
             }
             (DWELL_UNKNOWN, None)
         }
@@ -232,7 +306,6 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), u32> {
         config,
         sock,
         sk,
-        cookie,
         now,
         in_old_ns,
         cpu_pid_tgid,
@@ -243,7 +316,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), u32> {
     );
     if newstate == TCP_CLOSE && known.is_some() {
         // The socket's story ends here; free the slot for the next one.
-        let _ = SOCKETS.remove(cookie);
+        let _ = SOCKETS.remove(key);
     }
     result
 }
@@ -258,7 +331,6 @@ fn emit(
     config: &Config,
     sock: &SockEntry,
     sk: *const u8,
-    cookie: u64,
     now: u64,
     in_old_ns: u64,
     cpu_pid_tgid: u64,
@@ -279,7 +351,7 @@ fn emit(
     // field is written before submit.
     unsafe {
         (&raw mut (*e).ts_ns).write(now);
-        (&raw mut (*e).cookie).write(cookie);
+        (&raw mut (*e).cookie).write(sock.id);
         (&raw mut (*e).in_old_ns).write(in_old_ns);
         (&raw mut (*e).cpu_pid_tgid).write(cpu_pid_tgid);
         (&raw mut (*e).cgroup).write(sock.cgroup);
@@ -340,6 +412,9 @@ fn netns_inum(sk: *const u8, off: &SockOffsets) -> u32 {
     read::<u32>(net, off.net_inum).unwrap_or(0)
 }
 
+/// `cgrp_dfl_root.cgrp.kn->id`: kernfs numbers the root directory 1.
+const ROOT_CGROUP_ID: u64 = 1;
+
 /// `sk->sk_cgrp_data.cgroup->kn->id`, or 0 when unknown.
 #[inline(always)]
 fn cgroup_id(sk: *const u8, off: &SockOffsets) -> u64 {
@@ -352,6 +427,10 @@ fn cgroup_id(sk: *const u8, off: &SockOffsets) -> u64 {
     let Ok(cgroup) = read::<*const u8>(sk, off.cgroup) else {
         return 0;
     };
+    if off.cgroup_tagged != 0 && (cgroup.is_null() || cgroup as u64 & 3 != 0) {
+        // Pre-5.15 `sock_cgroup_ptr()`: a tagged or empty value means the root cgroup.
+        return ROOT_CGROUP_ID;
+    }
     if cgroup.is_null() {
         return 0;
     }

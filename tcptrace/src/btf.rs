@@ -348,6 +348,15 @@ impl<'a> Btf<'a> {
         if protocol_shift + protocol_bits > 32 {
             return Err(BtfError::Malformed("sk_protocol straddles a 32-bit word"));
         }
+        // sk_cgrp_data.cgroup since Linux 5.15; before, the union member `val` holds the
+        // pointer or, with low bits set, net_prio/net_cls data (`sock_cgroup_ptr()`).
+        let (cgroup, cgroup_tagged) = match optional("sk_cgrp_data.cgroup")? {
+            SockOffsets::ABSENT => match optional("sk_cgrp_data.val")? {
+                SockOffsets::ABSENT => (SockOffsets::ABSENT, false),
+                val => (val, true),
+            },
+            direct => (direct, false),
+        };
         Ok(SockOffsets {
             family: byte("__sk_common.skc_family")?,
             num: byte("__sk_common.skc_num")?,
@@ -362,11 +371,12 @@ impl<'a> Btf<'a> {
             // Without CONFIG_NET_NS possible_net_t is empty and there is one namespace.
             net: optional("__sk_common.skc_net.net")?,
             net_inum: self.optional_field("net", "ns.inum")?,
-            // sk_cgrp_data.cgroup since Linux 5.15 (a tagged union `val` before: unsupported).
-            cgroup: optional("sk_cgrp_data.cgroup")?,
+            cgroup,
             cgroup_kn: self.optional_field("cgroup", "kn")?,
             kn_id: self.optional_field("kernfs_node", "id")?,
             inet_sport: self.optional_field("inet_sock", "inet_sport")?,
+            cookie: optional("__sk_common.skc_cookie")?,
+            cgroup_tagged: u32::from(cgroup_tagged),
         })
     }
 
@@ -599,6 +609,8 @@ mod tests {
         assert_ne!(off.net, SockOffsets::ABSENT, "skc_net.net");
         assert_ne!(off.net_inum, SockOffsets::ABSENT, "net.ns.inum");
         assert_ne!(off.cgroup, SockOffsets::ABSENT, "sk_cgrp_data.cgroup");
+        assert_eq!(off.cgroup_tagged, 0, "a 5.15+ kernel has the plain pointer");
+        assert_ne!(off.cookie, SockOffsets::ABSENT, "skc_cookie");
         assert_ne!(off.cgroup_kn, SockOffsets::ABSENT, "cgroup.kn");
         assert_ne!(off.kn_id, SockOffsets::ABSENT, "kernfs_node.id");
         // struct inet_sock starts with its struct sock.

@@ -92,6 +92,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     );
     let mut obs = Observations::new(OBSERVED_SOCKETS);
     let mut pipeline = Pipeline::new(&filter);
+    pipeline.identity(tracer.identity(), filter.netns.or_else(crate::own_netns));
     pipeline.subscribe(Box::new(&mut obs));
     runtime
         .block_on(pipeline.run(
@@ -100,8 +101,9 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             RunOptions::default(),
         ))
         .context("reading transitions failed")?;
+    let mut end = Snapshot::take(netns_path.as_deref(), true)?;
+    pipeline.match_ids(&mut end.sockets, end.taken_ns);
     drop(pipeline);
-    let end = Snapshot::take(netns_path.as_deref(), true)?;
     let kernel = tracer.counters();
 
     let mut owners = LazyOwners::default();

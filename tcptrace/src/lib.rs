@@ -15,6 +15,7 @@ pub mod filter;
 pub mod format;
 pub mod host;
 pub mod http;
+pub mod identity;
 pub mod inet_diag;
 pub mod life;
 pub mod loader;

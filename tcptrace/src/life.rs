@@ -236,6 +236,7 @@ pub fn run(args: LifeArgs) -> anyhow::Result<ExitCode> {
         listeners: args.listeners,
     };
     let mut pipeline = Pipeline::new(&filter);
+    pipeline.identity(tracer.identity(), crate::own_netns());
     pipeline.subscribe(Box::new(sink));
     let snapshot = (!args.no_time_wait).then_some(args.snapshot_interval);
     let stop = shutdown.wait(args.out.duration);

@@ -8,8 +8,9 @@ use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, ProgramError};
 use aya::{Ebpf, EbpfLoader};
 use tcptrace_common::{
-    CONFIG_GLOBAL, COUNTERS_MAP, Config, EVENTS_MAP, PORT_FILTER_MAP, PROGRAM_NAME, PortSet,
-    RESET_PROGRAM, SOCKETS_MAP, TRACEPOINT, counter,
+    CONFIG_GLOBAL, COUNTERS_MAP, Config, EVENTS_MAP, PORT_FILTER_MAP, PROGRAM_NAME,
+    PROGRAM_NAME_NO_COOKIE, PortSet, RESET_PROGRAM, RESET_PROGRAM_NO_COOKIE, SOCKETS_MAP,
+    TRACEPOINT, counter,
 };
 
 use crate::btf::{self, BtfError};
@@ -64,6 +65,18 @@ pub struct Sizes {
     pub max_sockets: u32,
 }
 
+/// What a transition's `cookie` is on this kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// The socket cookie, as INET_DIAG reports it.
+    Cookie,
+    /// The program's own id (tracing programs may call `bpf_get_socket_cookie` only since Linux
+    /// 5.12): the kernel's cookie for sockets INET_DIAG had dumped before the program first saw
+    /// them, otherwise an id with `SYNTHETIC_ID` set that snapshots cannot know. Snapshot
+    /// sockets are matched by address instead (see `identity::SocketIds`).
+    Numbered,
+}
+
 /// The loaded, attached program and the maps the agent reads.
 pub struct Tracer {
     /// Owns the program and its link; dropping it detaches everything.
@@ -71,6 +84,7 @@ pub struct Tracer {
     ring: Option<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
     prog_fd: RawFd,
+    identity: Identity,
 }
 
 /// Kernel-side loss and filter counters, summed over CPUs.
@@ -84,6 +98,46 @@ pub struct KernelCounters {
     /// Runs the kernel skipped because the program was already running on that CPU
     /// (`prog->aux->recursion_misses`, from the program's fdinfo).
     pub recursion_misses: u64,
+}
+
+/// Loads program `name` for `tp_btf/inet_sock_set_state`, attaches it, and returns its fd.
+fn load_program(ebpf: &mut Ebpf, name: &str, attach_btf: &aya::Btf) -> Result<RawFd, LoadError> {
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| aya_err("find program")(name.into()))?
+        .try_into()
+        .map_err(|e: ProgramError| aya_err("open the program")(e.into()))?;
+    program.load(TRACEPOINT, attach_btf).map_err(|e| match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            if is_eperm(&io_error) && verifier_log.to_string().trim().is_empty() {
+                LoadError::NotPermitted
+            } else {
+                LoadError::Verifier {
+                    source: io_error,
+                    log: write_verifier_log(&verifier_log.to_string()),
+                }
+            }
+        }
+        ProgramError::Btf(e) => LoadError::TracepointMissing(e.to_string()),
+        e => aya_err("load the program")(e.into()),
+    })?;
+    program.attach().map_err(|e| match e {
+        ProgramError::SyscallError(ref s) if is_eperm(&s.io_error) => LoadError::NotPermitted,
+        e => aya_err("attach to tp_btf/inet_sock_set_state")(e.into()),
+    })?;
+    Ok(program
+        .fd()
+        .map_err(|e| aya_err("get the program fd")(e.into()))?
+        .as_fd()
+        .as_raw_fd())
+}
+
+/// Whether a verifier log says the cookie helper is not allowed for this program type.
+fn mentions_cookie_helper(log: &std::path::Path) -> bool {
+    std::fs::read_to_string(log).is_ok_and(|text| text.contains("bpf_get_socket_cookie"))
 }
 
 /// Effective capabilities of this process (`CapEff` in /proc/self/status).
@@ -209,42 +263,26 @@ impl Tracer {
             }
         }
 
-        let program: &mut BtfTracePoint = ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or_else(|| aya_err("find program")(PROGRAM_NAME.into()))?
-            .try_into()
-            .map_err(|e: ProgramError| aya_err("open the program")(e.into()))?;
-        program.load(TRACEPOINT, &attach_btf).map_err(|e| match e {
-            ProgramError::LoadError {
-                io_error,
-                verifier_log,
-            } => {
-                if is_eperm(&io_error) && verifier_log.to_string().trim().is_empty() {
-                    LoadError::NotPermitted
-                } else {
-                    LoadError::Verifier {
-                        source: io_error,
-                        log: write_verifier_log(&verifier_log.to_string()),
-                    }
-                }
+        // The cookie variant first; a kernel whose verifier refuses the cookie helper in tracing
+        // programs ("unknown func bpf_get_socket_cookie" before 5.12) gets the numbering one.
+        let (prog_fd, identity) = match load_program(&mut ebpf, PROGRAM_NAME, &attach_btf) {
+            Ok(fd) => (fd, Identity::Cookie),
+            Err(LoadError::Verifier { log, .. }) if mentions_cookie_helper(&log) => {
+                let _ = std::fs::remove_file(&log);
+                let fd = load_program(&mut ebpf, PROGRAM_NAME_NO_COOKIE, &attach_btf)?;
+                (fd, Identity::Numbered)
             }
-            ProgramError::Btf(e) => LoadError::TracepointMissing(e.to_string()),
-            e => aya_err("load the program")(e.into()),
-        })?;
-        program.attach().map_err(|e| match e {
-            ProgramError::SyscallError(ref s) if is_eperm(&s.io_error) => LoadError::NotPermitted,
-            e => aya_err("attach to tp_btf/inet_sock_set_state")(e.into()),
-        })?;
-        let prog_fd = program
-            .fd()
-            .map_err(|e| aya_err("get the program fd")(e.into()))?
-            .as_fd()
-            .as_raw_fd();
+            Err(e) => return Err(e),
+        };
 
         // The RST mark tells "reset by the peer" from "aborted here"; without it the agent
         // falls back to what transitions alone can tell.
+        let reset = match identity {
+            Identity::Cookie => RESET_PROGRAM,
+            Identity::Numbered => RESET_PROGRAM_NO_COOKIE,
+        };
         let attached = ebpf
-            .program_mut(RESET_PROGRAM)
+            .program_mut(reset)
             .ok_or(())
             .and_then(|p| <&mut BtfTracePoint>::try_from(p).map_err(drop))
             .and_then(|p| {
@@ -278,7 +316,13 @@ impl Tracer {
             ring: Some(ring),
             counters,
             prog_fd,
+            identity,
         })
+    }
+
+    /// What transitions' `cookie` field holds on this kernel.
+    pub fn identity(&self) -> Identity {
+        self.identity
     }
 
     /// Loads and attaches, and hands back the ring buffer for the reader.

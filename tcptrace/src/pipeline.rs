@@ -13,6 +13,7 @@ use tokio::io::unix::AsyncFd;
 use crate::cgroup::{CgroupInfo, CgroupResolver};
 use crate::event::Transition;
 use crate::filter::Filter;
+use crate::identity::{Identity, SocketIds};
 use crate::inet_diag::{self, DiagSocket};
 use crate::loader::{KernelCounters, Tracer};
 
@@ -134,6 +135,8 @@ pub enum StopReason {
 pub struct Pipeline<'s> {
     filter: Option<Filter>,
     cgroups: Option<CgroupResolver>,
+    /// Set when transition ids are not socket cookies: snapshots are matched by address.
+    ids: Option<SocketIds>,
     sinks: Vec<Box<dyn Sink + Send + 's>>,
     pub stats: Stats,
 }
@@ -144,6 +147,7 @@ impl<'s> Pipeline<'s> {
         Self {
             filter: filter.has_agent_part().then(|| filter.clone()),
             cgroups: filter.needs_cgroup().then(CgroupResolver::new),
+            ids: None,
             sinks: Vec::new(),
             stats: Stats::default(),
         }
@@ -151,6 +155,22 @@ impl<'s> Pipeline<'s> {
 
     pub fn subscribe(&mut self, sink: Box<dyn Sink + Send + 's>) {
         self.sinks.push(sink);
+    }
+
+    /// Tells the pipeline what transition ids are on this kernel; snapshots it takes (of the
+    /// namespace `snapshot_netns`) then carry the same ids.
+    pub fn identity(&mut self, identity: Identity, snapshot_netns: Option<u32>) {
+        self.ids = match identity {
+            Identity::Cookie => None,
+            Identity::Numbered => Some(SocketIds::new(snapshot_netns)),
+        };
+    }
+
+    /// Gives the sockets of a snapshot taken at `taken_ns` the ids transitions use.
+    pub fn match_ids(&mut self, sockets: &mut [DiagSocket], taken_ns: u64) {
+        if let Some(ids) = &mut self.ids {
+            ids.translate(sockets, taken_ns);
+        }
     }
 
     /// Resolve each socket's cgroup path and container for the sinks (costs a cache lookup
@@ -169,6 +189,9 @@ impl<'s> Pipeline<'s> {
                 return Ok(Flow::Continue);
             }
         };
+        if let Some(ids) = &mut self.ids {
+            ids.observe(&t);
+        }
         let info = match (&mut self.cgroups, t.cgroup) {
             (Some(resolver), Some(id)) => resolver.resolve(id),
             _ => None,
@@ -245,7 +268,8 @@ impl<'s> Pipeline<'s> {
                 eprintln!("tcptrace: warning: INET_DIAG snapshot failed: {e}");
                 self.stats.snapshot_errors += 1;
             }
-            Ok(sockets) => {
+            Ok(mut sockets) => {
+                self.match_ids(&mut sockets, taken_ns);
                 for sink in &mut self.sinks {
                     sink.snapshot(&sockets, taken_ns);
                 }

@@ -51,6 +51,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         filter.clone(),
     );
     let mut pipeline = Pipeline::new(&filter);
+    pipeline.identity(tracer.identity(), crate::own_netns());
     let (seeded_tx, seeded_rx) = std::sync::mpsc::channel();
     pipeline.subscribe(Box::new(
         MetricsSink::new(metrics.clone(), table)

@@ -1,0 +1,182 @@
+//! Matching INET_DIAG sockets to the ids transitions carry when those ids are not socket
+//! cookies ([`Identity::Numbered`], kernels before 5.12).
+//!
+//! There the program numbers a socket itself unless the kernel had generated its cookie before
+//! the program first saw it, so a snapshot's cookie and a transition's id name the same socket
+//! only for sockets older than the agent. Within one network namespace a socket's addresses
+//! and ports identify it, so each snapshot socket takes the id of the last transition seen
+//! with its addresses; sockets no transition named keep their cookie.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use crate::event::Transition;
+use crate::inet_diag::DiagSocket;
+pub use crate::loader::Identity;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Endpoints {
+    saddr: IpAddr,
+    sport: u16,
+    daddr: IpAddr,
+    dport: u16,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    id: u64,
+    at_ns: u64,
+}
+
+/// Endpoints -> id, for the sockets of the namespace snapshots are taken in.
+#[derive(Debug, Default)]
+pub struct SocketIds {
+    netns: Option<u32>,
+    by_endpoints: HashMap<Endpoints, Seen>,
+}
+
+impl SocketIds {
+    /// Snapshots describe namespace `netns` (inode); transitions of other namespaces are
+    /// ignored, since their addresses may repeat here.
+    pub fn new(netns: Option<u32>) -> Self {
+        Self {
+            netns,
+            by_endpoints: HashMap::new(),
+        }
+    }
+
+    pub fn observe(&mut self, t: &Transition) {
+        if matches!((self.netns, t.netns), (Some(here), Some(there)) if here != there) {
+            return;
+        }
+        // CLOSE -> SYN_SENT fires before `inet_hash_connect()` picks the local port: no
+        // snapshot can show those endpoints.
+        if t.sport == 0 {
+            return;
+        }
+        let key = Endpoints {
+            saddr: t.saddr,
+            sport: t.sport,
+            daddr: t.daddr,
+            dport: t.dport,
+        };
+        self.by_endpoints.insert(
+            key,
+            Seen {
+                id: t.cookie,
+                at_ns: t.ts_ns,
+            },
+        );
+    }
+
+    /// Gives each socket of a snapshot taken at `taken_ns` the id of its transitions, then
+    /// forgets endpoints the snapshot no longer has and no transition named since.
+    pub fn translate(&mut self, sockets: &mut [DiagSocket], taken_ns: u64) {
+        let mut present = HashMap::with_capacity(sockets.len());
+        for s in sockets.iter_mut() {
+            let key = Endpoints {
+                saddr: s.saddr,
+                sport: s.sport,
+                daddr: s.daddr,
+                dport: s.dport,
+            };
+            if let Some(seen) = self.by_endpoints.get(&key) {
+                s.cookie = seen.id;
+            }
+            present.insert(key, ());
+        }
+        self.by_endpoints
+            .retain(|key, seen| seen.at_ns >= taken_ns || present.contains_key(key));
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_endpoints.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_endpoints.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Family;
+    use crate::state::TcpState;
+
+    fn t(id: u64, sport: u16, dport: u16, netns: u32, at_ns: u64) -> Transition {
+        let mut raw = crate::event::tests::raw_v4();
+        raw.cookie = id;
+        raw.sport = sport;
+        raw.dport = dport;
+        raw.netns = netns;
+        raw.ts_ns = at_ns;
+        Transition::from_raw(&raw).unwrap()
+    }
+
+    fn diag(cookie: u64, sport: u16, dport: u16) -> DiagSocket {
+        let local = crate::event::tests::raw_v4();
+        let tr = Transition::from_raw(&local).unwrap();
+        DiagSocket {
+            cookie,
+            state: TcpState::Established,
+            family: Family::V4,
+            saddr: tr.saddr,
+            sport,
+            daddr: tr.daddr,
+            dport,
+            timer: 0,
+            expires_ms: 0,
+            uid: 0,
+            inode: 0,
+            rqueue: 0,
+            wqueue: 0,
+            idle: None,
+        }
+    }
+
+    #[test]
+    fn snapshot_sockets_take_the_id_of_their_transitions() {
+        let mut ids = SocketIds::new(Some(7));
+        ids.observe(&t(1 << 63 | 5, 40000, 80, 7, 100));
+        // Same endpoints in another namespace: ignored.
+        ids.observe(&t(1 << 63 | 6, 40001, 80, 8, 100));
+        // Before the local port is known: nothing to match.
+        ids.observe(&t(1 << 63 | 9, 0, 80, 7, 100));
+        let mut snap = [diag(11, 40000, 80), diag(12, 40001, 80), diag(13, 0, 80)];
+        ids.translate(&mut snap, 200);
+        assert_eq!(snap[0].cookie, 1 << 63 | 5);
+        assert_eq!(
+            snap[1].cookie, 12,
+            "never seen here: keeps the kernel's cookie"
+        );
+        assert_eq!(snap[2].cookie, 13);
+    }
+
+    #[test]
+    fn forgets_endpoints_gone_from_a_snapshot_unless_seen_since() {
+        let mut ids = SocketIds::new(None);
+        ids.observe(&t(21, 40000, 80, 7, 100));
+        ids.observe(&t(22, 40001, 80, 7, 100));
+        ids.observe(&t(23, 40002, 80, 7, 300));
+        let mut snap = [diag(99, 40000, 80)];
+        ids.translate(&mut snap, 200);
+        assert_eq!(snap[0].cookie, 21);
+        // 40001 vanished before the snapshot; 40002 was seen after it was taken.
+        assert_eq!(ids.len(), 2);
+        let mut later = [diag(98, 40001, 80)];
+        ids.translate(&mut later, 400);
+        assert_eq!(later[0].cookie, 98);
+        assert!(ids.is_empty());
+    }
+
+    #[test]
+    fn a_reused_four_tuple_takes_the_newest_socket() {
+        let mut ids = SocketIds::new(None);
+        ids.observe(&t(31, 40000, 80, 7, 100));
+        ids.observe(&t(32, 40000, 80, 7, 150));
+        let mut snap = [diag(99, 40000, 80)];
+        ids.translate(&mut snap, 200);
+        assert_eq!(snap[0].cookie, 32);
+    }
+}
