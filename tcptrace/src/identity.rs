@@ -120,7 +120,7 @@ mod tests {
         DiagSocket {
             cookie,
             state: TcpState::Established,
-            family: Family::V4,
+            family: Family::Ipv4,
             saddr: tr.saddr,
             sport,
             daddr: tr.daddr,
