@@ -49,6 +49,12 @@ static SOCKETS: LruHashMap<u64, SockEntry> = LruHashMap::with_max_entries(DEFAUL
 #[map(name = "LISTENERS")]
 static LISTENERS: LruHashMap<ListenKey, Owner> = LruHashMap::with_max_entries(MAX_LISTENERS, 0);
 
+/// Server children between LISTEN -> SYN_RECV and their next transition, by socket address
+/// (see `hold_child`). Normally they stay microseconds: the child is created by the handshake's
+/// final ACK and moves on in the same softirq.
+#[map(name = "CHILDREN")]
+static CHILDREN: LruHashMap<u64, SockEntry> = LruHashMap::with_max_entries(MAX_LISTENERS, 0);
+
 /// Per-CPU loss and filter counters, see `tcptrace_common::counter`.
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -147,11 +153,39 @@ fn new_id<const COOKIE: bool>(key: u64, sk: *const u8, off: &SockOffsets) -> u64
     }
 }
 
-/// Transitions that start a new life of a socket: connect() or listen() on a closed socket,
-/// and a server child created by `inet_csk_clone_lock()` (it inherits the listener's state).
+/// Transitions that start a new life of a socket: connect() or listen() on a closed socket.
+/// (Server children are born at LISTEN -> SYN_RECV, see `hold_child`.)
 #[inline(always)]
-fn is_birth(old: i32, new: i32) -> bool {
-    old == TCP_CLOSE || (old, new) == (TCP_LISTEN, TCP_SYN_RECV)
+fn is_birth(old: i32) -> bool {
+    old == TCP_CLOSE
+}
+
+/// LISTEN -> SYN_RECV: a server child, created by `inet_csk_clone_lock()` in softirq. On some
+/// kernels (6.1) the state is set before the child gets its own cookie (`sk_cookie` is still
+/// the listener's, copied by `sk_clone_lock()`), remote port and addresses, so the transition
+/// is held back by socket address, with the listener's owner, and reported at the child's
+/// next transition.
+#[inline(always)]
+fn hold_child(sk: *const u8, now: u64, lport: u16, off: &SockOffsets) -> Result<(), u32> {
+    let mut child = SockEntry {
+        entered_ns: now,
+        lport,
+        netns: netns_inum(sk, off),
+        cgroup: cgroup_id(sk, off),
+        ..SockEntry::default()
+    };
+    let key = ListenKey {
+        netns: child.netns,
+        port: lport,
+        _pad: 0,
+    };
+    if let Some(owner) = LISTENERS.get_ptr(key) {
+        child.owner = unsafe { *owner };
+        child.flags |= flags::OWNER_INHERITED;
+    }
+    // An LRU map evicts the coldest entry instead of failing when full.
+    let _ = CHILDREN.insert(sk as u64, child, 0);
+    Ok(())
 }
 
 #[inline(always)]
@@ -230,11 +264,15 @@ fn try_inet_sock_set_state<const COOKIE: bool>(ctx: &BtfTracePointContext) -> Re
     // The idle task (pid 0) never owns a socket.
     let capture = in_owner_context(oldstate, newstate) && cpu_pid_tgid >> 32 != 0;
 
+    if (oldstate, newstate) == (TCP_LISTEN, TCP_SYN_RECV) {
+        return hold_child(sk, now, lport, off);
+    }
+
     // Either the map's entry or, for a socket seen for the first time, one on the stack. A
     // birth never continues an entry: one left under the same key belongs to an earlier life
     // whose close was missed.
     let mut fresh = SockEntry::default();
-    let existing = if is_birth(oldstate, newstate) {
+    let existing = if is_birth(oldstate) {
         None
     } else {
         SOCKETS.get_ptr_mut(key)
@@ -256,32 +294,54 @@ fn try_inet_sock_set_state<const COOKIE: bool>(ctx: &BtfTracePointContext) -> Re
             (dwell, Some(entry))
         }
         None => {
-            fresh.id = new_id::<COOKIE>(key, sk, off);
-            fresh.entered_ns = now;
-            fresh.lport = lport;
-            fresh.netns = netns_inum(sk, off);
-            fresh.cgroup = cgroup_id(sk, off);
-            if capture {
-                fresh.owner.pid_tgid = cpu_pid_tgid;
-                fresh.owner.captured_ns = now;
-                fresh.owner.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-            } else if (oldstate, newstate) == (TCP_LISTEN, TCP_SYN_RECV) {
-                // A server child socket, created in softirq: its owner is the listener's.
-                let key = ListenKey {
-                    netns: fresh.netns,
-                    port: lport,
-                    _pad: 0,
-                };
-                if let Some(owner) = LISTENERS.get_ptr(key) {
-                    fresh.owner = unsafe { *owner };
-                    fresh.flags |= flags::OWNER_INHERITED;
+            let mut dwell = DWELL_UNKNOWN;
+            let child = if oldstate == TCP_SYN_RECV {
+                CHILDREN.get_ptr(sk as u64)
+            } else {
+                None
+            };
+            if let Some(child) = child {
+                // The server child held back at LISTEN -> SYN_RECV: report that transition
+                // now that the child has its own cookie, ports and peer address.
+                fresh = unsafe { *child };
+                let _ = CHILDREN.remove(sk as u64);
+                fresh.id = new_id::<COOKIE>(key, sk, off);
+                if lport != 0 {
+                    fresh.lport = lport;
+                }
+                if let Err(index) = emit(
+                    config,
+                    &fresh,
+                    sk,
+                    fresh.entered_ns,
+                    DWELL_UNKNOWN,
+                    cpu_pid_tgid,
+                    family,
+                    TCP_LISTEN,
+                    TCP_SYN_RECV,
+                    dport,
+                ) {
+                    bump(index);
+                }
+                dwell = now.wrapping_sub(fresh.entered_ns);
+                fresh.entered_ns = now;
+            } else {
+                fresh.id = new_id::<COOKIE>(key, sk, off);
+                fresh.entered_ns = now;
+                fresh.lport = lport;
+                fresh.netns = netns_inum(sk, off);
+                fresh.cgroup = cgroup_id(sk, off);
+                if capture {
+                    fresh.owner.pid_tgid = cpu_pid_tgid;
+                    fresh.owner.captured_ns = now;
+                    fresh.owner.comm = bpf_get_current_comm().unwrap_or([0; 16]);
                 }
             }
             if newstate != TCP_CLOSE {
                 // An LRU map evicts the coldest entry instead of failing when full.
                 let _ = SOCKETS.insert(key, fresh, 0);
             }
-            (DWELL_UNKNOWN, None)
+            (dwell, None)
         }
     };
     let sock: &SockEntry = match known {

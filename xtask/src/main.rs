@@ -4,10 +4,12 @@
 //! - `run -- ARGS`: build the agent and run it with ARGS.
 //! - `test`: setup, formatting, clippy (host and eBPF), unit tests, root-only kernel tests.
 //! - `bench`: cost and completeness under connection churn, against no tracer.
+//! - `vm-test`: the kernel tests inside QEMU guests running Debian's 5.10, 6.1, 6.12 and 7.x.
 
 mod bench;
 mod setup;
 mod test;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -42,6 +44,10 @@ enum Cmd {
     /// Measure tcptrace's cost and completeness under loopback connection churn, side by
     /// side with no tracer (needs root); writes target/bench/result.{json,md}.
     Bench(bench::BenchArgs),
+    /// Boot Debian's 5.10, 6.1, 6.12 and 7.x cloud kernels in QEMU (TCG) and run tcptrace's
+    /// kernel tests inside each; one PASS/FAIL line per kernel (needs root and network access
+    /// to deb.debian.org the first time; kernels are cached in target/vm).
+    VmTest(vm::VmArgs),
     /// Bench helper: hold COUNT loopback connections (both ends) until stdin closes.
     #[command(hide = true)]
     HoldConnections {
@@ -57,6 +63,7 @@ fn main() -> ExitCode {
         Cmd::Run { args } => run(&args),
         Cmd::Test(args) => test::run(&args),
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::VmTest(args) => vm::run(&args),
         Cmd::HoldConnections { count } => bench::hold_connections(count),
     };
     match result {

@@ -12,9 +12,23 @@ use crate::{cargo, sh};
 pub const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests use: `ip` (network namespaces, veth), nft (a firewall drop in a
-/// test namespace), Prometheus with
-/// promtool (the exporter is scraped and linted by the real thing), socat (peer processes).
-const APT_PACKAGES: &[&str] = &["iproute2", "nftables", "prometheus", "socat"];
+/// test namespace), Prometheus with promtool (the exporter is scraped and linted by the real
+/// thing), socat (peer processes), setpriv and sysctl; and for `cargo xtask vm-test`: QEMU, a
+/// static busybox and cpio for the guests' initramfs, kmod, xz and zstd for kernel modules.
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "nftables",
+    "prometheus",
+    "socat",
+    "util-linux",
+    "procps",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "xz-utils",
+    "zstd",
+];
 const TRACEFS: &str = "/sys/kernel/tracing";
 
 pub fn run() -> anyhow::Result<ExitCode> {
