@@ -270,6 +270,9 @@ impl Tracer {
             Err(LoadError::Verifier { log, .. }) if mentions_cookie_helper(&log) => {
                 let _ = std::fs::remove_file(&log);
                 let fd = load_program(&mut ebpf, PROGRAM_NAME_NO_COOKIE, &attach_btf)?;
+                eprintln!(
+                    "tcptrace: note: this kernel gives tracing programs no socket cookies (Linux 5.12 does): the cookie field is tcptrace's own id, equal to `ss -e`'s cookie only for sockets older than tcptrace"
+                );
                 (fd, Identity::Numbered)
             }
             Err(e) => return Err(e),

@@ -122,6 +122,15 @@ struct Outcome {
 }
 
 pub fn run(args: &VmArgs) -> anyhow::Result<ExitCode> {
+    Ok(if matrix(args)? {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Boots every selected kernel; true when all passed.
+pub fn matrix(args: &VmArgs) -> anyhow::Result<bool> {
     let series: Vec<&'static Series> = if args.kernels.is_empty() {
         SERIES.iter().collect()
     } else {
@@ -130,7 +139,13 @@ pub fn run(args: &VmArgs) -> anyhow::Result<ExitCode> {
             .filter(|s| args.kernels.iter().any(|k| k == s.name))
             .collect()
     };
-    for tool in ["qemu-system-x86_64", "busybox", "cpio", "depmod", "modprobe"] {
+    for tool in [
+        "qemu-system-x86_64",
+        "busybox",
+        "cpio",
+        "depmod",
+        "modprobe",
+    ] {
         if !on_path(tool) {
             bail!("{tool} is missing: run `cargo xtask setup` (as root) first");
         }
@@ -143,10 +158,18 @@ pub fn run(args: &VmArgs) -> anyhow::Result<ExitCode> {
     build_common_initramfs(&vm_dir.join("root"), &common, &binaries)?;
 
     let mut kernels = Vec::new();
-    for s in &series {
-        kernels.push((*s, fetch_kernel(s, &vm_dir.join(s.name), args.refresh)?));
-    }
     let mut outcomes = Vec::new();
+    for s in &series {
+        match fetch_kernel(s, &vm_dir.join(s.name), args.refresh) {
+            Ok(kernel) => kernels.push((*s, kernel)),
+            Err(e) => outcomes.push(Outcome {
+                series: s.name,
+                release: "?".into(),
+                passed: false,
+                summary: format!("cannot get the kernel: {e:#}"),
+            }),
+        }
+    }
     for chunk in kernels.chunks(args.jobs as usize) {
         let mut running = Vec::new();
         for (s, kernel) in chunk {
@@ -183,11 +206,7 @@ pub fn run(args: &VmArgs) -> anyhow::Result<ExitCode> {
         }
     }
     println!("{passed} passed, {failed} failed");
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(failed == 0)
 }
 
 fn target_dir() -> PathBuf {
@@ -218,8 +237,14 @@ struct TestBinaries {
 
 fn build_tests(names: &[&str]) -> anyhow::Result<TestBinaries> {
     let mut cmd = cargo();
-    cmd.current_dir(workspace_root())
-        .args(["test", "--no-run", "--package", "tcptrace", "--message-format", "json"]);
+    cmd.current_dir(workspace_root()).args([
+        "test",
+        "--no-run",
+        "--package",
+        "tcptrace",
+        "--message-format",
+        "json",
+    ]);
     for name in names {
         cmd.args(["--test", name]);
     }
@@ -242,7 +267,11 @@ fn build_tests(names: &[&str]) -> anyhow::Result<TestBinaries> {
     }
     let agent = agent.context("cargo reported no tcptrace binary")?;
     if tests.len() != names.len() {
-        bail!("cargo reported {} of the {} test binaries", tests.len(), names.len());
+        bail!(
+            "cargo reported {} of the {} test binaries",
+            tests.len(),
+            names.len()
+        );
     }
     tests.sort_by_key(|(name, _)| names.iter().position(|n| n == name));
     Ok(TestBinaries { tests, agent })
@@ -263,17 +292,24 @@ fn target_name(line: &str) -> Option<String> {
 }
 
 /// Builds the part of the initramfs every kernel shares.
-fn build_common_initramfs(
-    stage: &Path,
-    out: &Path,
-    binaries: &TestBinaries,
-) -> anyhow::Result<()> {
+fn build_common_initramfs(stage: &Path, out: &Path, binaries: &TestBinaries) -> anyhow::Result<()> {
     if stage.exists() {
         fs::remove_dir_all(stage)?;
     }
     for dir in [
-        "usr/bin", "usr/sbin", "usr/lib", "usr/lib64", "busybox", "proc", "sys", "dev", "tmp",
-        "run", "etc", "root", "modules",
+        "usr/bin",
+        "usr/sbin",
+        "usr/lib",
+        "usr/lib64",
+        "busybox",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "etc",
+        "root",
+        "modules",
     ] {
         fs::create_dir_all(stage.join(dir))?;
     }
@@ -312,7 +348,10 @@ fn build_common_initramfs(
         "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
     )?;
     fs::write(stage.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
-    fs::write(stage.join("etc/hosts"), "127.0.0.1 localhost\n::1 localhost\n")?;
+    fs::write(
+        stage.join("etc/hosts"),
+        "127.0.0.1 localhost\n::1 localhost\n",
+    )?;
     let init = stage.join("init");
     let ip = fs::canonicalize(which("ip").context("ip")?)?;
     fs::write(&init, init_script(&ip, &binaries.tests))?;
@@ -416,7 +455,10 @@ fn cpio(stage: &Path, out: &Path) -> anyhow::Result<()> {
     let file = fs::File::create(out)?;
     sh(Command::new("sh")
         .current_dir(stage)
-        .args(["-c", "find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc"])
+        .args([
+            "-c",
+            "find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc",
+        ])
         .stdout(file))
 }
 
@@ -435,7 +477,10 @@ fn fetch_kernel(series: &Series, dir: &Path, refresh: bool) -> anyhow::Result<Ke
         fs::remove_dir_all(&root)?;
     }
     if let Some(kernel) = unpacked_kernel(&root)? {
-        println!("xtask: ok: kernel {} ({}) cached", series.name, kernel.release);
+        println!(
+            "xtask: ok: kernel {} ({}) cached",
+            series.name, kernel.release
+        );
         return Ok(kernel);
     }
     let apt = PrivateApt::new(&dir.join("apt"), series.sources)?;
@@ -468,31 +513,47 @@ fn fetch_kernel(series: &Series, dir: &Path, refresh: bool) -> anyhow::Result<Ke
     })
 }
 
-/// The kernel unpacked under `root`, if there is one.
+/// The kernel unpacked under `root`, if there is one: `/boot/vmlinuz-<release>`, or since
+/// Debian 14 `/usr/lib/modules/<release>/vmlinuz`.
 fn unpacked_kernel(root: &Path) -> anyhow::Result<Option<Kernel>> {
-    let Ok(entries) = fs::read_dir(root.join("boot")) else {
+    let mut found = None;
+    if let Ok(entries) = fs::read_dir(root.join("boot")) {
+        for entry in entries {
+            let path = entry?.path();
+            if let Some(release) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("vmlinuz-"))
+            {
+                found = Some((release.to_owned(), path.clone()));
+            }
+        }
+    }
+    if found.is_none()
+        && let Ok(entries) = fs::read_dir(root.join("usr/lib/modules"))
+    {
+        for entry in entries {
+            let dir = entry?.path();
+            let image = dir.join("vmlinuz");
+            if let (true, Some(release)) =
+                (image.is_file(), dir.file_name().and_then(|n| n.to_str()))
+            {
+                found = Some((release.to_owned(), image));
+            }
+        }
+    }
+    let Some((release, vmlinuz)) = found else {
         return Ok(None);
     };
-    for entry in entries {
-        let path = entry?.path();
-        let Some(release) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("vmlinuz-"))
-        else {
-            continue;
-        };
-        // sid ships modules under /usr/lib; depmod and modprobe -d look under /lib.
-        if !root.join("lib").exists() && root.join("usr/lib/modules").exists() {
-            std::os::unix::fs::symlink("usr/lib", root.join("lib"))?;
-        }
-        return Ok(Some(Kernel {
-            release: release.to_owned(),
-            vmlinuz: path.clone(),
-            root: root.to_owned(),
-        }));
+    // Modules under /usr/lib only; depmod and modprobe -d look under /lib.
+    if !root.join("lib").exists() && root.join("usr/lib/modules").exists() {
+        std::os::unix::fs::symlink("usr/lib", root.join("lib"))?;
     }
-    Ok(None)
+    Ok(Some(Kernel {
+        release,
+        vmlinuz,
+        root: root.to_owned(),
+    }))
 }
 
 /// apt with its own sources, lists, cache and (empty) package state under one directory.
@@ -578,7 +639,10 @@ impl PrivateApt {
                 );
             }
             for line in String::from_utf8_lossy(&out.stdout).lines() {
-                let Some(dep) = line.trim().trim_start_matches('|').strip_prefix("Depends: ")
+                let Some(dep) = line
+                    .trim()
+                    .trim_start_matches('|')
+                    .strip_prefix("Depends: ")
                 else {
                     continue;
                 };
@@ -705,10 +769,7 @@ fn boot(kernel: &Kernel, initrd: &Path, log: &Path) -> anyhow::Result<Guest> {
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args([
-            "-append",
-            "console=ttyS0 panic=-1 quiet loglevel=3",
-        ])
+        .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -801,7 +862,10 @@ fn await_guest(
         ),
         None if guest.started.elapsed() >= Duration::from_secs(timeout) => (
             false,
-            format!("timed out after {secs} s ({passed} passed); console in {}", log.display()),
+            format!(
+                "timed out after {secs} s ({passed} passed); console in {}",
+                log.display()
+            ),
         ),
         None => (
             false,
@@ -840,10 +904,13 @@ mod tests {
 
     #[test]
     fn init_runs_every_test_binary_and_reports_its_status() {
-        let script = init_script(Path::new("/usr/bin/ip"), &[
-            ("tail".into(), PathBuf::from("/w/t/tail-1")),
-            ("owner".into(), PathBuf::from("/w/t/owner-2")),
-        ]);
+        let script = init_script(
+            Path::new("/usr/bin/ip"),
+            &[
+                ("tail".into(), PathBuf::from("/w/t/tail-1")),
+                ("owner".into(), PathBuf::from("/w/t/owner-2")),
+            ],
+        );
         assert!(script.starts_with("#!/busybox/busybox sh\n"));
         assert!(script.contains("\n/usr/bin/ip link set lo up\n"));
         assert!(script.contains("/w/t/tail-1 --ignored --test-threads 1 --skip "));
