@@ -461,6 +461,12 @@ mod tests {
     /// A miniature `struct sock` shaped like the kernel's: anonymous unions, nested structs and
     /// (optionally) the pre-5.6 `sk_protocol` bitfield.
     fn mini_sock(protocol_bitfield: bool, ipv6: bool) -> Vec<u8> {
+        mini_sock_with(protocol_bitfield, ipv6, false)
+    }
+
+    /// `mini_sock`, optionally with a pre-5.15 `sk_cgrp_data` (`union { ...; u64 val; }`) at
+    /// byte 0x2a0.
+    fn mini_sock_with(protocol_bitfield: bool, ipv6: bool, cgroup_val: bool) -> Vec<u8> {
         let mut b = Builder::new();
         b.int("u16", 2); // 1
         b.int("u32", 4); // 2
@@ -504,26 +510,24 @@ mod tests {
         // 9: typedef to check resolution through typedefs
         let n = b.s("sock_common_t");
         b.push(&[n, KIND_TYPEDEF << 24, 8]);
-        // 10: struct sock
-        if protocol_bitfield {
-            b.strukt(
-                KIND_STRUCT,
-                "sock",
-                800,
-                &[
-                    ("__sk_common", 9, 0, 0),
-                    ("sk_userlocks", 2, 0x200 * 8 + 4, 4),
-                    ("sk_protocol", 2, 0x200 * 8 + 8, 8),
-                ],
-            );
+        // 10: u64, 11: anonymous union { u64 val; }, 12: struct sock_cgroup_data
+        b.int("u64", 8);
+        b.strukt(KIND_UNION, "", 8, &[("val", 10, 0, 0)]);
+        b.strukt(KIND_STRUCT, "sock_cgroup_data", 8, &[("", 11, 0, 0)]);
+        // 13: struct sock
+        let mut sock = if protocol_bitfield {
+            vec![
+                ("__sk_common", 9, 0, 0),
+                ("sk_userlocks", 2, 0x200 * 8 + 4, 4),
+                ("sk_protocol", 2, 0x200 * 8 + 8, 8),
+            ]
         } else {
-            b.strukt(
-                KIND_STRUCT,
-                "sock",
-                800,
-                &[("__sk_common", 9, 0, 0), ("sk_protocol", 1, 0x20c * 8, 0)],
-            );
+            vec![("__sk_common", 9, 0, 0), ("sk_protocol", 1, 0x20c * 8, 0)]
+        };
+        if cgroup_val {
+            sock.push(("sk_cgrp_data", 12, 0x2a0 * 8, 0));
         }
+        b.strukt(KIND_STRUCT, "sock", 800, &sock);
         b.build()
     }
 
@@ -558,6 +562,20 @@ mod tests {
         assert_eq!(off.protocol_word, 0x200);
         assert_eq!(off.protocol_shift, 8);
         assert_eq!(off.protocol_mask, 0xff);
+    }
+
+    #[test]
+    fn pre_5_15_cgroup_data_is_read_as_a_tagged_value() {
+        let off = Btf::parse(&mini_sock_with(true, true, true))
+            .unwrap()
+            .sock_offsets()
+            .unwrap();
+        assert_eq!((off.cgroup, off.cgroup_tagged), (0x2a0, 1));
+        let off = Btf::parse(&mini_sock(true, true))
+            .unwrap()
+            .sock_offsets()
+            .unwrap();
+        assert_eq!((off.cgroup, off.cgroup_tagged), (SockOffsets::ABSENT, 0));
     }
 
     #[test]
