@@ -49,6 +49,14 @@ impl Doctor {
         }
     }
 
+    /// Ends the window now (SIGINT, as Ctrl-C does) and reads the report.
+    fn stop_and_report(self) -> (i32, Value) {
+        // SAFETY: signalling our own child by pid.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        assert_eq!(rc, 0, "kill -INT doctor");
+        self.report()
+    }
+
     /// Waits for the report: exit code and the JSON object.
     fn report(mut self) -> (i32, Value) {
         let status = wait_timeout(&mut self.child, Duration::from_secs(60));
@@ -516,7 +524,9 @@ fn refused_and_timed_out_connects_by_destination() {
             "drop",
         ],
     );
-    let doctor = Doctor::start(&ns, &["--duration", "5", "--connect-failures", "5"]);
+    // The window ends when every connect has failed, however slow the machine (a VM under
+    // emulation may need longer than the ~3 s the timeouts take).
+    let doctor = Doctor::start(&ns, &["--duration", "120", "--connect-failures", "5"]);
     ns.run(|| {
         std::thread::scope(|scope| {
             for _ in 0..2 {
@@ -534,7 +544,7 @@ fn refused_and_timed_out_connects_by_destination() {
             }
         });
     });
-    let (code, report) = doctor.report();
+    let (code, report) = doctor.stop_and_report();
     let f = the_finding(&report, "connect_failures");
     assert_eq!((code, &f["severity"]), (1, &Value::from("warning")));
     let ev = &f["evidence"];

@@ -93,7 +93,7 @@ pub struct VmArgs {
     /// Resolve and download the kernels again instead of using the cache in target/vm.
     #[arg(long)]
     pub refresh: bool,
-    /// Guests booted at once (each gets one emulated CPU and 1 GiB).
+    /// Guests booted at once (each gets two emulated CPUs and 1 GiB).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
     pub jobs: u32,
     /// Give up on a guest after this many seconds (TCG runs the verifier 20-60x slower).
@@ -764,7 +764,7 @@ fn boot(kernel: &Kernel, initrd: &Path, log: &Path) -> anyhow::Result<Guest> {
     let mut cmd = Command::new("qemu-system-x86_64");
     // /dev/kvm exists on these hosts but cannot run stock kernels: software emulation.
     // `-cpu max`: every feature TCG emulates (crc32c-intel wants SSE4.2).
-    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1"])
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"])
         .args(["-nographic", "-no-reboot"])
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
