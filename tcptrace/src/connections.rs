@@ -281,9 +281,6 @@ pub struct ConnectionTable {
     time_wait: CookieMap<Connection>,
     /// Emit closed connections at once instead of after their TIME_WAIT.
     pub skip_time_wait: bool,
-    /// Queue finished connections for [`Self::next_finished`]; off when the caller takes
-    /// closes from [`Self::apply`] alone.
-    queue_finished: bool,
     /// The network namespace snapshots describe; TIME_WAITs elsewhere end by the 60 s rule.
     pub netns: Option<u32>,
     pub evicted: u64,
@@ -299,19 +296,8 @@ impl ConnectionTable {
             finished: VecDeque::new(),
             time_wait: CookieMap::default(),
             skip_time_wait: false,
-            queue_finished: true,
             netns: None,
             evicted: 0,
-        }
-    }
-
-    /// A table whose caller counts closes from [`Self::apply`] and wants no stories: nothing
-    /// is queued and no TIME_WAIT is followed.
-    pub fn closes_only(capacity: usize) -> Self {
-        Self {
-            skip_time_wait: true,
-            queue_finished: false,
-            ..Self::new(capacity)
         }
     }
 
@@ -356,26 +342,14 @@ impl ConnectionTable {
     fn close(&mut self, c: Connection) -> Option<Connection> {
         if c.time_wait.is_some() && !self.skip_time_wait {
             self.time_wait.insert(c.cookie, c);
-        } else if self.queue_finished {
+        } else {
             self.finished.push_back(c);
         }
         Some(c)
     }
 
     fn make_room(&mut self) {
-        while self.live.len() >= self.capacity {
-            let Some(oldest) = self.order.pop_front() else {
-                return;
-            };
-            if self.live.remove(&oldest).is_some() {
-                self.evicted += 1;
-            }
-        }
-        // Cookies of finished connections linger in `order`; compact when they dominate.
-        if self.order.len() > 2 * self.capacity.max(1024) {
-            let live = &self.live;
-            self.order.retain(|c| live.contains_key(c));
-        }
+        self.evicted += make_room(&mut self.live, &mut self.order, self.capacity);
     }
 
     /// Confirms, or ends, the TIME_WAITs this snapshot (taken at `taken_ns`) can speak for.
@@ -438,6 +412,123 @@ impl ConnectionTable {
     /// Stories completed since the last call.
     pub fn next_finished(&mut self) -> Option<Connection> {
         self.finished.pop_front()
+    }
+}
+
+/// Makes room for one more entry in a map bounded to `capacity`: evicts the oldest entries
+/// (`order` is insertion order; cookies already gone are skipped) and compacts `order` when
+/// such stale cookies dominate. Returns how many entries were evicted.
+fn make_room<V>(live: &mut CookieMap<V>, order: &mut VecDeque<u64>, capacity: usize) -> u64 {
+    let mut evicted = 0;
+    while live.len() >= capacity {
+        let Some(oldest) = order.pop_front() else {
+            break;
+        };
+        if live.remove(&oldest).is_some() {
+            evicted += 1;
+        }
+    }
+    if order.len() > 2 * capacity.max(1024) {
+        order.retain(|c| live.contains_key(c));
+    }
+    evicted
+}
+
+/// What a [`CloseTracker`] keeps of a live connection: enough to tell at its close how it
+/// ended, who closed it and how long it lived, in a quarter of a [`Connection`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Brief {
+    pub opened_ns: u64,
+    /// When the socket entered `state`.
+    pub state_since_ns: u64,
+    pub owner: Option<Task>,
+    pub state: TcpState,
+    role: Role,
+    closed_by: ClosedBy,
+    from_start: bool,
+}
+
+impl Brief {
+    fn of(c: &Connection) -> Self {
+        Self {
+            opened_ns: c.opened_ns,
+            state_since_ns: c.state_since_ns,
+            owner: c.owner,
+            state: c.state,
+            role: c.role,
+            closed_by: c.closed_by,
+            from_start: c.from_start,
+        }
+    }
+
+    /// The connection as far as the brief knows it, ready for its next transition `t`
+    /// (addresses come from `t`, which carries them on every transition).
+    fn resume(&self, t: &Transition) -> Connection {
+        let mut c = Connection::new(t);
+        c.role = self.role;
+        c.from_start = self.from_start;
+        c.opened_ns = self.opened_ns;
+        c.closed_by = self.closed_by;
+        c.owner = self.owner;
+        c.state = self.state;
+        c.state_since_ns = self.state_since_ns;
+        c
+    }
+}
+
+/// Live connections reduced to [`Brief`]s, bounded, for callers that only need each close as
+/// it happens (role, who closed, how it ended, lifetime, owner) and the live sockets' owners
+/// and states: no stories are kept and no TIME_WAIT is followed. The closes it returns are
+/// those a [`ConnectionTable`] would return, without the per-state durations and path.
+pub struct CloseTracker {
+    live: CookieMap<Brief>,
+    order: VecDeque<u64>,
+    capacity: usize,
+    pub evicted: u64,
+}
+
+impl CloseTracker {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            live: CookieMap::default(),
+            order: VecDeque::new(),
+            capacity,
+            evicted: 0,
+        }
+    }
+
+    pub fn live(&self, cookie: u64) -> Option<&Brief> {
+        self.live.get(&cookie)
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// Applies a transition. Returns the connection when this transition closed it.
+    pub fn apply(&mut self, t: &Transition) -> Option<Connection> {
+        let mut c = match self.live.get(&t.cookie) {
+            Some(brief) => brief.resume(t),
+            None => Connection::new(t),
+        };
+        c.apply(t);
+        if c.end.is_some() {
+            self.live.remove(&t.cookie);
+            return Some(c);
+        }
+        match self.live.get_mut(&t.cookie) {
+            Some(brief) => *brief = Brief::of(&c),
+            None => {
+                self.evicted += make_room(&mut self.live, &mut self.order, self.capacity);
+                self.order.push_back(t.cookie);
+                self.live.insert(t.cookie, Brief::of(&c));
+            }
+        }
+        None
     }
 }
 
@@ -566,27 +657,125 @@ mod tests {
     }
 
     #[test]
-    fn closes_only_returns_closes_and_queues_nothing() {
-        let mut t = ConnectionTable::closes_only(100);
-        let mut closed = Vec::new();
-        for (old, new, at) in [
-            (Close, SynSent, 0),
-            (SynSent, Established, 1),
-            (Established, FinWait1, 10),
-            (FinWait1, FinWait2, 11),
-            (FinWait2, Close, 12),
-        ] {
-            let mut raw = raw_v4();
-            raw.cookie = 9;
-            raw.oldstate = old.number();
-            raw.newstate = new.number();
-            raw.ts_ns = at * MS;
-            closed.extend(t.apply(&Transition::from_raw(&raw).unwrap()));
+    fn close_tracker_closes_like_the_full_table() {
+        use std::collections::HashMap;
+        // (old, new, at ms, RST received)
+        type Step = (TcpState, TcpState, u64, bool);
+        let paths: &[(u64, &[Step])] = &[
+            // client, active close
+            (
+                1,
+                &[
+                    (Close, SynSent, 0, false),
+                    (SynSent, Established, 1, false),
+                    (Established, FinWait1, 10, false),
+                    (FinWait1, FinWait2, 11, false),
+                    (FinWait2, Close, 12, false),
+                ],
+            ),
+            // server child, passive close
+            (
+                2,
+                &[
+                    (Listen, SynRecv, 0, false),
+                    (SynRecv, Established, 1, false),
+                    (Established, CloseWait, 5, false),
+                    (CloseWait, LastAck, 305, false),
+                    (LastAck, Close, 306, false),
+                ],
+            ),
+            // refused connect, timed-out connect
+            (3, &[(Close, SynSent, 0, false), (SynSent, Close, 1, true)]),
+            (
+                4,
+                &[(Close, SynSent, 0, false), (SynSent, Close, 3000, false)],
+            ),
+            // simultaneous close
+            (
+                5,
+                &[
+                    (Close, SynSent, 0, false),
+                    (SynSent, Established, 1, false),
+                    (Established, FinWait1, 2, false),
+                    (FinWait1, Closing, 3, false),
+                    (Closing, Close, 4, false),
+                ],
+            ),
+            // first seen mid-life, then aborted; a listener
+            (6, &[(Established, Close, 50, false)]),
+            (7, &[(Close, Listen, 0, false), (Listen, Close, 90, false)]),
+        ];
+        let mut full = ConnectionTable::new(100);
+        full.skip_time_wait = true;
+        let mut brief = CloseTracker::new(100);
+        let mut from_full = HashMap::new();
+        let mut from_brief = HashMap::new();
+        for (cookie, path) in paths {
+            for &(old, new, at, rst) in *path {
+                let mut raw = raw_v4();
+                raw.cookie = *cookie;
+                raw.oldstate = old.number();
+                raw.newstate = new.number();
+                raw.ts_ns = at * MS;
+                raw.in_old_ns = tcptrace_common::DWELL_UNKNOWN;
+                if rst {
+                    raw.flags |= tcptrace_common::flags::RST_RECEIVED;
+                }
+                let t = Transition::from_raw(&raw).unwrap();
+                if let Some(c) = full.apply(&t) {
+                    from_full.insert(c.cookie, c);
+                }
+                if let Some(c) = brief.apply(&t) {
+                    from_brief.insert(c.cookie, c);
+                }
+                if new != Close {
+                    let b = brief.live(*cookie).expect("live");
+                    assert_eq!((b.state, b.state_since_ns), (new, at * MS));
+                }
+            }
         }
-        assert_eq!(closed.len(), 1);
-        assert_eq!(closed[0].closed_by, ClosedBy::Local);
-        assert!(t.next_finished().is_none());
-        assert!(t.is_empty(), "no TIME_WAIT followed");
+        assert_eq!(from_full.len(), paths.len());
+        for (cookie, f) in &from_full {
+            let b = &from_brief[cookie];
+            assert_eq!(
+                (
+                    b.role,
+                    b.closed_by,
+                    b.end,
+                    b.lifetime_ns(),
+                    b.owner,
+                    b.from_start
+                ),
+                (
+                    f.role,
+                    f.closed_by,
+                    f.end,
+                    f.lifetime_ns(),
+                    f.owner,
+                    f.from_start
+                ),
+                "cookie {cookie}"
+            );
+            assert_eq!(
+                (b.saddr, b.sport, b.daddr, b.dport),
+                (f.saddr, f.sport, f.daddr, f.dport)
+            );
+        }
+        assert!(brief.is_empty() && full.is_empty());
+    }
+
+    #[test]
+    fn close_tracker_is_bounded() {
+        let mut t = CloseTracker::new(2);
+        for cookie in 1..=3 {
+            let mut raw = raw_v4();
+            raw.cookie = cookie;
+            raw.oldstate = Close.number();
+            raw.newstate = SynSent.number();
+            t.apply(&Transition::from_raw(&raw).unwrap());
+        }
+        assert_eq!((t.len(), t.evicted), (2, 1));
+        assert!(t.live(1).is_none() && t.live(3).is_some());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::cgroup::CgroupInfo;
-use crate::connections::{ClosedBy, Connection, ConnectionTable, End, Role};
+use crate::connections::{CloseTracker, ClosedBy, Connection, End, Role};
 use crate::event::{Task, Transition};
 use crate::filter::Filter;
 use crate::host::{Settings, TcpCounters};
@@ -288,7 +288,7 @@ struct Ended {
 /// What the transitions of a window told: the live connections (when each entered its state,
 /// who owns it) and the connections that ended badly. A [`Sink`].
 pub struct Observations {
-    connections: ConnectionTable,
+    connections: CloseTracker,
     ended: Vec<Ended>,
     /// Transitions seen in this window.
     pub transitions: u64,
@@ -301,7 +301,7 @@ pub struct Observations {
 impl Observations {
     pub fn new(capacity: usize) -> Self {
         Self {
-            connections: ConnectionTable::closes_only(capacity),
+            connections: CloseTracker::new(capacity),
             ended: Vec::new(),
             transitions: 0,
             closed: 0,
