@@ -262,11 +262,10 @@ fn slow_application_shows_its_close_wait_dwell() {
 /// Both ends send FIN while the other's FIN is still unacknowledged. Loopback is too fast
 /// for that, so both ends live in a namespace whose firewall drops the connection's segments
 /// while both call shutdown(); when the drop is lifted, the retransmitted FINs cross and
-/// each end goes FIN_WAIT1 -> CLOSING.
-#[test]
-#[ignore = "needs root, a BTF kernel and nftables; run by `cargo xtask test`"]
-fn simultaneous_close_goes_through_closing_on_both_ends() {
-    let ns = Netns::create();
+/// each end goes FIN_WAIT1 -> CLOSING. Whether they cross is up to the two retransmit timers
+/// (if one end's FIN is acknowledged before the other's arrives, that end goes FIN_WAIT2):
+/// reliable on hardware, not under an emulated CPU, so the attempt is repeated a few times.
+fn simultaneous_close(ns: &Netns) -> (u16, Vec<Value>) {
     let port = free_port("127.0.0.1");
     // Snapshots cover the agent's own namespace, not this one: print at close.
     let agent = Agent::command("life", &["--port", &port.to_string(), "--no-time-wait"]);
@@ -327,7 +326,22 @@ fn simultaneous_close_goes_through_closing_on_both_ends() {
     read_eof(&mut b);
     drop(a);
     drop(b);
-    let s = stories(agent, 2);
+    (port, stories(agent, 2))
+}
+
+#[test]
+#[ignore = "needs root, a BTF kernel and nftables; run by `cargo xtask test`"]
+fn simultaneous_close_goes_through_closing_on_both_ends() {
+    let ns = Netns::create();
+    let crossed = |s: &[Value]| s.iter().all(|story| states(story).contains(&"CLOSING"));
+    let (mut port, mut s) = simultaneous_close(&ns);
+    for _ in 0..4 {
+        if crossed(&s) {
+            break;
+        }
+        println!("the FINs did not cross this time; again");
+        (port, s) = simultaneous_close(&ns);
+    }
     for story in &s {
         let st = states(story);
         assert_eq!(
