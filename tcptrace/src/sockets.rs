@@ -10,9 +10,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::IpAddr;
 
-use crate::event::{Family, Transition};
+use crate::event::Transition;
 use crate::filter::Filter;
 use crate::inet_diag::DiagSocket;
 use crate::state::TcpState;
@@ -67,11 +66,6 @@ pub struct Tracked {
     pub origin: Origin,
     /// For TIME_WAIT (and the FIN_WAIT2 timewait substate): when the kernel will drop it.
     pub expires_ns: Option<u64>,
-    pub family: Family,
-    pub saddr: IpAddr,
-    pub sport: u16,
-    pub daddr: IpAddr,
-    pub dport: u16,
     /// Snapshot generation that last saw this socket.
     generation: u32,
 }
@@ -185,11 +179,6 @@ impl SocketTable {
             updated_ns: t.ts_ns,
             origin,
             expires_ns,
-            family: t.family,
-            saddr: t.saddr,
-            sport: t.sport,
-            daddr: t.daddr,
-            dport: t.dport,
             generation: self.generation,
         };
         match (t.old, t.new) {
@@ -311,11 +300,6 @@ impl SocketTable {
                             updated_ns: taken_ns,
                             origin: Origin::Snapshot,
                             expires_ns,
-                            family: s.family,
-                            saddr: s.saddr,
-                            sport: s.sport,
-                            daddr: s.daddr,
-                            dport: s.dport,
                             generation,
                         },
                     );
@@ -360,6 +344,7 @@ impl SocketTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Family;
     use crate::event::tests::raw_v4;
 
     const S: u64 = 1_000_000_000;
