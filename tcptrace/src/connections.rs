@@ -765,6 +765,12 @@ mod tests {
     }
 
     #[test]
+    fn a_brief_is_a_fraction_of_a_connection() {
+        let (brief, full) = (size_of::<Brief>(), size_of::<Connection>());
+        assert!(brief * 4 <= full, "{brief} vs {full} bytes");
+    }
+
+    #[test]
     fn close_tracker_is_bounded() {
         let mut t = CloseTracker::new(2);
         for cookie in 1..=3 {
