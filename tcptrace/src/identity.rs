@@ -7,12 +7,14 @@
 //! and ports identify it, so each snapshot socket takes the id of the last transition seen
 //! with its addresses; sockets no transition named keep their cookie.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use crate::event::Transition;
 use crate::inet_diag::DiagSocket;
 pub use crate::loader::Identity;
+use crate::sockets::TIME_WAIT_NS;
+use crate::state::TcpState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Endpoints {
@@ -22,18 +24,38 @@ struct Endpoints {
     dport: u16,
 }
 
+impl Endpoints {
+    fn of(t: &Transition) -> Self {
+        Self {
+            saddr: t.saddr,
+            sport: t.sport,
+            daddr: t.daddr,
+            dport: t.dport,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Seen {
     id: u64,
     at_ns: u64,
+    /// Closed into a timewait socket, which keeps the endpoints (and shows in snapshots) for up
+    /// to `TIME_WAIT_NS`.
+    time_wait: bool,
 }
 
-/// Endpoints -> id, for the sockets of the namespace snapshots are taken in.
-#[derive(Debug, Default)]
+/// Endpoints -> id, for the live and timewait sockets of the namespace snapshots are taken in.
+/// Bounded without snapshots too: a close forgets its socket, and timewait entries older than
+/// `TIME_WAIT_NS` go whenever the map has doubled since it was last pruned.
+#[derive(Debug)]
 pub struct SocketIds {
     netns: Option<u32>,
     by_endpoints: HashMap<Endpoints, Seen>,
+    prune_at: usize,
 }
+
+/// Below this many entries the map is never pruned.
+const PRUNE_FLOOR: usize = 1024;
 
 impl SocketIds {
     /// Snapshots describe namespace `netns` (inode); transitions of other namespaces are
@@ -42,6 +64,7 @@ impl SocketIds {
         Self {
             netns,
             by_endpoints: HashMap::new(),
+            prune_at: PRUNE_FLOOR,
         }
     }
 
@@ -54,25 +77,40 @@ impl SocketIds {
         if t.sport == 0 {
             return;
         }
-        let key = Endpoints {
-            saddr: t.saddr,
-            sport: t.sport,
-            daddr: t.daddr,
-            dport: t.dport,
+        let key = Endpoints::of(t);
+        let time_wait = match (t.old, t.new) {
+            // tcp_time_wait(): a timewait socket takes over the endpoints.
+            (TcpState::FinWait2 | TcpState::Closing, TcpState::Close) => true,
+            (_, TcpState::Close) => {
+                if self
+                    .by_endpoints
+                    .get(&key)
+                    .is_some_and(|s| s.id == t.cookie)
+                {
+                    self.by_endpoints.remove(&key);
+                }
+                return;
+            }
+            _ => false,
         };
-        self.by_endpoints.insert(
-            key,
-            Seen {
-                id: t.cookie,
-                at_ns: t.ts_ns,
-            },
-        );
+        let seen = Seen {
+            id: t.cookie,
+            at_ns: t.ts_ns,
+            time_wait,
+        };
+        self.by_endpoints.insert(key, seen);
+        if self.by_endpoints.len() >= self.prune_at {
+            let now = t.ts_ns;
+            self.by_endpoints
+                .retain(|_, s| !s.time_wait || s.at_ns.saturating_add(TIME_WAIT_NS) > now);
+            self.prune_at = (2 * self.by_endpoints.len()).max(PRUNE_FLOOR);
+        }
     }
 
     /// Gives each socket of a snapshot taken at `taken_ns` the id of its transitions, then
     /// forgets endpoints the snapshot no longer has and no transition named since.
     pub fn translate(&mut self, sockets: &mut [DiagSocket], taken_ns: u64) {
-        let mut present = HashMap::with_capacity(sockets.len());
+        let mut present = HashSet::with_capacity(sockets.len());
         for s in sockets.iter_mut() {
             let key = Endpoints {
                 saddr: s.saddr,
@@ -83,18 +121,15 @@ impl SocketIds {
             if let Some(seen) = self.by_endpoints.get(&key) {
                 s.cookie = seen.id;
             }
-            present.insert(key, ());
+            present.insert(key);
         }
         self.by_endpoints
-            .retain(|key, seen| seen.at_ns >= taken_ns || present.contains_key(key));
+            .retain(|key, seen| seen.at_ns >= taken_ns || present.contains(key));
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.by_endpoints.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_endpoints.is_empty()
     }
 }
 
@@ -105,7 +140,29 @@ mod tests {
     use crate::state::TcpState;
 
     fn t(id: u64, sport: u16, dport: u16, netns: u32, at_ns: u64) -> Transition {
+        step(
+            id,
+            sport,
+            TcpState::SynSent,
+            TcpState::Established,
+            netns,
+            at_ns,
+            dport,
+        )
+    }
+
+    fn step(
+        id: u64,
+        sport: u16,
+        old: TcpState,
+        new: TcpState,
+        netns: u32,
+        at_ns: u64,
+        dport: u16,
+    ) -> Transition {
         let mut raw = crate::event::tests::raw_v4();
+        raw.oldstate = old.number();
+        raw.newstate = new.number();
         raw.cookie = id;
         raw.sport = sport;
         raw.dport = dport;
@@ -167,7 +224,7 @@ mod tests {
         let mut later = [diag(98, 40001, 80)];
         ids.translate(&mut later, 400);
         assert_eq!(later[0].cookie, 98);
-        assert!(ids.is_empty());
+        assert_eq!(ids.len(), 0);
     }
 
     #[test]
@@ -178,5 +235,33 @@ mod tests {
         let mut snap = [diag(99, 40000, 80)];
         ids.translate(&mut snap, 200);
         assert_eq!(snap[0].cookie, 32);
+    }
+
+    #[test]
+    fn closes_forget_and_time_waits_expire_without_snapshots() {
+        use TcpState::*;
+        let mut ids = SocketIds::new(None);
+        ids.observe(&step(1, 40000, Established, CloseWait, 7, 0, 80));
+        ids.observe(&step(1, 40000, LastAck, Close, 7, 1, 80));
+        assert_eq!(ids.len(), 0, "a plain close forgets its socket");
+        ids.observe(&step(2, 40001, FinWait2, Close, 7, 0, 80));
+        assert_eq!(ids.len(), 1, "a timewait socket keeps the endpoints");
+        // Enough later sockets to trigger a prune, 60 s on: the timewait entry goes, live
+        // sockets stay however old their last transition.
+        ids.observe(&step(3, 40002, SynSent, Established, 7, 0, 80));
+        for port in 0..PRUNE_FLOOR as u16 {
+            ids.observe(&step(
+                10,
+                50000 + port,
+                SynSent,
+                Established,
+                7,
+                TIME_WAIT_NS,
+                80,
+            ));
+        }
+        let mut snap = [diag(99, 40001, 80), diag(98, 40002, 80)];
+        ids.translate(&mut snap, 0);
+        assert_eq!((snap[0].cookie, snap[1].cookie), (99, 3));
     }
 }
