@@ -100,44 +100,49 @@ pub struct KernelCounters {
     pub recursion_misses: u64,
 }
 
-/// Loads program `name` for `tp_btf/inet_sock_set_state`, attaches it, and returns its fd.
-fn load_program(ebpf: &mut Ebpf, name: &str, attach_btf: &aya::Btf) -> Result<RawFd, LoadError> {
-    let program: &mut BtfTracePoint = ebpf
-        .program_mut(name)
+/// Program `name` of the object, as a BTF tracepoint program.
+fn btf_program<'e>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut BtfTracePoint, LoadError> {
+    ebpf.program_mut(name)
         .ok_or_else(|| aya_err("find program")(name.into()))?
         .try_into()
-        .map_err(|e: ProgramError| aya_err("open the program")(e.into()))?;
-    program.load(TRACEPOINT, attach_btf).map_err(|e| match e {
+        .map_err(|e: ProgramError| aya_err("open the program")(e.into()))
+}
+
+/// Loads `program` for `tp_btf/inet_sock_set_state`, attaches it, and returns its fd.
+fn load_program(program: &mut BtfTracePoint, attach_btf: &aya::Btf) -> Result<RawFd, ProgramError> {
+    program.load(TRACEPOINT, attach_btf)?;
+    program.attach()?;
+    Ok(program.fd()?.as_fd().as_raw_fd())
+}
+
+/// Whether the verifier refused the program for calling the cookie helper (tracing programs
+/// may call it since Linux 5.12: "unknown func bpf_get_socket_cookie#46" before).
+fn refuses_cookie_helper(e: &ProgramError) -> bool {
+    matches!(e, ProgramError::LoadError { verifier_log, .. }
+        if verifier_log.to_string().contains("bpf_get_socket_cookie"))
+}
+
+/// A program load or attach error, as the user can act on it.
+fn program_error(e: ProgramError) -> LoadError {
+    match e {
         ProgramError::LoadError {
             io_error,
             verifier_log,
         } => {
-            if is_eperm(&io_error) && verifier_log.to_string().trim().is_empty() {
+            let log = verifier_log.to_string();
+            if is_eperm(&io_error) && log.trim().is_empty() {
                 LoadError::NotPermitted
             } else {
                 LoadError::Verifier {
                     source: io_error,
-                    log: write_verifier_log(&verifier_log.to_string()),
+                    log: write_verifier_log(&log),
                 }
             }
         }
         ProgramError::Btf(e) => LoadError::TracepointMissing(e.to_string()),
-        e => aya_err("load the program")(e.into()),
-    })?;
-    program.attach().map_err(|e| match e {
         ProgramError::SyscallError(ref s) if is_eperm(&s.io_error) => LoadError::NotPermitted,
-        e => aya_err("attach to tp_btf/inet_sock_set_state")(e.into()),
-    })?;
-    Ok(program
-        .fd()
-        .map_err(|e| aya_err("get the program fd")(e.into()))?
-        .as_fd()
-        .as_raw_fd())
-}
-
-/// Whether a verifier log says the cookie helper is not allowed for this program type.
-fn mentions_cookie_helper(log: &std::path::Path) -> bool {
-    std::fs::read_to_string(log).is_ok_and(|text| text.contains("bpf_get_socket_cookie"))
+        e => aya_err("load and attach to tp_btf/inet_sock_set_state")(e.into()),
+    }
 }
 
 /// Effective capabilities of this process (`CapEff` in /proc/self/status).
@@ -265,17 +270,18 @@ impl Tracer {
 
         // The cookie variant first; a kernel whose verifier refuses the cookie helper in tracing
         // programs ("unknown func bpf_get_socket_cookie" before 5.12) gets the numbering one.
-        let (prog_fd, identity) = match load_program(&mut ebpf, PROGRAM_NAME, &attach_btf) {
+        let loaded = load_program(btf_program(&mut ebpf, PROGRAM_NAME)?, &attach_btf);
+        let (prog_fd, identity) = match loaded {
             Ok(fd) => (fd, Identity::Cookie),
-            Err(LoadError::Verifier { log, .. }) if mentions_cookie_helper(&log) => {
-                let _ = std::fs::remove_file(&log);
-                let fd = load_program(&mut ebpf, PROGRAM_NAME_NO_COOKIE, &attach_btf)?;
+            Err(e) if refuses_cookie_helper(&e) => {
+                let program = btf_program(&mut ebpf, PROGRAM_NAME_NO_COOKIE)?;
+                let fd = load_program(program, &attach_btf).map_err(program_error)?;
                 eprintln!(
                     "tcptrace: note: this kernel gives tracing programs no socket cookies (Linux 5.12 does): the cookie field is tcptrace's own id, equal to `ss -e`'s cookie only for sockets older than tcptrace"
                 );
                 (fd, Identity::Numbered)
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(program_error(e)),
         };
 
         // The RST mark tells "reset by the peer" from "aborted here"; without it the agent
@@ -284,15 +290,13 @@ impl Tracer {
             Identity::Cookie => RESET_PROGRAM,
             Identity::Numbered => RESET_PROGRAM_NO_COOKIE,
         };
-        let attached = ebpf
-            .program_mut(reset)
-            .ok_or(())
-            .and_then(|p| <&mut BtfTracePoint>::try_from(p).map_err(drop))
-            .and_then(|p| {
-                p.load(RESET_PROGRAM, &attach_btf).map_err(drop)?;
-                p.attach().map(drop).map_err(drop)
-            });
-        if attached.is_err() {
+        // RESET_PROGRAM is also the tracepoint's name.
+        let attached = btf_program(&mut ebpf, reset).is_ok_and(|p| {
+            p.load(RESET_PROGRAM, &attach_btf)
+                .and_then(|()| p.attach())
+                .is_ok()
+        });
+        if !attached {
             eprintln!(
                 "tcptrace: warning: cannot attach tcp:tcp_receive_reset; resets received are not told apart from aborts"
             );
