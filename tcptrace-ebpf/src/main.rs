@@ -53,7 +53,11 @@ static LISTENERS: LruHashMap<ListenKey, Owner> = LruHashMap::with_max_entries(MA
 /// (see `hold_child`). Normally they stay microseconds: the child is created by the handshake's
 /// final ACK and moves on in the same softirq.
 #[map(name = "CHILDREN")]
-static CHILDREN: LruHashMap<u64, SockEntry> = LruHashMap::with_max_entries(MAX_LISTENERS, 0);
+static CHILDREN: LruHashMap<u64, SockEntry> = LruHashMap::with_max_entries(MAX_HELD_CHILDREN, 0);
+
+/// Children held at once: only a burst of handshakes completing on many CPUs in the same
+/// instant, or Fast Open children waiting in SYN_RECV, occupy it.
+const MAX_HELD_CHILDREN: u32 = 16_384;
 
 /// Per-CPU loss and filter counters, see `tcptrace_common::counter`.
 #[map(name = "COUNTERS")]
@@ -105,15 +109,21 @@ pub fn tcp_receive_reset_nocookie(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Sets `flag` on a socket tcptrace already tracks.
+/// Sets `flag` on a socket tcptrace already tracks, or on a server child still held back
+/// (a Fast Open child can be reset while in SYN_RECV).
 #[inline(always)]
 fn mark<const COOKIE: bool>(sk: *const u8, flag: u32) {
     if sk.is_null() {
         return;
     }
-    if let Some(entry) = SOCKETS.get_ptr_mut(socket_key::<COOKIE>(sk)) {
-        unsafe { (*entry).flags |= flag };
-    }
+    let entry = match SOCKETS.get_ptr_mut(socket_key::<COOKIE>(sk)) {
+        Some(entry) => entry,
+        None => match CHILDREN.get_ptr_mut(sk as u64) {
+            Some(entry) => entry,
+            None => return,
+        },
+    };
+    unsafe { (*entry).flags |= flag };
 }
 
 /// The `SOCKETS` key: the socket cookie, or the socket's address. An address is reused as soon
@@ -166,7 +176,7 @@ fn is_birth(old: i32) -> bool {
 /// is held back by socket address, with the listener's owner, and reported at the child's
 /// next transition.
 #[inline(always)]
-fn hold_child(sk: *const u8, now: u64, lport: u16, off: &SockOffsets) -> Result<(), u32> {
+fn hold_child(sk: *const u8, now: u64, lport: u16, off: &SockOffsets) {
     let mut child = SockEntry {
         entered_ns: now,
         lport,
@@ -185,7 +195,6 @@ fn hold_child(sk: *const u8, now: u64, lport: u16, off: &SockOffsets) -> Result<
     }
     // An LRU map evicts the coldest entry instead of failing when full.
     let _ = CHILDREN.insert(sk as u64, child, 0);
-    Ok(())
 }
 
 #[inline(always)]
@@ -265,7 +274,8 @@ fn try_inet_sock_set_state<const COOKIE: bool>(ctx: &BtfTracePointContext) -> Re
     let capture = in_owner_context(oldstate, newstate) && cpu_pid_tgid >> 32 != 0;
 
     if (oldstate, newstate) == (TCP_LISTEN, TCP_SYN_RECV) {
-        return hold_child(sk, now, lport, off);
+        hold_child(sk, now, lport, off);
+        return Ok(());
     }
 
     // Either the map's entry or, for a socket seen for the first time, one on the stack. A
