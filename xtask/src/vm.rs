@@ -366,7 +366,8 @@ fn init_script(ip: &Path, tests: &[(String, PathBuf)]) -> String {
         .iter()
         .map(|(name, _)| format!(" --skip {name}"))
         .collect();
-    let mut s = String::from(
+    let ip = ip.display();
+    let mut s = format!(
         r#"#!/busybox/busybox sh
 /busybox/busybox --install -s /busybox
 export PATH=/usr/sbin:/usr/bin:/busybox HOME=/root
@@ -379,13 +380,12 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 for m in $(cat /modules/order 2>/dev/null); do insmod /modules/$m || echo "vm-test: insmod $m failed"; done
-IP link set lo up
+{ip} link set lo up
 echo "vm-test: kernel $(uname -r)"
 cd /tmp
 status=0
 "#,
-    )
-    .replace("IP", &ip.display().to_string());
+    );
     for (name, exe) in tests {
         s.push_str(&format!(
             "echo \"vm-test: running {name}\"\n{} --ignored --test-threads 1{skips} || status=1\n",
