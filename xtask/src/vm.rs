@@ -147,7 +147,7 @@ pub fn matrix(args: &VmArgs) -> anyhow::Result<bool> {
         "depmod",
         "modprobe",
     ] {
-        if !on_path(tool) {
+        if which(tool).is_none() {
             bail!("{tool} is missing: run `cargo xtask setup` (as root) first");
         }
     }
@@ -214,10 +214,6 @@ fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"))
-}
-
-fn on_path(tool: &str) -> bool {
-    which(tool).is_some()
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
