@@ -23,25 +23,31 @@ impl Family {
     }
 }
 
-/// A task name as the kernel stores it: up to 16 bytes, no allocation.
+/// A task name as the kernel stores it: up to 16 bytes, NUL-padded, no allocation. The length
+/// is not stored: connection tables keep one per socket, and 16 bytes pack where 17 would not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Comm {
     bytes: [u8; TASK_COMM_LEN],
-    len: u8,
 }
 
 impl Comm {
     pub fn from_kernel(raw: &[u8; TASK_COMM_LEN]) -> Self {
+        let mut bytes = [0; TASK_COMM_LEN];
         let len = raw.iter().position(|&b| b == 0).unwrap_or(TASK_COMM_LEN);
-        Self {
-            bytes: *raw,
-            len: len as u8,
-        }
+        bytes[..len].copy_from_slice(&raw[..len]);
+        Self { bytes }
+    }
+
+    fn len(&self) -> usize {
+        self.bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(TASK_COMM_LEN)
     }
 
     /// The name, with any invalid UTF-8 cut off at the first bad byte.
     pub fn as_str(&self) -> &str {
-        let bytes = &self.bytes[..usize::from(self.len)];
+        let bytes = &self.bytes[..self.len()];
         match std::str::from_utf8(bytes) {
             Ok(s) => s,
             Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
@@ -49,7 +55,7 @@ impl Comm {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.bytes[0] == 0
     }
 }
 
