@@ -676,11 +676,15 @@ pub fn filter_sockets<'s>(
         filter.matches_socket(s.family, s.saddr, s.sport, s.daddr, s.dport, s.state)
     };
     let by_owner = !(filter.pids.is_empty() && filter.comms.is_empty());
-    // The common case keeps everything: no copy of a snapshot that may hold 100k sockets.
-    if !by_owner && sockets.iter().all(by_socket) {
+    // The common case keeps everything: no copy of a snapshot that may hold 100k sockets,
+    // and a copy is sized exactly (collecting would double its way up).
+    let kept = sockets.iter().filter(|s| by_socket(s)).count();
+    if !by_owner && kept == sockets.len() {
         return Cow::Borrowed(sockets);
     }
-    let sockets: Vec<DiagSocket> = sockets.iter().filter(|s| by_socket(s)).copied().collect();
+    let mut copy = Vec::with_capacity(kept);
+    copy.extend(sockets.iter().filter(|s| by_socket(s)).copied());
+    let sockets = copy;
     if !by_owner {
         return Cow::Owned(sockets);
     }

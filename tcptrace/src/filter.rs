@@ -206,7 +206,19 @@ impl Filter {
             && self.matches_endpoints(family, saddr, sport, daddr, dport)
     }
 
-    fn matches_endpoints(
+    /// Whether any part of the filter is about a socket's addresses, ports or family (the
+    /// parts that hold for the socket's whole life).
+    pub fn constrains_endpoints(&self) -> bool {
+        self.ipv4_only
+            || self.ipv6_only
+            || !(self.ports.is_empty()
+                && self.lports.is_empty()
+                && self.rports.is_empty()
+                && self.addrs.is_empty())
+    }
+
+    /// The filter's address, port and family parts, applied to a socket.
+    pub fn matches_endpoints(
         &self,
         family: Family,
         saddr: IpAddr,

@@ -68,9 +68,14 @@ pub struct DiagSocket {
     pub idle: Option<Idle>,
 }
 
-/// Parses a `SOCK_DIAG_BY_FAMILY` response buffer. Returns the sockets and whether the dump
-/// is complete (`NLMSG_DONE` seen). Malformed messages are an error, never a panic.
-pub fn parse_messages(buf: &[u8], out: &mut Vec<DiagSocket>) -> io::Result<bool> {
+/// Parses a `SOCK_DIAG_BY_FAMILY` response buffer into `out`, keeping the sockets `keep`
+/// accepts. Returns whether the dump is complete (`NLMSG_DONE` seen). Malformed messages are
+/// an error, never a panic.
+pub fn parse_messages(
+    buf: &[u8],
+    out: &mut Vec<DiagSocket>,
+    keep: &mut dyn FnMut(&DiagSocket) -> bool,
+) -> io::Result<bool> {
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("INET_DIAG: {what}"));
     let mut at = 0;
     while at + NLMSG_HDR_LEN <= buf.len() {
@@ -95,7 +100,9 @@ pub fn parse_messages(buf: &[u8], out: &mut Vec<DiagSocket>) -> io::Result<bool>
                 if payload.len() < INET_DIAG_MSG_LEN {
                     return Err(bad("short inet_diag_msg"));
                 }
-                if let Some(s) = parse_msg(payload) {
+                if let Some(s) = parse_msg(payload)
+                    && keep(&s)
+                {
                     out.push(s);
                 }
             }
@@ -178,16 +185,23 @@ fn parse_info(mut attrs: &[u8]) -> Option<Idle> {
 
 /// Dumps every TCP socket (IPv4 and IPv6) in the caller's network namespace.
 pub fn dump_tcp() -> io::Result<Vec<DiagSocket>> {
-    dump(false)
+    dump_tcp_where(false, 0, &mut |_| true)
 }
 
 /// As [`dump_tcp`], with each full socket's idle times from `tcp_info` (costlier: the kernel
 /// fills a `tcp_info` per socket).
 pub fn dump_tcp_with_idle() -> io::Result<Vec<DiagSocket>> {
-    dump(true)
+    dump_tcp_where(true, 0, &mut |_| true)
 }
 
-fn dump(info: bool) -> io::Result<Vec<DiagSocket>> {
+/// Dumps the TCP sockets `keep` accepts, with idle times if `info`, into a list with room for
+/// `capacity` sockets up front. Sockets `keep` refuses are never stored, and a right-sized list
+/// never reallocates: at 100k sockets (88 bytes each) both decide the agent's peak memory.
+pub fn dump_tcp_where(
+    info: bool,
+    capacity: usize,
+    keep: &mut dyn FnMut(&DiagSocket) -> bool,
+) -> io::Result<Vec<DiagSocket>> {
     // SAFETY: plain socket(2) call; the fd is owned immediately below.
     let fd = unsafe {
         libc::socket(
@@ -201,7 +215,7 @@ fn dump(info: bool) -> io::Result<Vec<DiagSocket>> {
     }
     // SAFETY: fd is a fresh, valid descriptor we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut sockets = Vec::new();
+    let mut sockets = Vec::with_capacity(capacity);
     let mut buf = vec![0u8; 64 * 1024];
     for (seq, family) in [(1u32, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
         send_request(&fd, seq, family, info)?;
@@ -215,12 +229,34 @@ fn dump(info: bool) -> io::Result<Vec<DiagSocket>> {
                 }
                 return Err(err);
             }
-            if n == 0 || parse_messages(&buf[..n as usize], &mut sockets)? {
+            if n == 0 || parse_messages(&buf[..n as usize], &mut sockets, keep)? {
                 break;
             }
         }
     }
     Ok(sockets)
+}
+
+/// About how many TCP sockets a dump of this network namespace returns: the `inuse` and
+/// `tw` counts of `/proc/net/sockstat` and `inuse` of `sockstat6` (request sockets are not
+/// counted). None if unreadable.
+pub fn tcp_socket_count() -> Option<usize> {
+    let v4 = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let v6 = std::fs::read_to_string("/proc/net/sockstat6").unwrap_or_default();
+    Some(sockstat_tcp(&v4, "TCP:") + sockstat_tcp(&v6, "TCP6:"))
+}
+
+/// `inuse` + `tw` of the line starting with `prefix` ("TCP: inuse 5 orphan 0 tw 2 alloc 9 mem 1").
+fn sockstat_tcp(text: &str, prefix: &str) -> usize {
+    let Some(line) = text.lines().find(|l| l.starts_with(prefix)) else {
+        return 0;
+    };
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[0] == "inuse" || w[0] == "tw")
+        .filter_map(|w| w[1].parse::<usize>().ok())
+        .sum()
 }
 
 fn send_request(fd: &OwnedFd, seq: u32, family: u8, info: bool) -> io::Result<()> {
@@ -304,7 +340,7 @@ mod tests {
         p.extend_from_slice(&INET_DIAG_INFO.to_ne_bytes());
         p.extend_from_slice(&info);
         let mut out = Vec::new();
-        parse_messages(&msg(SOCK_DIAG_BY_FAMILY, &p), &mut out).unwrap();
+        parse_messages(&msg(SOCK_DIAG_BY_FAMILY, &p), &mut out, &mut |_| true).unwrap();
         let idle = out[0].idle.expect("tcp_info parsed");
         assert_eq!(idle.last_ack_recv_ms, 8_000);
         assert_eq!(idle.idle_ms(), 7_000);
@@ -314,7 +350,7 @@ mod tests {
         cut.extend_from_slice(&INET_DIAG_INFO.to_ne_bytes());
         cut.extend_from_slice(&[0; 16]);
         let mut out = Vec::new();
-        parse_messages(&msg(SOCK_DIAG_BY_FAMILY, &cut), &mut out).unwrap();
+        parse_messages(&msg(SOCK_DIAG_BY_FAMILY, &cut), &mut out, &mut |_| true).unwrap();
         assert_eq!(out[0].idle, None);
     }
 
@@ -323,10 +359,10 @@ mod tests {
         let mut buf = msg(SOCK_DIAG_BY_FAMILY, &diag_v4(6, 0x1_0000_0002));
         buf.extend(msg(SOCK_DIAG_BY_FAMILY, &diag_v4(10, 7)));
         let mut out = Vec::new();
-        assert!(!parse_messages(&buf, &mut out).unwrap());
+        assert!(!parse_messages(&buf, &mut out, &mut |_| true).unwrap());
         buf.extend(msg(NLMSG_DONE, &[0; 4]));
         out.clear();
-        assert!(parse_messages(&buf, &mut out).unwrap());
+        assert!(parse_messages(&buf, &mut out, &mut |_| true).unwrap());
         assert_eq!(out.len(), 2);
         let tw = out[0];
         assert_eq!(tw.cookie, 0x1_0000_0002);
@@ -336,6 +372,31 @@ mod tests {
         assert_eq!(tw.daddr, "10.0.0.9".parse::<IpAddr>().unwrap());
         assert_eq!((tw.timer, tw.expires_ms, tw.uid), (3, 59_000, 1000));
         assert_eq!(out[1].state, TcpState::Listen);
+        // Sockets `keep` refuses are never stored.
+        out.clear();
+        let mut listeners = |s: &DiagSocket| s.state == TcpState::Listen;
+        assert!(parse_messages(&buf, &mut out, &mut listeners).unwrap());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].cookie, 7);
+    }
+
+    #[test]
+    fn sockstat_counts_tcp_sockets_in_use_and_in_time_wait() {
+        let v4 =
+            "sockets: used 290\nTCP: inuse 5 orphan 0 tw 2 alloc 9 mem 1\nUDP: inuse 3 mem 2\n";
+        assert_eq!(sockstat_tcp(v4, "TCP:"), 7);
+        assert_eq!(sockstat_tcp("TCP6: inuse 4\nUDP6: inuse 1\n", "TCP6:"), 4);
+        assert_eq!(sockstat_tcp("", "TCP:"), 0);
+    }
+
+    #[test]
+    fn tcp_socket_count_sees_a_listener_of_this_process() {
+        let listeners: Vec<_> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        // Other tests open and close sockets meanwhile: only a lower bound holds.
+        let count = tcp_socket_count().expect("/proc/net/sockstat");
+        assert!(count >= listeners.len(), "{count}");
     }
 
     #[test]
@@ -343,18 +404,29 @@ mod tests {
         let good = msg(SOCK_DIAG_BY_FAMILY, &diag_v4(1, 1));
         let mut out = Vec::new();
         // Length field pointing past the buffer.
-        assert!(parse_messages(&good[..good.len() - 8], &mut out).is_err());
+        assert!(parse_messages(&good[..good.len() - 8], &mut out, &mut |_| true).is_err());
         // A payload shorter than inet_diag_msg.
-        assert!(parse_messages(&msg(SOCK_DIAG_BY_FAMILY, &[0; 10]), &mut out).is_err());
+        assert!(
+            parse_messages(&msg(SOCK_DIAG_BY_FAMILY, &[0; 10]), &mut out, &mut |_| true).is_err()
+        );
         // A netlink error carries the errno.
-        let err =
-            parse_messages(&msg(NLMSG_ERROR, &(-libc::EPERM).to_ne_bytes()), &mut out).unwrap_err();
+        let err = parse_messages(
+            &msg(NLMSG_ERROR, &(-libc::EPERM).to_ne_bytes()),
+            &mut out,
+            &mut |_| true,
+        )
+        .unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EPERM));
         // Trailing bytes shorter than a header are ignored.
-        assert!(!parse_messages(&[0; 5], &mut out).unwrap());
+        assert!(!parse_messages(&[0; 5], &mut out, &mut |_| true).unwrap());
         // Unknown states are skipped.
         let mut out = Vec::new();
-        parse_messages(&msg(SOCK_DIAG_BY_FAMILY, &diag_v4(99, 1)), &mut out).unwrap();
+        parse_messages(
+            &msg(SOCK_DIAG_BY_FAMILY, &diag_v4(99, 1)),
+            &mut out,
+            &mut |_| true,
+        )
+        .unwrap();
         assert!(out.is_empty());
     }
 

@@ -134,6 +134,10 @@ pub enum StopReason {
 /// Sinks may borrow (`'s`): a command can hand in `&mut` its own sink and read it afterwards.
 pub struct Pipeline<'s> {
     filter: Option<Filter>,
+    /// Applied to snapshot sockets as they are parsed, when the filter names endpoints.
+    snapshot_filter: Option<Filter>,
+    /// Sockets the last snapshot kept, to size the next one.
+    snapshot_len: usize,
     cgroups: Option<CgroupResolver>,
     /// Set when transition ids are not socket cookies: snapshots are matched by address.
     ids: Option<SocketIds>,
@@ -146,6 +150,8 @@ impl<'s> Pipeline<'s> {
     pub fn new(filter: &Filter) -> Self {
         Self {
             filter: filter.has_agent_part().then(|| filter.clone()),
+            snapshot_filter: filter.constrains_endpoints().then(|| filter.clone()),
+            snapshot_len: 0,
             cgroups: filter.needs_cgroup().then(CgroupResolver::new),
             ids: None,
             sinks: Vec::new(),
@@ -248,6 +254,23 @@ impl<'s> Pipeline<'s> {
         }
     }
 
+    /// Dumps the sockets the filter's endpoint parts accept (sinks judge states and owners
+    /// themselves; a socket's endpoints hold for its whole life, so no sink misses one it
+    /// tracks). The list is sized up front from the kernel's socket count: a list grown by
+    /// doubling holds up to twice what it needs, at 100k sockets megabytes (room reserved but
+    /// not filled, as when a filter keeps few sockets, is never touched and costs no memory).
+    fn dump(&self, idle: bool) -> io::Result<Vec<DiagSocket>> {
+        let expected = inet_diag::tcp_socket_count().unwrap_or(self.snapshot_len);
+        // Room for sockets opened meanwhile, and request sockets, which the count leaves out.
+        let capacity = expected + expected / 16 + 64;
+        match &self.snapshot_filter {
+            None => inet_diag::dump_tcp_where(idle, capacity, &mut |_| true),
+            Some(filter) => inet_diag::dump_tcp_where(idle, capacity, &mut |s| {
+                filter.matches_endpoints(s.family, s.saddr, s.sport, s.daddr, s.dport)
+            }),
+        }
+    }
+
     /// Takes a snapshot, then drains the ring so that every transition up to now is applied
     /// before the sinks compare: what happened during the dump is then known to be newer.
     fn snapshot(&mut self, ring: &mut RingBuf<MapData>, idle: bool) -> io::Result<Flow> {
@@ -255,11 +278,7 @@ impl<'s> Pipeline<'s> {
             sink.begin_snapshot();
         }
         let taken_ns = monotonic_ns();
-        let dump = if idle {
-            inet_diag::dump_tcp_with_idle()
-        } else {
-            inet_diag::dump_tcp()
-        };
+        let dump = self.dump(idle);
         let flow = self.drain(ring)?;
         match dump {
             // A failed dump says nothing about which sockets exist: the sinks keep their view
@@ -269,6 +288,7 @@ impl<'s> Pipeline<'s> {
                 self.stats.snapshot_errors += 1;
             }
             Ok(mut sockets) => {
+                self.snapshot_len = sockets.len();
                 self.match_ids(&mut sockets, taken_ns);
                 for sink in &mut self.sinks {
                     sink.snapshot(&sockets, taken_ns);
