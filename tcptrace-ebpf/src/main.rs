@@ -433,7 +433,13 @@ fn emit(
         (&raw mut (*e).family).write(family);
         (&raw mut (*e).oldstate).write(oldstate as u8);
         (&raw mut (*e).newstate).write(newstate as u8);
-        (&raw mut (*e).cpu_comm).write(bpf_get_current_comm().unwrap_or([0; 16]));
+        // The owner captured just now is the current task: its name is already in hand.
+        let cpu_comm = if sock.owner.captured_ns == now && sock.owner.pid_tgid == cpu_pid_tgid {
+            sock.owner.comm
+        } else {
+            bpf_get_current_comm().unwrap_or([0; 16])
+        };
+        (&raw mut (*e).cpu_comm).write(cpu_comm);
         (&raw mut (*e).netns).write(sock.netns);
         (&raw mut (*e).flags).write(sock.flags);
         // A failed address read leaves zeros; the transition itself is still worth reporting.
