@@ -136,7 +136,7 @@ pub struct Pipeline<'s> {
     filter: Option<Filter>,
     /// Applied to snapshot sockets as they are parsed, when the filter names endpoints.
     snapshot_filter: Option<Filter>,
-    /// Sockets the last snapshot kept, to size the next one.
+    /// Sockets the last snapshot kept: the next one's size when /proc/net/sockstat is unreadable.
     snapshot_len: usize,
     cgroups: Option<CgroupResolver>,
     /// Set when transition ids are not socket cookies: snapshots are matched by address.
