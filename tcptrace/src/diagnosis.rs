@@ -1724,13 +1724,16 @@ mod tests {
         );
         // Half the queue, below --syn-recv: nothing; cookies alone still tell.
         let few = &sockets[..9];
-        let f = run_with(
-            few,
-            &Observations::new(10),
-            &Thresholds::default(),
-            &baseline,
-            &after,
-        );
+        let flood = |after: &TcpCounters| {
+            run_with(
+                few,
+                &Observations::new(10),
+                &Thresholds::default(),
+                &baseline,
+                after,
+            )
+        };
+        let f = flood(&after);
         assert_eq!(
             (f[0].kind, f[0].severity, f[0].count),
             (Kind::SynFlood, Severity::Warning, 200)
@@ -1739,13 +1742,7 @@ mod tests {
         assert!(f.is_empty());
         // SYNs dropped for a full queue are critical even with no listener to name.
         after.parse("TcpExt: TCPReqQFullDrop\nTcpExt: 3\n");
-        let f = run_with(
-            few,
-            &Observations::new(10),
-            &Thresholds::default(),
-            &baseline,
-            &after,
-        );
+        let f = flood(&after);
         assert_eq!(
             (f[0].kind, f[0].severity, f[0].count),
             (Kind::SynFlood, Severity::Critical, 203)

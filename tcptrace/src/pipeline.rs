@@ -263,12 +263,10 @@ impl<'s> Pipeline<'s> {
         let expected = inet_diag::tcp_socket_count().unwrap_or(self.snapshot_len);
         // Room for sockets opened meanwhile, and request sockets, which the count leaves out.
         let capacity = expected + expected / 16 + 64;
-        match &self.snapshot_filter {
-            None => inet_diag::dump_tcp_where(idle, capacity, &mut |_| true),
-            Some(filter) => inet_diag::dump_tcp_where(idle, capacity, &mut |s| {
-                filter.matches_endpoints(s.family, s.saddr, s.sport, s.daddr, s.dport)
-            }),
-        }
+        let filter = self.snapshot_filter.as_ref();
+        inet_diag::dump_tcp_where(idle, capacity, &mut |s| {
+            filter.is_none_or(|f| f.matches_endpoints(s.family, s.saddr, s.sport, s.daddr, s.dport))
+        })
     }
 
     /// Takes a snapshot, then drains the ring so that every transition up to now is applied
