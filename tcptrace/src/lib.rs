@@ -28,6 +28,9 @@ pub mod sockets;
 pub mod state;
 pub mod tail;
 
+#[cfg(test)]
+mod golden_tests;
+
 /// Inode of this process's network namespace: the one INET_DIAG snapshots describe.
 pub fn own_netns() -> Option<u32> {
     use std::os::unix::fs::MetadataExt as _;
