@@ -16,8 +16,25 @@ pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u32 = 6;
 
-/// `TCP_CLOSE` from `include/net/tcp_states.h`: the state a socket is created in and ends in.
-pub const TCP_CLOSE: i32 = 7;
+/// TCP states as Linux numbers them (`include/net/tcp_states.h`): the values of
+/// `sock:inet_sock_set_state`'s `oldstate`/`newstate` and of INET_DIAG's `idiag_state`. Defined
+/// here once; the kernel program compares them as `i32`, the agent names them.
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    /// The state a socket is created in and ends in.
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    /// Request sockets (half-open connections); the tracepoint never reports it.
+    pub const NEW_SYN_RECV: u8 = 12;
+}
 
 /// Name of the global holding [`Config`] in the eBPF object.
 pub const CONFIG_GLOBAL: &str = "CONFIG";
@@ -71,8 +88,11 @@ pub mod counter {
     pub const READ_FAILED: u32 = 2;
     /// Records written to the ring buffer: what the agent must end up reading.
     pub const SENT: u32 = 3;
+    /// Kernel log statements that ran at an enabled level (aya-log); the agent compares them
+    /// with the messages it received to count the ones lost to a full log ring.
+    pub const LOG_ATTEMPTS: u32 = 4;
     /// Number of counters.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Indices into the `PORT_FILTER` array: one port bitmap per filter kind.
@@ -234,6 +254,15 @@ pub const FAMILY_MASK_V6: u32 = 2;
 /// The process that owns a socket, captured at a transition that runs in its context.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(
+        zerocopy::FromBytes,
+        zerocopy::IntoBytes,
+        zerocopy::KnownLayout,
+        zerocopy::Immutable
+    )
+)]
 pub struct Owner {
     /// `bpf_get_current_pid_tgid()` at capture (tgid in the upper 32 bits); 0 = unknown.
     pub pid_tgid: u64,
@@ -280,6 +309,15 @@ pub struct ListenKey {
 /// One state transition, as written to the ring buffer by the kernel program.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(
+        zerocopy::FromBytes,
+        zerocopy::IntoBytes,
+        zerocopy::KnownLayout,
+        zerocopy::Immutable
+    )
+)]
 pub struct RawTransition {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the transition.
     pub ts_ns: u64,
@@ -323,14 +361,20 @@ const _: () = assert!(RAW_TRANSITION_SIZE == 136);
 const _: () = assert!(size_of::<Config>() == 128);
 const _: () = assert!(size_of::<SockEntry>() == 72);
 
+// All these types are `#[repr(C)]`, `Copy`, contain only integers and integer arrays, and have
+// no implicit padding (checked by the size assertions above): any bit pattern is a valid value.
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all these types are `#[repr(C)]`, `Copy`, contain only integers and integer arrays,
-    // and have no implicit padding (checked by the size assertions above).
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::SockEntry {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::PortSet {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::RawTransition {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::ListenKey {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::Owner {}
 }

@@ -1,10 +1,20 @@
-//! Command-line interface.
+//! The command line: the top-level command, and the flag groups several subcommands share
+//! (filters, kernel sizes, output, thresholds, logging). Each subcommand's own arguments live
+//! with it in [`crate::commands`].
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tcptrace_common::{DEFAULT_MAX_SOCKETS, DEFAULT_RING_BYTES};
 
-use crate::filter::{Cidr, Filter};
-use crate::state::TcpState;
+use crate::commands::doctor::DoctorArgs;
+use crate::commands::life::LifeArgs;
+use crate::commands::serve::ServeArgs;
+use crate::commands::tail::TailArgs;
+use crate::diagnosis::Thresholds;
+use crate::host::netns;
+use crate::kernel::loader::Sizes;
+use crate::model::filter::{Cidr, Filter};
+use crate::model::tcp::TcpState;
+use crate::output::OutputFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,8 +33,63 @@ sudo tcptrace tail -o json --count 100     100 JSON lines, then exit\n  \
 sudo tcptrace doctor                       diagnose CLOSE_WAIT leaks, SYN floods, ..."
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How much the agent says on stderr about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            Self::Off => log::LevelFilter::Off,
+            Self::Error => log::LevelFilter::Error,
+            Self::Warn => log::LevelFilter::Warn,
+            Self::Info => log::LevelFilter::Info,
+            Self::Debug => log::LevelFilter::Debug,
+            Self::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// Diagnostics on stderr.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Diagnostics to print on stderr: warnings by default (fallbacks, evictions, failed
+    /// snapshots); debug adds what helps a bug report, including the kernel program's own
+    /// messages. Overrides RUST_LOG (which takes env_logger directives).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "LEVEL",
+        global = true,
+        help_heading = "Logging"
+    )]
+    pub log_level: Option<LogLevel>,
+}
+
+impl LogArgs {
+    /// Up to which level the kernel program logs: the asked-for level when `--log-level` or
+    /// `RUST_LOG` is given, else nothing (a disabled statement costs nothing in the kernel).
+    pub fn kernel_level(&self) -> log::LevelFilter {
+        match self.log_level {
+            Some(level) => level.filter(),
+            None if std::env::var_os("RUST_LOG").is_some() => log::max_level(),
+            None => log::LevelFilter::Off,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,38 +171,6 @@ tcptrace doctor --explain                  what each state and finding means"
     Doctor(DoctorArgs),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DoctorFormat {
-    /// Findings as indented text.
-    Text,
-    /// One JSON object (keys documented in the README).
-    Json,
-}
-
-#[derive(Debug, Args)]
-pub struct DoctorArgs {
-    /// Seconds to watch transitions between the two snapshots (fractions allowed).
-    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_duration)]
-    pub duration: std::time::Duration,
-
-    /// Output format.
-    #[arg(short, long, value_enum, default_value_t = DoctorFormat::Text)]
-    pub output: DoctorFormat,
-
-    /// Explain every TCP state and finding kind, then exit (needs no privileges).
-    #[arg(long)]
-    pub explain: bool,
-
-    #[command(flatten)]
-    pub thresholds: ThresholdArgs,
-
-    #[command(flatten)]
-    pub filter: FilterArgs,
-
-    #[command(flatten)]
-    pub kernel: KernelArgs,
-}
-
 /// Where each `doctor` finding starts (also used by `serve` for tcptrace_finding).
 #[derive(Debug, Args)]
 pub struct ThresholdArgs {
@@ -173,8 +206,8 @@ pub struct ThresholdArgs {
 }
 
 impl ThresholdArgs {
-    pub fn to_thresholds(&self) -> crate::diagnosis::Thresholds {
-        crate::diagnosis::Thresholds {
+    pub fn to_thresholds(&self) -> Thresholds {
+        Thresholds {
             close_wait_age: self.close_wait_age,
             fin_wait2_age: self.fin_wait2_age,
             time_wait_share: self.time_wait_share,
@@ -186,7 +219,8 @@ impl ThresholdArgs {
     }
 }
 
-fn parse_percent(s: &str) -> Result<f64, String> {
+/// A percentage in (0, 100].
+pub fn parse_percent(s: &str) -> Result<f64, String> {
     let p: f64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a percentage"))?;
@@ -194,103 +228,6 @@ fn parse_percent(s: &str) -> Result<f64, String> {
         return Err(format!("{p} is not a percentage in (0, 100]"));
     }
     Ok(p)
-}
-
-#[derive(Debug, Args)]
-pub struct LifeArgs {
-    #[command(flatten)]
-    pub out: OutputArgs,
-
-    /// Print a connection when its socket closes, without waiting for its TIME_WAIT to end.
-    #[arg(long)]
-    pub no_time_wait: bool,
-
-    /// Seconds between INET_DIAG snapshots that confirm and end TIME_WAIT.
-    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_duration)]
-    pub snapshot_interval: std::time::Duration,
-
-    /// Connections tracked at once; beyond this the oldest is dropped (and counted).
-    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(16..=16_777_216))]
-    pub max_connections: u64,
-
-    /// Also print listening sockets when they close.
-    #[arg(long)]
-    pub listeners: bool,
-
-    #[command(flatten)]
-    pub filter: FilterArgs,
-
-    #[command(flatten)]
-    pub kernel: KernelArgs,
-}
-
-/// Default metrics address: loopback only; expose it deliberately.
-pub const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:9850";
-
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// Address to serve metrics on.
-    #[arg(long = "web.listen-address", value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN_ADDRESS)]
-    pub listen_address: std::net::SocketAddr,
-
-    /// Path under which to expose metrics.
-    #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics", value_parser = parse_path)]
-    pub telemetry_path: String,
-
-    /// Seconds between INET_DIAG snapshots that reconcile the per-state socket gauges.
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_duration)]
-    pub reconcile_interval: std::time::Duration,
-
-    /// Sockets the agent tracks for the gauges (beyond this, new sockets are counted in
-    /// tcptrace_tracked_sockets_overflow_total and picked up by the next snapshot if room).
-    #[arg(long, value_name = "N", default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
-    pub max_tracked_sockets: u64,
-
-    /// Also print every transition to stdout, as `tail` does.
-    #[arg(long)]
-    pub tail: bool,
-
-    /// Where doctor's findings start; serve evaluates them at every reconcile and exports
-    /// them as tcptrace_finding{kind,severity}.
-    #[command(flatten)]
-    pub thresholds: ThresholdArgs,
-
-    #[command(flatten)]
-    pub filter: FilterArgs,
-
-    #[command(flatten)]
-    pub kernel: KernelArgs,
-}
-
-fn parse_path(s: &str) -> Result<String, String> {
-    if !s.starts_with('/') || s.contains(char::is_whitespace) {
-        return Err(format!("`{s}` must start with / and contain no spaces"));
-    }
-    Ok(s.to_owned())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    /// Aligned columns for a terminal.
-    Table,
-    /// One JSON object per line (keys documented in the README).
-    Json,
-}
-
-#[derive(Debug, Args)]
-pub struct TailArgs {
-    #[command(flatten)]
-    pub out: OutputArgs,
-
-    /// Table with the socket's network namespace, container and cgroup.
-    #[arg(short, long)]
-    pub wide: bool,
-
-    #[command(flatten)]
-    pub filter: FilterArgs,
-
-    #[command(flatten)]
-    pub kernel: KernelArgs,
 }
 
 /// Output and run-length options of the line-printing commands (`tail`, `life`).
@@ -311,6 +248,13 @@ pub struct OutputArgs {
     /// Stop after printing this many lines.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
+}
+
+impl OutputArgs {
+    /// `header` when the output is a table that wants one.
+    pub fn header<'h>(&self, header: &'h str) -> Option<&'h str> {
+        (self.output == OutputFormat::Table && !self.no_header).then_some(header)
+    }
 }
 
 /// Filters shared by every command that reads transitions.
@@ -399,12 +343,10 @@ impl FilterArgs {
         }
         let netns = match (&self.netns, &self.netns_path) {
             (Some(inode), _) => Some(*inode),
-            (None, Some(path)) => {
-                use std::os::unix::fs::MetadataExt as _;
-                let meta = std::fs::metadata(path)
-                    .map_err(|e| anyhow::anyhow!("--netns-path {}: {e}", path.display()))?;
-                Some(meta.ino() as u32)
-            }
+            (None, Some(path)) => Some(
+                netns::inode_of(path)
+                    .map_err(|e| anyhow::anyhow!("--netns-path {}: {e}", path.display()))?,
+            ),
             (None, None) => None,
         };
         Ok(Filter {
@@ -441,15 +383,17 @@ pub struct KernelArgs {
 }
 
 impl KernelArgs {
-    pub fn sizes(&self) -> crate::loader::Sizes {
-        crate::loader::Sizes {
+    pub fn sizes(&self, log: &LogArgs) -> Sizes {
+        Sizes {
             ring_bytes: self.ring_bytes,
             max_sockets: self.max_sockets,
+            kernel_log: log.kernel_level(),
         }
     }
 }
 
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+/// Seconds, fractions allowed, more than zero.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
@@ -474,6 +418,8 @@ fn parse_ring_bytes(s: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commands::doctor::DoctorFormat;
+    use crate::commands::serve::DEFAULT_LISTEN_ADDRESS;
     use clap::CommandFactory;
 
     #[test]
@@ -596,10 +542,7 @@ mod tests {
         let d = doctor(&[]).unwrap();
         assert_eq!(d.duration, std::time::Duration::from_secs(5));
         assert_eq!(d.output, DoctorFormat::Text);
-        assert_eq!(
-            d.thresholds.to_thresholds(),
-            crate::diagnosis::Thresholds::default()
-        );
+        assert_eq!(d.thresholds.to_thresholds(), Thresholds::default());
         let d = doctor(&[
             "-o",
             "json",

@@ -1,28 +1,51 @@
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use tcptrace::cli::{Cli, Command};
+use tcptrace::cli::{Cli, Command, LogArgs};
+use tcptrace::commands;
+use tcptrace::host::process;
 
-/// glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), after
-/// which snapshot lists and table resizes are carved from the heap, and their freed pages stay
-/// resident. A fixed threshold keeps every block of 1 MiB or more in its own mapping: returned
-/// to the kernel when freed, and resident only as far as it is filled.
-fn fix_mmap_threshold() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+/// Diagnostics go to stderr as `tcptrace: LEVEL: message` (kernel messages marked `kernel:`):
+/// tcptrace's own (and its kernel program's) up to `--log-level`, libraries' warnings; or
+/// whatever `RUST_LOG` selects when the flag is not given.
+fn init_logging(args: &LogArgs) {
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(log::LevelFilter::Warn);
+    match (args.log_level, std::env::var("RUST_LOG")) {
+        (Some(level), _) => {
+            builder.filter_module("tcptrace", level.filter());
+        }
+        (None, Ok(directives)) => {
+            builder.parse_filters(&directives);
+        }
+        (None, Err(_)) => {}
     }
+    builder.format(|out, record| {
+        let level = match record.level() {
+            log::Level::Warn => "warning".to_owned(),
+            level => level.as_str().to_ascii_lowercase(),
+        };
+        let kernel = if record.target() == "tcptrace::kernel" {
+            "kernel: "
+        } else {
+            ""
+        };
+        writeln!(out, "tcptrace: {level}: {kernel}{}", record.args())
+    });
+    builder.init();
 }
 
 fn main() -> ExitCode {
-    fix_mmap_threshold();
+    process::fix_mmap_threshold();
     let cli = Cli::parse();
+    init_logging(&cli.log);
+    let log = &cli.log;
     let result = match cli.command {
-        Command::Tail(args) => tcptrace::tail::run(args),
-        Command::Serve(args) => tcptrace::serve::run(args),
-        Command::Life(args) => tcptrace::life::run(args),
-        Command::Doctor(args) => tcptrace::doctor::run(args),
+        Command::Tail(args) => commands::tail::run(args, log),
+        Command::Serve(args) => commands::serve::run(args, log),
+        Command::Life(args) => commands::life::run(args, log),
+        Command::Doctor(args) => commands::doctor::run(args, log),
     };
     match result {
         Ok(code) => code,

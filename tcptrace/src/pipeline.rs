@@ -1,37 +1,27 @@
-//! From ring-buffer records to sinks: decode, apply the agent-side filter, fan out.
+//! The agent's data flow: kernel ring -> decode -> agent-side filter -> sinks, plus the
+//! periodic ticks and INET_DIAG snapshots the sinks reconcile against.
 //!
-//! The reader is a tokio task woken by the ring buffer's epoll readiness; each wake-up drains
-//! every available record, then tells the sinks the batch ended (where they flush output).
+//! The reader is a tokio task woken by the ring buffer's epoll readiness (and a short drain
+//! timer); each wake-up drains every available record, then tells the sinks the batch ended
+//! (where they flush output).
 
 use std::future::Future;
 use std::io;
 use std::time::Duration;
 
-use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
-use crate::cgroup::{CgroupInfo, CgroupResolver};
-use crate::event::Transition;
-use crate::filter::Filter;
-use crate::identity::{Identity, SocketIds};
-use crate::inet_diag::{self, DiagSocket};
-use crate::loader::{KernelCounters, Tracer};
-
-/// Kernel CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns()` and so of every `ts_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// How often the reader drains the ring without being woken. The kernel submits records
-/// without a wakeup until 1/8 of the ring is waiting (`Config::wakeup_bytes`), so this bounds
-/// how late a record is shown at low rates.
-pub const RING_POLL: Duration = Duration::from_millis(10);
+use crate::host::cgroup::CgroupResolver;
+use crate::host::clock::monotonic_ns;
+use crate::host::inet_diag;
+use crate::kernel::decode;
+use crate::kernel::loader::{Identity, KernelCounters, Tracer};
+use crate::kernel::ring::{RING_POLL, Ring};
+use crate::model::cgroup::CgroupInfo;
+use crate::model::filter::Filter;
+use crate::model::snapshot::DiagSocket;
+use crate::model::socket_ids::SocketIds;
+use crate::model::transition::Transition;
 
 /// What sinks see on each periodic tick.
 #[derive(Debug, Clone, Copy)]
@@ -119,6 +109,8 @@ pub struct Stats {
     /// INET_DIAG snapshots taken, and how many failed.
     pub snapshots: u64,
     pub snapshot_errors: u64,
+    /// Kernel log messages received (0 when kernel logging is off).
+    pub kernel_log_received: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,7 +180,7 @@ impl<'s> Pipeline<'s> {
     /// Handles one raw record.
     pub fn record(&mut self, bytes: &[u8]) -> io::Result<Flow> {
         self.stats.received += 1;
-        let t = match Transition::decode(bytes) {
+        let t = match decode::decode(bytes) {
             Ok(t) => t,
             Err(_) => {
                 self.stats.decode_errors += 1;
@@ -225,11 +217,12 @@ impl<'s> Pipeline<'s> {
         Ok(())
     }
 
-    /// Drains every record currently in the ring.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<Flow> {
+    /// Drains every record currently in the ring, and the kernel's log.
+    fn drain(&mut self, ring: &mut Ring) -> io::Result<Flow> {
+        ring.drain_log();
         let mut flow = Flow::Continue;
         let mut read = false;
-        while let Some(item) = ring.next() {
+        while let Some(item) = ring.next_record() {
             read = true;
             if self.record(&item)? == Flow::Stop {
                 flow = Flow::Stop;
@@ -265,13 +258,13 @@ impl<'s> Pipeline<'s> {
         let capacity = expected + expected / 16 + 64;
         let filter = self.snapshot_filter.as_ref();
         inet_diag::dump_tcp_where(idle, capacity, &mut |s| {
-            filter.is_none_or(|f| f.matches_endpoints(s.family, s.saddr, s.sport, s.daddr, s.dport))
+            filter.is_none_or(|f| f.matches_endpoints(&s.endpoints))
         })
     }
 
     /// Takes a snapshot, then drains the ring so that every transition up to now is applied
     /// before the sinks compare: what happened during the dump is then known to be newer.
-    fn snapshot(&mut self, ring: &mut RingBuf<MapData>, idle: bool) -> io::Result<Flow> {
+    fn snapshot(&mut self, ring: &mut Ring, idle: bool) -> io::Result<Flow> {
         for sink in &mut self.sinks {
             sink.begin_snapshot();
         }
@@ -282,7 +275,7 @@ impl<'s> Pipeline<'s> {
             // A failed dump says nothing about which sockets exist: the sinks keep their view
             // (an empty list would read as "every socket closed").
             Err(e) => {
-                eprintln!("tcptrace: warning: INET_DIAG snapshot failed: {e}");
+                log::warn!("INET_DIAG snapshot failed: {e}");
                 self.stats.snapshot_errors += 1;
             }
             Ok(mut sockets) => {
@@ -301,15 +294,11 @@ impl<'s> Pipeline<'s> {
     /// already in the ring when `stop` fires are still delivered.
     pub async fn run(
         &mut self,
-        ring: RingBuf<MapData>,
+        ring: Ring,
         stop: impl Future<Output = ()>,
         options: RunOptions<'_>,
     ) -> io::Result<StopReason> {
-        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for as long as the
-        // AsyncFd (which owns the RingBuf) exists.
-        let mut ring =
-            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-                .map_err(io::Error::from)?;
+        let mut ring: AsyncFd<Ring> = ring.into_async()?;
         tokio::pin!(stop);
         let far = Duration::from_secs(365 * 24 * 3600);
         let mut tick = tokio::time::interval(options.tick.unwrap_or(far));
@@ -366,6 +355,7 @@ impl<'s> Pipeline<'s> {
                 }
             }
         };
+        self.stats.kernel_log_received = ring.get_ref().log_received().unwrap_or(0);
         match result {
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(StopReason::OutputClosed),
             other => other,
@@ -376,8 +366,9 @@ impl<'s> Pipeline<'s> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::tests::raw_v4;
+    use crate::testing::raw_v4;
     use std::sync::{Arc, Mutex};
+    use zerocopy::IntoBytes as _;
 
     struct Collect {
         seen: Arc<Mutex<Vec<Transition>>>,
@@ -397,14 +388,7 @@ mod tests {
     }
 
     fn bytes(raw: &tcptrace_common::RawTransition) -> Vec<u8> {
-        // SAFETY: RawTransition is plain old data with no padding.
-        unsafe {
-            std::slice::from_raw_parts(
-                (raw as *const tcptrace_common::RawTransition).cast::<u8>(),
-                tcptrace_common::RAW_TRANSITION_SIZE,
-            )
-        }
-        .to_vec()
+        raw.as_bytes().to_vec()
     }
 
     #[test]

@@ -172,7 +172,7 @@ struct Cgroup {
 
 impl Cgroup {
     fn create() -> Self {
-        let root = tcptrace::cgroup::cgroup2_mount().expect("a cgroup2 mount");
+        let root = tcptrace::host::cgroup::cgroup2_mount().expect("a cgroup2 mount");
         let rel = format!("/tcptrace-test-{}", std::process::id());
         let dir = root.join(rel.trim_start_matches('/'));
         let _ = std::fs::remove_dir(&dir);

@@ -161,10 +161,10 @@ fn json_lines_have_exactly_the_documented_keys() {
     exchange("127.0.0.1", port, Duration::ZERO);
     assert!(agent.wait_for(Duration::from_secs(10), complete));
     let (_, _, events) = agent.stop();
-    let expected: BTreeSet<&str> = tcptrace::format::JSON_KEYS.into();
+    let expected = common::golden_keys(include_str!("golden/tail.jsonl"));
     assert_eq!(events.len(), 12);
     for e in &events {
-        let keys: BTreeSet<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
+        let keys: BTreeSet<String> = e.as_object().unwrap().keys().cloned().collect();
         assert_eq!(keys, expected);
         let time = e["time"].as_str().unwrap();
         // RFC 3339, UTC, microseconds: 2026-11-21T07:41:02.123456Z
@@ -363,6 +363,41 @@ fn unprivileged_user_gets_one_clear_line() {
         "{stderr}"
     );
     assert!(out.stdout.is_empty());
+}
+
+/// A connection opened before the agent, then closed: the kernel program first sees each of
+/// its sockets mid-life, and with `--log-level debug` says so through its own log (aya-log);
+/// without the flag the kernel logs nothing.
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn log_level_debug_shows_the_kernel_programs_own_messages() {
+    for debug in [true, false] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let port_arg = port.to_string();
+        let mut args = vec!["--port", port_arg.as_str()];
+        if debug {
+            args.extend(["--log-level", "debug"]);
+        }
+        let mut agent = Agent::start(&args);
+        drop(client);
+        // EOF: the client's FIN arrived, so the server is in CLOSE_WAIT before it closes.
+        assert_eq!(server.read(&mut [0u8; 1]).unwrap(), 0);
+        drop(server);
+        assert!(agent.wait_for(Duration::from_secs(10), |e| {
+            seen(e, "ESTABLISHED", "FIN_WAIT1") == 1 && seen(e, "ESTABLISHED", "CLOSE_WAIT") == 1
+        }));
+        let (status, stderr, _) = agent.stop();
+        assert!(status.success(), "{stderr}");
+        let line = "tcptrace: debug: kernel: socket first seen mid-life: ESTABLISHED -> FIN_WAIT1";
+        assert_eq!(stderr.contains(line), debug, "debug={debug}: {stderr}");
+        assert!(
+            !stderr.contains("kernel log messages were lost"),
+            "{stderr}"
+        );
+    }
 }
 
 fn own_netns() -> u64 {

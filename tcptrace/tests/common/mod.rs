@@ -16,6 +16,19 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tcptrace");
 /// Line tcptrace prints on stderr once the program is attached.
 pub const READY: &str = "tcptrace: tracing";
 
+/// The keys of the first JSON record of a golden file (`tests/golden/`, compared byte for byte
+/// with the output writers by the unit tests): the documented key list of that output. The
+/// file is compiled in, so the tests also run where the source tree is not (VM guests).
+pub fn golden_keys(golden: &str) -> std::collections::BTreeSet<String> {
+    let first: Value = serde_json::from_str(golden.lines().next().expect("a record")).unwrap();
+    first
+        .as_object()
+        .expect("an object")
+        .keys()
+        .cloned()
+        .collect()
+}
+
 /// Fails clearly when not root, instead of reporting a misleading kernel error.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

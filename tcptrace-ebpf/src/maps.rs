@@ -1,0 +1,75 @@
+//! The program's maps and its load-time configuration.
+
+use aya_ebpf::{
+    Global,
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+};
+use tcptrace_common::{
+    Config, DEFAULT_MAX_SOCKETS, DEFAULT_RING_BYTES, ListenKey, MAX_LISTENERS, Owner, PortSet,
+    SockEntry, counter, port_filter,
+};
+
+/// Written by userspace before load; all-zero offsets are never used because the loader always
+/// overrides this value.
+#[unsafe(no_mangle)]
+static CONFIG: Global<Config> = Global::new(Config::UNSET);
+
+/// Transitions for userspace ([`RawTransition`] records). Size set at load (`--ring-bytes`).
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// Cookie (or socket address, without the cookie helper) -> when the socket entered its
+/// current state, and who owns it. Size set at load (`--max-sockets`).
+#[map(name = "SOCKETS")]
+pub static SOCKETS: LruHashMap<u64, SockEntry> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_SOCKETS, 0);
+
+/// (netns, port) of each listening socket -> its owner, for the children it accepts.
+#[map(name = "LISTENERS")]
+pub static LISTENERS: LruHashMap<ListenKey, Owner> = LruHashMap::with_max_entries(MAX_LISTENERS, 0);
+
+/// Server children between LISTEN -> SYN_RECV and their next transition, by socket address
+/// (see `sockets::hold_child`). Normally they stay microseconds: the child is created by the
+/// handshake's final ACK and moves on in the same softirq.
+#[map(name = "CHILDREN")]
+pub static CHILDREN: LruHashMap<u64, SockEntry> =
+    LruHashMap::with_max_entries(MAX_HELD_CHILDREN, 0);
+
+/// Children held at once: only a burst of handshakes completing on many CPUs in the same
+/// instant, or Fast Open children waiting in SYN_RECV, occupy it.
+const MAX_HELD_CHILDREN: u32 = 16_384;
+
+/// Per-CPU loss and filter counters, see `tcptrace_common::counter`.
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Per-CPU sequence for socket ids the no-cookie programs give (see `SYNTHETIC_ID`).
+#[map(name = "NEXT_ID")]
+pub static NEXT_ID: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Port bitmaps for `--port`, `--lport`, `--rport`, see `tcptrace_common::port_filter`.
+#[map(name = "PORT_FILTER")]
+pub static PORT_FILTER: Array<PortSet> = Array::with_max_entries(port_filter::COUNT, 0);
+
+/// The configuration in read-only data. Fields are read through a pointer the compiler cannot
+/// see through, so it never folds in the compile-time defaults (userspace rewrites them before
+/// load), and the 128-byte struct is never copied onto the 512-byte BPF stack.
+#[inline(always)]
+pub fn config() -> &'static Config {
+    // SAFETY: a volatile read of the address of a static: always valid.
+    let ptr: *const Global<Config> = unsafe { core::ptr::read_volatile(&&raw const CONFIG) };
+    // SAFETY: `Global<T>` is `repr(transparent)` over `T`, and the static lives for the whole
+    // program.
+    unsafe { &*ptr.cast::<Config>() }
+}
+
+/// Adds one to per-CPU counter `index`.
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(count) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot, and the program does not nest on one CPU (nesting is a
+        // recursion miss), so nothing else writes it meanwhile.
+        unsafe { *count += 1 };
+    }
+}

@@ -1,0 +1,212 @@
+//! Per-socket state: keys and ids, births, the entry-time bookkeeping that yields each dwell,
+//! owners, server children held back at LISTEN -> SYN_RECV, listener owners, RST marks.
+
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_smp_processor_id};
+use tcptrace_common::{DWELL_UNKNOWN, ListenKey, Owner, SYNTHETIC_ID, SockEntry, flags};
+
+use crate::log::klog;
+use crate::maps::{CHILDREN, LISTENERS, NEXT_ID, SOCKETS, bump, config};
+use crate::record;
+use crate::sock::Sock;
+use crate::transition::{CLOSE, LISTEN, SYN_RECV, Transition, state_name};
+
+/// The `SOCKETS` key: the socket cookie, or the socket's address. An address is reused as soon
+/// as the socket is freed, which is safe only because every life of a socket starts with a
+/// birth transition (see `Transition::is_birth`) that replaces whatever entry the address had.
+#[inline(always)]
+pub fn key<const COOKIE: bool>(sk: Sock) -> u64 {
+    if COOKIE { sk.cookie() } else { sk.addr() }
+}
+
+/// The id userspace sees for a socket first seen now. Without the cookie helper: the kernel's
+/// cookie if one was already generated (sockets INET_DIAG has dumped, so ids match snapshots of
+/// sockets older than the agent), else a per-CPU sequence with `SYNTHETIC_ID` set.
+#[inline(always)]
+fn new_id<const COOKIE: bool>(key: u64, sk: Sock) -> u64 {
+    if COOKIE {
+        return key;
+    }
+    if let Some(cookie) = sk.generated_cookie(&config().offsets) {
+        return cookie;
+    }
+    // SAFETY: no preconditions; returns the current CPU's number.
+    let cpu = u64::from(unsafe { bpf_get_smp_processor_id() });
+    match NEXT_ID.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot and no nesting on one CPU: a plain increment is race-free.
+        Some(seq) => unsafe {
+            *seq += 1;
+            SYNTHETIC_ID | (cpu << 44) | (*seq & ((1 << 44) - 1))
+        },
+        None => SYNTHETIC_ID,
+    }
+}
+
+/// The owner of a socket: the task on the CPU now.
+#[inline(always)]
+fn capture(t: &Transition) -> Owner {
+    Owner {
+        pid_tgid: t.cpu_pid_tgid,
+        captured_ns: t.now,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+/// LISTEN -> SYN_RECV: a server child, created by `inet_csk_clone_lock()` in softirq. On some
+/// kernels (6.1) the state is set before the child gets its own cookie (`sk_cookie` is still
+/// the listener's, copied by `sk_clone_lock()`), remote port and addresses, so the transition
+/// is held back by socket address, with the listener's owner, and reported at the child's
+/// next transition (`start`).
+#[inline(always)]
+pub fn hold_child(t: &Transition) {
+    let off = &config().offsets;
+    let mut child = SockEntry {
+        entered_ns: t.now,
+        lport: t.lport,
+        netns: t.sk.netns(off),
+        cgroup: t.sk.cgroup(off),
+        ..SockEntry::default()
+    };
+    let key = ListenKey {
+        netns: child.netns,
+        port: t.lport,
+        _pad: 0,
+    };
+    if let Some(owner) = LISTENERS.get_ptr(key) {
+        // SAFETY: a live map value of plain data, copied out.
+        child.owner = unsafe { *owner };
+        child.flags |= flags::OWNER_INHERITED;
+    }
+    // An LRU map evicts the coldest entry instead of failing when full.
+    if CHILDREN.insert(t.sk.addr(), child, 0).is_err() {
+        klog!(Warn, "cannot hold a server child on port {}", t.lport);
+    }
+}
+
+/// The socket's entry, unless this transition starts a new life (a birth never continues an
+/// entry: one left under the same key belongs to an earlier life whose close was missed).
+#[inline(always)]
+pub fn existing(t: &Transition, key: u64) -> Option<*mut SockEntry> {
+    if t.is_birth() {
+        None
+    } else {
+        SOCKETS.get_ptr_mut(key)
+    }
+}
+
+/// Moves a known socket into its new state; returns the time it spent in the old one.
+#[inline(always)]
+pub fn advance(t: &Transition, e: &mut SockEntry) -> u64 {
+    let dwell = t.now.wrapping_sub(e.entered_ns);
+    if t.lport != 0 {
+        e.lport = t.lport;
+    }
+    e.entered_ns = t.now;
+    if t.in_owner_context() {
+        e.owner = capture(t);
+        e.flags &= !flags::OWNER_INHERITED;
+    }
+    dwell
+}
+
+/// Starts the entry of a socket first seen now into `fresh` (kept in `SOCKETS` unless it is
+/// closing); returns the time it spent in the old state, unknown unless it is a server child
+/// held back at LISTEN -> SYN_RECV, whose held transition is emitted first.
+#[inline(always)]
+pub fn start<const COOKIE: bool>(t: &Transition, key: u64, fresh: &mut SockEntry) -> u64 {
+    let config = config();
+    let off = &config.offsets;
+    let child = if t.old == SYN_RECV {
+        CHILDREN.get_ptr(t.sk.addr())
+    } else {
+        None
+    };
+    let mut dwell = DWELL_UNKNOWN;
+    if let Some(child) = child {
+        // The server child held back at LISTEN -> SYN_RECV: report that transition now that
+        // the child has its own cookie, ports and peer address.
+        // SAFETY: a live map value of plain data, copied out before the entry is removed.
+        *fresh = unsafe { *child };
+        let _ = CHILDREN.remove(t.sk.addr());
+        fresh.id = new_id::<COOKIE>(key, t.sk);
+        if t.lport != 0 {
+            fresh.lport = t.lport;
+        }
+        let held = Transition {
+            now: fresh.entered_ns,
+            old: LISTEN,
+            new: SYN_RECV,
+            ..*t
+        };
+        if let Err(index) = record::emit(config, &held, fresh, DWELL_UNKNOWN) {
+            bump(index);
+        }
+        dwell = t.now.wrapping_sub(fresh.entered_ns);
+        fresh.entered_ns = t.now;
+    } else {
+        if t.old == SYN_RECV {
+            klog!(
+                Debug,
+                "server child on port {} was not held at LISTEN -> SYN_RECV (evicted?)",
+                t.lport
+            );
+        } else if !t.is_birth() {
+            klog!(
+                Debug,
+                "socket first seen mid-life: {} -> {} on local port {}",
+                state_name(t.old),
+                state_name(t.new),
+                t.lport
+            );
+        }
+        fresh.id = new_id::<COOKIE>(key, t.sk);
+        fresh.entered_ns = t.now;
+        fresh.lport = t.lport;
+        fresh.netns = t.sk.netns(off);
+        fresh.cgroup = t.sk.cgroup(off);
+        if t.in_owner_context() {
+            fresh.owner = capture(t);
+        }
+    }
+    if t.new != CLOSE && SOCKETS.insert(key, *fresh, 0).is_err() {
+        // An LRU map evicts the coldest entry instead of failing when full: this is rarer.
+        klog!(Warn, "cannot track a socket on local port {}", t.lport);
+    }
+    dwell
+}
+
+/// Keeps `LISTENERS` current: a socket entering LISTEN registers its owner for the children
+/// its port will accept; one leaving it for CLOSE unregisters.
+#[inline(always)]
+pub fn track_listener(t: &Transition, sock: &SockEntry) {
+    if t.new != LISTEN && t.old != LISTEN {
+        return;
+    }
+    let key = ListenKey {
+        netns: sock.netns,
+        port: sock.lport,
+        _pad: 0,
+    };
+    if t.new == LISTEN {
+        let _ = LISTENERS.insert(key, sock.owner, 0);
+    } else if t.new == CLOSE {
+        let _ = LISTENERS.remove(key);
+    }
+}
+
+/// Sets `flag` on a socket tcptrace already tracks, or on a server child still held back
+/// (a Fast Open child can be reset while in SYN_RECV).
+#[inline(always)]
+pub fn mark<const COOKIE: bool>(sk: *const u8, flag: u32) {
+    let Some(sk) = Sock::new(sk) else {
+        return;
+    };
+    let entry = match SOCKETS.get_ptr_mut(key::<COOKIE>(sk)) {
+        Some(entry) => entry,
+        None => match CHILDREN.get_ptr_mut(sk.addr()) {
+            Some(entry) => entry,
+            None => return,
+        },
+    };
+    // SAFETY: a live map value of plain data; the program does not nest on this CPU.
+    unsafe { (*entry).flags |= flag };
+}

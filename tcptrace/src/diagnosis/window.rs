@@ -1,0 +1,245 @@
+//! One diagnosis window: from a snapshot (the baseline) through the transitions observed, to
+//! the next snapshot, where the findings are evaluated. `doctor` runs one window; `serve` one
+//! per reconcile interval, each starting where the last ended. Both use [`Window`].
+
+use std::borrow::Cow;
+use std::io;
+use std::net::SocketAddr;
+
+use crate::diagnosis::evidence::{OwnerLookup, filter_sockets, process};
+use crate::diagnosis::{Finding, Thresholds, diagnose};
+use crate::host::owners::ProcessName;
+use crate::host::stack::{Settings, TcpCounters};
+use crate::model::CookieMap;
+use crate::model::cgroup::CgroupInfo;
+use crate::model::connections::{CloseTracker, ClosedBy, Connection, End, Role};
+use crate::model::filter::Filter;
+use crate::model::snapshot::DiagSocket;
+use crate::model::tcp::TcpState;
+use crate::model::transition::{Task, Transition};
+use crate::pipeline::{Flow, Sink};
+
+/// Connection ends kept per window for the event-derived findings.
+const ENDED_CAP: usize = 65_536;
+
+/// A connection that ended in a way a finding may report.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ended {
+    pub end: End,
+    pub closed_by: ClosedBy,
+    pub role: Role,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub owner: Option<Task>,
+}
+
+/// What the transitions of a window told: the live connections (when each entered its state,
+/// who owns it) and the connections that ended badly.
+pub struct Observations {
+    connections: CloseTracker,
+    pub(crate) ended: Vec<Ended>,
+    /// Transitions seen in this window.
+    pub transitions: u64,
+    /// Connections that closed in this window (every end).
+    pub closed: u64,
+    /// Ends beyond what one window keeps (still counted in `closed`).
+    pub ended_overflow: u64,
+}
+
+impl Observations {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            connections: CloseTracker::new(capacity),
+            ended: Vec::new(),
+            transitions: 0,
+            closed: 0,
+            ended_overflow: 0,
+        }
+    }
+
+    /// Applies a transition; returns the connection it closed, if any.
+    pub fn observe(&mut self, t: &Transition) -> Option<Connection> {
+        self.transitions += 1;
+        let closed = self.connections.apply(t);
+        if let Some(c) = closed {
+            self.closed += 1;
+            let notable = c.closed_by == ClosedBy::Both
+                || matches!(
+                    c.end,
+                    Some(
+                        End::Refused
+                            | End::Timeout
+                            | End::HandshakeAborted
+                            | End::Aborted
+                            | End::RstReceived
+                    )
+                );
+            if notable {
+                if self.ended.len() < ENDED_CAP {
+                    self.ended.push(Ended {
+                        end: c.end.unwrap_or(End::Aborted),
+                        closed_by: c.closed_by,
+                        role: c.role,
+                        local: c.endpoints.local(),
+                        remote: c.endpoints.remote(),
+                        owner: c.owner,
+                    });
+                } else {
+                    self.ended_overflow += 1;
+                }
+            }
+        }
+        closed
+    }
+
+    /// Connections dropped from the bounded table before they finished.
+    pub fn evicted(&self) -> u64 {
+        self.connections.evicted
+    }
+
+    /// Starts a new window: forgets ends and counts, keeps what is known of live sockets.
+    pub fn new_window(&mut self) {
+        self.ended.clear();
+        self.transitions = 0;
+        self.closed = 0;
+        self.ended_overflow = 0;
+    }
+
+    /// The owner transitions reported for a live socket.
+    pub fn owner_of(&self, cookie: u64) -> Option<ProcessName> {
+        self.connections.live(cookie)?.owner.map(process)
+    }
+
+    /// When a live socket entered `state`, if a transition into it was seen.
+    pub(crate) fn in_state_since(&self, cookie: u64, state: TcpState) -> Option<u64> {
+        let c = self.connections.live(cookie)?;
+        (c.state == state).then_some(c.state_since_ns)
+    }
+}
+
+/// What a finding compares against from the start of the window: counters, and which
+/// sockets were already in a state whose age matters.
+#[derive(Debug, Clone, Default)]
+pub struct Baseline {
+    pub taken_ns: u64,
+    pub counters: TcpCounters,
+    pub(crate) states: CookieMap<TcpState>,
+}
+
+impl Baseline {
+    pub fn new(sockets: &[DiagSocket], taken_ns: u64, counters: TcpCounters) -> Self {
+        let states = sockets
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.state,
+                    TcpState::CloseWait | TcpState::FinWait2 | TcpState::SynRecv
+                )
+            })
+            .map(|s| (s.cookie, s.state))
+            .collect();
+        Self {
+            taken_ns,
+            counters,
+            states,
+        }
+    }
+}
+
+/// Everything [`diagnose`] looks at, as of the end of the window.
+pub struct Scene<'a> {
+    /// The snapshot taken at the end of the window.
+    pub sockets: &'a [DiagSocket],
+    pub taken_ns: u64,
+    pub counters: &'a TcpCounters,
+    pub settings: &'a Settings,
+    pub baseline: &'a Baseline,
+}
+
+/// A snapshot of one network namespace as the diagnosis reads it: its sockets, TCP counters and
+/// settings, taken together.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    pub sockets: &'a [DiagSocket],
+    pub taken_ns: u64,
+    pub counters: &'a TcpCounters,
+    pub settings: &'a Settings,
+}
+
+/// What the end of a window found.
+#[derive(Debug)]
+pub struct Evaluation<'s> {
+    /// Most severe first.
+    pub findings: Vec<Finding>,
+    /// The end snapshot's sockets the filter kept.
+    pub sockets: Cow<'s, [DiagSocket]>,
+}
+
+/// Observations between two snapshots, and the findings they add up to.
+pub struct Window {
+    obs: Observations,
+    baseline: Option<Baseline>,
+    filter: Filter,
+    thresholds: Thresholds,
+}
+
+impl Window {
+    /// A window remembering at most `capacity` live connections, judging what `filter` keeps
+    /// by `thresholds`.
+    pub fn new(capacity: usize, filter: Filter, thresholds: Thresholds) -> Self {
+        Self {
+            obs: Observations::new(capacity),
+            baseline: None,
+            filter,
+            thresholds,
+        }
+    }
+
+    /// Applies a transition; returns the connection it closed, if any.
+    pub fn observe(&mut self, t: &Transition) -> Option<Connection> {
+        self.obs.observe(t)
+    }
+
+    pub fn observations(&self) -> &Observations {
+        &self.obs
+    }
+
+    /// The findings of the window that ends at `end`; `None` before [`Window::restart`] ever
+    /// started one.
+    pub fn evaluate<'s>(
+        &self,
+        end: &View<'s>,
+        owners: &mut dyn OwnerLookup,
+    ) -> Option<Evaluation<'s>> {
+        let baseline = self.baseline.as_ref()?;
+        let sockets = filter_sockets(&self.filter, end.sockets, &self.obs, owners);
+        let scene = Scene {
+            sockets: &sockets,
+            taken_ns: end.taken_ns,
+            counters: end.counters,
+            settings: end.settings,
+            baseline,
+        };
+        let findings = diagnose(&scene, &self.obs, owners, &self.thresholds);
+        Some(Evaluation { findings, sockets })
+    }
+
+    /// Starts the next window at `start`: its counters and the states whose ages matter
+    /// become the baseline (the filter need not apply: the baseline is only looked up by the
+    /// cookies of sockets the end snapshot keeps), and the window's ends and counts reset.
+    pub fn restart(&mut self, start: &View<'_>) {
+        self.baseline = Some(Baseline::new(
+            start.sockets,
+            start.taken_ns,
+            start.counters.clone(),
+        ));
+        self.obs.new_window();
+    }
+}
+
+impl Sink for Window {
+    fn transition(&mut self, t: &Transition, _: Option<&CgroupInfo>) -> io::Result<Flow> {
+        self.observe(t);
+        Ok(Flow::Continue)
+    }
+}

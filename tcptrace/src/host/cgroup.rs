@@ -1,0 +1,159 @@
+//! cgroup id -> cgroup path and container id.
+//!
+//! The kernel program reports the socket's cgroup v2 id (`sk->sk_cgrp_data.cgroup->kn->id`),
+//! which is the inode number of the cgroup's directory in the cgroup2 filesystem. The agent
+//! walks that filesystem to map ids to paths, caches the result, and rescans (at most once a
+//! second) when it meets an id it does not know.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::model::cgroup::{CgroupInfo, container_id};
+
+/// Where the cgroup2 hierarchy is mounted (`/sys/fs/cgroup` on unified hosts,
+/// `/sys/fs/cgroup/unified` on hybrid ones), from `/proc/self/mountinfo`.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    parse_cgroup2_mount(&mountinfo)
+}
+
+fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        // id parent major:minor root mountpoint options ... - fstype source superopts
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        let mountpoint = left.split_whitespace().nth(4)?;
+        (fstype == "cgroup2").then(|| PathBuf::from(mountpoint.replace("\\040", " ")))
+    })
+}
+
+/// Caches cgroup id -> info for the cgroup2 hierarchy.
+pub struct CgroupResolver {
+    root: Option<PathBuf>,
+    cache: HashMap<u64, Arc<CgroupInfo>>,
+    last_scan: Option<Instant>,
+}
+
+const RESCAN_EVERY: Duration = Duration::from_secs(1);
+/// Bound the walk on hosts with very many cgroups.
+const MAX_CGROUPS: usize = 100_000;
+
+impl CgroupResolver {
+    pub fn new() -> Self {
+        Self::with_root(cgroup2_mount())
+    }
+
+    pub fn with_root(root: Option<PathBuf>) -> Self {
+        Self {
+            root,
+            cache: HashMap::new(),
+            last_scan: None,
+        }
+    }
+
+    /// The info for `id`, rescanning the hierarchy when the id is new.
+    pub fn resolve(&mut self, id: u64) -> Option<Arc<CgroupInfo>> {
+        if let Some(info) = self.cache.get(&id) {
+            return Some(info.clone());
+        }
+        if self.last_scan.is_some_and(|t| t.elapsed() < RESCAN_EVERY) {
+            return None;
+        }
+        self.scan();
+        self.cache.get(&id).cloned()
+    }
+
+    fn scan(&mut self) {
+        self.last_scan = Some(Instant::now());
+        let Some(root) = self.root.clone() else {
+            return;
+        };
+        let mut stack = vec![root.clone()];
+        let mut seen = 0;
+        while let Some(dir) = stack.pop() {
+            seen += 1;
+            if seen > MAX_CGROUPS {
+                break;
+            }
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            let rel = relative(&root, &dir);
+            self.cache.entry(meta.ino()).or_insert_with(|| {
+                Arc::new(CgroupInfo {
+                    container: container_id(&rel),
+                    path: rel,
+                })
+            });
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(entry.path());
+                }
+            }
+        }
+    }
+}
+
+impl Default for CgroupResolver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn relative(root: &Path, dir: &Path) -> String {
+    match dir.strip_prefix(root) {
+        Ok(rel) if rel.as_os_str().is_empty() => "/".to_owned(),
+        Ok(rel) => format!("/{}", rel.display()),
+        Err(_) => dir.display().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f2a9c0e1b7d4e5f8a6b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f";
+
+    #[test]
+    fn finds_the_cgroup2_mount() {
+        let hybrid = "35 25 0:30 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n\
+                      36 25 0:31 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(
+            parse_cgroup2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let v1_only = "36 25 0:31 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(parse_cgroup2_mount(v1_only), None);
+    }
+
+    #[test]
+    fn resolves_ids_by_walking_a_hierarchy() {
+        let root =
+            std::env::temp_dir().join(format!("tcptrace-cgroup-test-{}", std::process::id()));
+        let leaf = root.join("system.slice").join(format!("docker-{ID}.scope"));
+        std::fs::create_dir_all(&leaf).unwrap();
+        let leaf_ino = std::fs::metadata(&leaf).unwrap().ino();
+        let root_ino = std::fs::metadata(&root).unwrap().ino();
+        let mut r = CgroupResolver::with_root(Some(root.clone()));
+        let info = r.resolve(leaf_ino).unwrap();
+        assert_eq!(info.path, format!("/system.slice/docker-{ID}.scope"));
+        assert_eq!(info.container.as_deref(), Some(ID));
+        assert_eq!(r.resolve(root_ino).unwrap().path, "/");
+        // Unknown ids do not trigger a rescan more than once a second.
+        assert!(r.resolve(u64::MAX).is_none());
+        let later = root.join("new");
+        std::fs::create_dir(&later).unwrap();
+        let later_ino = std::fs::metadata(&later).unwrap().ino();
+        assert!(r.resolve(later_ino).is_none(), "rate-limited");
+        r.last_scan = None;
+        assert_eq!(r.resolve(later_ino).unwrap().path, "/new");
+        std::fs::remove_dir_all(&root).unwrap();
+        assert!(CgroupResolver::with_root(None).resolve(1).is_none());
+    }
+}

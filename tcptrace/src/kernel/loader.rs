@@ -1,0 +1,326 @@
+//! Loading and attaching the eBPF programs: offsets from BTF, filters and sizes into the
+//! object, the cookie-helper fallback, and the maps the agent reads.
+
+use std::io;
+use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
+
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::programs::{BtfTracePoint, ProgramError};
+use aya::{Ebpf, EbpfLoader};
+use tcptrace_common::{
+    CONFIG_GLOBAL, COUNTERS_MAP, Config, EVENTS_MAP, PORT_FILTER_MAP, PROGRAM_NAME,
+    PROGRAM_NAME_NO_COOKIE, PortSet, RESET_PROGRAM, RESET_PROGRAM_NO_COOKIE, SOCKETS_MAP,
+    TRACEPOINT, counter,
+};
+
+use crate::host::process;
+use crate::kernel::btf;
+use crate::kernel::error::{LoadError, aya_err, is_eperm, program_error, refuses_cookie_helper};
+use crate::kernel::log::KernelLog;
+use crate::kernel::ring::Ring;
+use crate::model::filter::KernelFilter;
+
+/// The compiled eBPF object, built by `build.rs` from the `tcptrace-ebpf` crate.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
+
+/// What the user chose for the kernel side: `--ring-bytes`, `--max-sockets`, and the level
+/// up to which the kernel program's own log statements run (`--log-level` when given).
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    pub ring_bytes: u32,
+    pub max_sockets: u32,
+    pub kernel_log: log::LevelFilter,
+}
+
+/// What a transition's `cookie` is on this kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// The socket cookie, as INET_DIAG reports it.
+    Cookie,
+    /// The program's own id (tracing programs may call `bpf_get_socket_cookie` only since Linux
+    /// 5.12): the kernel's cookie for sockets INET_DIAG had dumped before the program first saw
+    /// them, otherwise an id with `SYNTHETIC_ID` set that snapshots cannot know. Snapshot
+    /// sockets are matched by address instead (see `model::socket_ids::SocketIds`).
+    Numbered,
+}
+
+/// The loaded, attached programs and the maps the agent reads.
+pub struct Tracer {
+    /// Owns the programs and their links; dropping it detaches everything.
+    _ebpf: Ebpf,
+    ring: Option<Ring>,
+    counters: PerCpuArray<MapData, u64>,
+    prog_fd: RawFd,
+    identity: Identity,
+}
+
+/// Kernel-side loss and filter counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub ring_full: u64,
+    pub filtered: u64,
+    pub read_failed: u64,
+    /// Records the program wrote to the ring buffer.
+    pub sent: u64,
+    /// Runs the kernel skipped because the program was already running on that CPU
+    /// (`prog->aux->recursion_misses`, from the program's fdinfo).
+    pub recursion_misses: u64,
+    /// Kernel log statements that ran at an enabled level.
+    pub log_attempts: u64,
+}
+
+/// Program `name` of the object, as a BTF tracepoint program.
+fn btf_program<'e>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut BtfTracePoint, LoadError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| aya_err("find program")(name.into()))?
+        .try_into()
+        .map_err(|e: ProgramError| aya_err("open the program")(e.into()))
+}
+
+/// Loads `program` for `tp_btf/inet_sock_set_state`, attaches it, and returns its fd.
+fn load_program(program: &mut BtfTracePoint, attach_btf: &aya::Btf) -> Result<RawFd, ProgramError> {
+    program.load(TRACEPOINT, attach_btf)?;
+    program.attach()?;
+    Ok(program.fd()?.as_fd().as_raw_fd())
+}
+
+const CAP_SYS_ADMIN: u64 = 21;
+const CAP_PERFMON: u64 = 38;
+const CAP_BPF: u64 = 39;
+
+/// The kernel wakes the agent once 1/8 of the ring is waiting; below that the agent drains on
+/// its own timer ([`crate::kernel::ring::RING_POLL`]). At 200k transitions/s the timer's 10 ms
+/// is ~200 KiB, far below 1/8 of the default 4 MiB ring, so wakeups at full churn are rare.
+const WAKEUP_FRACTION: u32 = 8;
+
+fn may_trace() -> bool {
+    match process::effective_caps() {
+        Some(caps) => {
+            let has = |c: u64| caps & (1 << c) != 0;
+            has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+        }
+        // Cannot tell: let the kernel decide and map EPERM afterwards.
+        None => true,
+    }
+}
+
+/// The value of aya-log's `AYA_LOG_LEVEL` (`aya_log::Level` numbers, 0 = off) for a log
+/// level. It is frozen in the program's read-only data, so statements above it are
+/// constant-false branches the verifier removes: they cost nothing at run time.
+fn kernel_log_level(level: log::LevelFilter) -> u8 {
+    let level = match level.to_level() {
+        None => return 0,
+        Some(log::Level::Error) => aya_log::Level::Error,
+        Some(log::Level::Warn) => aya_log::Level::Warn,
+        Some(log::Level::Info) => aya_log::Level::Info,
+        Some(log::Level::Debug) => aya_log::Level::Debug,
+        Some(log::Level::Trace) => aya_log::Level::Trace,
+    };
+    level as u8
+}
+
+impl Tracer {
+    /// Resolves socket offsets from BTF, loads the programs with `filter` and `sizes`, and
+    /// attaches them to `tp_btf/inet_sock_set_state` and `tp_btf/tcp_receive_reset`.
+    pub fn load(filter: &KernelFilter, sizes: Sizes) -> Result<Self, LoadError> {
+        if !may_trace() {
+            return Err(LoadError::NotPermitted);
+        }
+        // `EbpfLoader::new()` decodes the whole kernel BTF (`Btf::from_sys_fs()`, ~25 MB at
+        // peak) for CO-RE relocations, which this object has none of: let it go before
+        // anything else is allocated, so that peak is not stacked on ours.
+        let mut loader = EbpfLoader::new();
+        loader.btf(None);
+        let btf_bytes = std::fs::read(btf::VMLINUX_BTF).map_err(|source| {
+            if source.kind() == io::ErrorKind::NotFound {
+                LoadError::NoBtf {
+                    path: btf::VMLINUX_BTF,
+                }
+            } else {
+                LoadError::ReadBtf {
+                    path: btf::VMLINUX_BTF,
+                    source,
+                }
+            }
+        })?;
+        let kernel = btf::Btf::parse(&btf_bytes)?;
+        let offsets = kernel.sock_offsets()?;
+        let attach_btf = aya::Btf::parse(
+            &kernel.typedef_ids_blob(&[
+                &format!("btf_trace_{TRACEPOINT}"),
+                &format!("btf_trace_{RESET_PROGRAM}"),
+            ]),
+            aya::Endianness::default(),
+        )
+        .map_err(|e| aya_err("index the kernel's tracepoint types")(e.into()))?;
+        drop(kernel);
+        drop(btf_bytes);
+
+        process::raise_memlock_rlimit();
+        let config = Config {
+            offsets,
+            state_mask: filter.state_mask,
+            family_mask: filter.family_mask,
+            port_filters: filter.port_filters,
+            netns: filter.netns,
+            pids: filter.pids,
+            npids: filter.npids,
+            wakeup_bytes: sizes.ring_bytes / WAKEUP_FRACTION,
+        };
+        let log_level = kernel_log_level(sizes.kernel_log);
+        let mut ebpf =
+            loader
+                .override_global(CONFIG_GLOBAL, &config, true)
+                .override_global(aya_log::LEVEL, &log_level, true)
+                .map_max_entries(EVENTS_MAP, sizes.ring_bytes)
+                .map_max_entries(SOCKETS_MAP, sizes.max_sockets)
+                .load(EBPF_OBJECT)
+                .map_err(|e| match e {
+                    aya::EbpfError::MapError(aya::maps::MapError::CreateError {
+                        io_error, ..
+                    }) if is_eperm(&io_error) => LoadError::NotPermitted,
+                    e => aya_err("load the eBPF object")(e.into()),
+                })?;
+
+        if filter.port_filters != 0 {
+            let mut ports: Array<_, PortSet> = ebpf
+                .map_mut(PORT_FILTER_MAP)
+                .ok_or_else(|| aya_err("find map")(PORT_FILTER_MAP.into()))?
+                .try_into()
+                .map_err(|e: aya::maps::MapError| aya_err("open the port filter map")(e.into()))?;
+            for (index, set) in &filter.port_sets {
+                ports
+                    .set(*index, set.as_ref(), 0)
+                    .map_err(|e| aya_err("write the port filter map")(e.into()))?;
+            }
+        }
+
+        // The cookie variant first; a kernel whose verifier refuses the cookie helper in tracing
+        // programs ("unknown func bpf_get_socket_cookie" before 5.12) gets the numbering one.
+        let loaded = load_program(btf_program(&mut ebpf, PROGRAM_NAME)?, &attach_btf);
+        let (prog_fd, identity) = match loaded {
+            Ok(fd) => (fd, Identity::Cookie),
+            Err(e) if refuses_cookie_helper(&e) => {
+                let program = btf_program(&mut ebpf, PROGRAM_NAME_NO_COOKIE)?;
+                let fd = load_program(program, &attach_btf).map_err(program_error)?;
+                log::warn!(
+                    "this kernel gives tracing programs no socket cookies (Linux 5.12 does): the cookie field is tcptrace's own id, equal to `ss -e`'s cookie only for sockets older than tcptrace"
+                );
+                (fd, Identity::Numbered)
+            }
+            Err(e) => return Err(program_error(e)),
+        };
+
+        // The RST mark tells "reset by the peer" from "aborted here"; without it the agent
+        // falls back to what transitions alone can tell.
+        let reset = match identity {
+            Identity::Cookie => RESET_PROGRAM,
+            Identity::Numbered => RESET_PROGRAM_NO_COOKIE,
+        };
+        // RESET_PROGRAM is also the tracepoint's name.
+        let attached = btf_program(&mut ebpf, reset).is_ok_and(|p| {
+            p.load(RESET_PROGRAM, &attach_btf)
+                .and_then(|()| p.attach())
+                .is_ok()
+        });
+        if !attached {
+            log::warn!(
+                "cannot attach tcp:tcp_receive_reset; resets received are not told apart from aborts"
+            );
+        }
+
+        let events = RingBuf::try_from(
+            ebpf.take_map(EVENTS_MAP)
+                .ok_or_else(|| aya_err("find map")(EVENTS_MAP.into()))?,
+        )
+        .map_err(|e| aya_err("open the ring buffer")(e.into()))?;
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map(COUNTERS_MAP)
+                .ok_or_else(|| aya_err("find map")(COUNTERS_MAP.into()))?,
+        )
+        .map_err(|e| aya_err("open the counters map")(e.into()))?;
+        let log = (log_level != 0)
+            .then(|| KernelLog::take(&mut ebpf))
+            .transpose()?;
+
+        // Loading freed megabytes of small BTF allocations; hand the pages back to the system
+        // instead of keeping them resident for the agent's lifetime.
+        process::trim_heap();
+
+        Ok(Self {
+            _ebpf: ebpf,
+            ring: Some(Ring::new(events, log)),
+            counters,
+            prog_fd,
+            identity,
+        })
+    }
+
+    /// What transitions' `cookie` field holds on this kernel.
+    pub fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    /// Loads and attaches, and hands back the ring buffer for the reader.
+    pub fn start(filter: &KernelFilter, sizes: Sizes) -> Result<(Self, Ring), LoadError> {
+        let mut tracer = Self::load(filter, sizes)?;
+        let ring = tracer
+            .ring
+            .take()
+            .ok_or_else(|| aya_err("take the ring buffer")("already taken".into()))?;
+        Ok((tracer, ring))
+    }
+
+    pub fn counters(&self) -> KernelCounters {
+        let sum = |index: u32| -> u64 {
+            self.counters
+                .get(&index, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        KernelCounters {
+            ring_full: sum(counter::RING_FULL),
+            filtered: sum(counter::FILTERED),
+            read_failed: sum(counter::READ_FAILED),
+            sent: sum(counter::SENT),
+            recursion_misses: recursion_misses(self.prog_fd).unwrap_or(0),
+            log_attempts: sum(counter::LOG_ATTEMPTS),
+        }
+    }
+}
+
+/// Reads `recursion_misses` from the program's fdinfo (printed by `bpf_prog_show_fdinfo()`
+/// since Linux 5.12; absent before, where this returns `None`).
+fn recursion_misses(fd: RawFd) -> Option<u64> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    parse_fdinfo_field(&info, "recursion_misses")
+}
+
+fn parse_fdinfo_field(info: &str, key: &str) -> Option<u64> {
+    info.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_parsing() {
+        let info = "pos:\t0\nflags:\t02000002\nprog_type:\t26\nrun_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t17\nverified_insns:\t120\n";
+        assert_eq!(parse_fdinfo_field(info, "recursion_misses"), Some(17));
+        assert_eq!(parse_fdinfo_field(info, "run_cnt"), Some(0));
+        assert_eq!(parse_fdinfo_field(info, "nope"), None);
+    }
+
+    #[test]
+    fn kernel_log_levels_follow_the_agents() {
+        assert_eq!(kernel_log_level(log::LevelFilter::Off), 0);
+        assert_eq!(kernel_log_level(log::LevelFilter::Error), 1);
+        assert_eq!(kernel_log_level(log::LevelFilter::Warn), 2);
+        assert_eq!(kernel_log_level(log::LevelFilter::Debug), 4);
+        assert_eq!(kernel_log_level(log::LevelFilter::Trace), 5);
+    }
+}

@@ -1,0 +1,869 @@
+//! Connection stories: from a socket's transitions to "who, how long to connect, how long it
+//! lived, who closed first, how it ended, how long it sat in TIME_WAIT".
+//!
+//! Rules (what transitions can and cannot tell):
+//! - role: `CLOSE -> SYN_SENT` = client, `LISTEN -> SYN_RECV` = server (child socket),
+//!   `CLOSE -> LISTEN` = listener; a socket first seen later has role `unknown`.
+//! - closed first: `ESTABLISHED -> FIN_WAIT1` = local (this socket sent the first FIN),
+//!   `ESTABLISHED -> CLOSE_WAIT` = remote, `FIN_WAIT1 -> CLOSING` = both (simultaneous).
+//! - end:
+//!   - `fin`: an orderly close (`LAST_ACK -> CLOSE`, or `FIN_WAIT2/CLOSING -> CLOSE`, where the
+//!     kernel swaps in a timewait socket: TIME_WAIT follows).
+//!   - `refused`: `SYN_SENT -> CLOSE` after a RST (exact: `tcp:tcp_receive_reset` marks it).
+//!   - `timeout`: `SYN_SENT -> CLOSE` without a RST after at least 1 s (`TCP_TIMEOUT_INIT`,
+//!     the first SYN retransmission), or `FIN_WAIT1 -> CLOSE` without a RST.
+//!   - `handshake_aborted`: `SYN_SENT -> CLOSE` without a RST within 1 s (the application
+//!     closed a pending connect), or `SYN_RECV -> CLOSE`/`SYN_RECV -> FIN_WAIT1`.
+//!   - `rst_received`: any other `-> CLOSE` after a RST from the peer.
+//!   - `aborted`: `ESTABLISHED/CLOSE_WAIT -> CLOSE` without a RST received: this end reset the
+//!     connection (SO_LINGER 0, close() with unread data, `ss -K`) or gave up after
+//!     retransmission/keepalive timeouts; transitions alone cannot tell these apart (the
+//!     kernel sets CLOSE before it sends the abort's RST).
+//! - TIME_WAIT is inferred at `FIN_WAIT2/CLOSING -> CLOSE` and confirmed from INET_DIAG
+//!   snapshots (a timewait socket keeps its cookie); when it leaves the snapshot the story
+//!   ends with its TIME_WAIT dwell. Orphaned sockets become timewait sockets in the FIN_WAIT2
+//!   substate, which the snapshot reports.
+
+use std::collections::VecDeque;
+
+use crate::model::CookieMap;
+use crate::model::snapshot::DiagSocket;
+use crate::model::tcp::{Endpoints, SYN_RETRANSMIT_NS, TIME_WAIT_NS, TcpState};
+use crate::model::transition::{Task, Transition};
+/// How long past its expected end an unconfirmed TIME_WAIT waits for a snapshot.
+const TIME_WAIT_GRACE_NS: u64 = 5_000_000_000;
+
+/// Which end of a connection a socket is, by how its story began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, serde::Serialize)]
+#[strum(serialize_all = "snake_case")]
+#[serde(into = "&'static str")]
+pub enum Role {
+    /// `CLOSE -> SYN_SENT`: connect().
+    Client,
+    /// `LISTEN -> SYN_RECV`: a listener's child.
+    Server,
+    /// `CLOSE -> LISTEN`: listen().
+    Listener,
+    /// First seen later.
+    Unknown,
+}
+
+/// Which end sent the first FIN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, serde::Serialize)]
+#[strum(serialize_all = "snake_case")]
+#[serde(into = "&'static str")]
+pub enum ClosedBy {
+    /// `ESTABLISHED -> FIN_WAIT1`.
+    Local,
+    /// `ESTABLISHED -> CLOSE_WAIT`.
+    Remote,
+    /// `FIN_WAIT1 -> CLOSING`: simultaneous close.
+    Both,
+    Unknown,
+}
+
+/// How a connection ended (the rules are in the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, serde::Serialize)]
+#[strum(serialize_all = "snake_case")]
+#[serde(into = "&'static str")]
+pub enum End {
+    Fin,
+    Refused,
+    Timeout,
+    HandshakeAborted,
+    RstReceived,
+    Aborted,
+    /// A listener that stopped listening.
+    Closed,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl ClosedBy {
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl End {
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// The TIME_WAIT (or timewait FIN_WAIT2 substate) that follows an active close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWaitSpan {
+    pub entered_ns: u64,
+    /// When it ended (left the snapshot, or its timer ran out), once known.
+    pub ended_ns: Option<u64>,
+    /// Expected end: 60 s after entry until a snapshot reports the timer.
+    pub expires_ns: u64,
+    /// Seen in a snapshot (otherwise only inferred from the transition).
+    pub confirmed: bool,
+    /// `TIME_WAIT`, or `FIN_WAIT2` for an orphaned socket still waiting for the peer's FIN.
+    pub substate: TcpState,
+}
+
+/// Up to this many states of a socket's path are kept (a full client story has 6).
+const PATH_LEN: usize = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connection {
+    pub cookie: u64,
+    pub role: Role,
+    pub endpoints: Endpoints,
+    pub owner: Option<Task>,
+    pub netns: Option<u32>,
+    /// Seen from its first transition (role known, times complete).
+    pub from_start: bool,
+    /// When the connection started (SYN_SENT / SYN_RECV / LISTEN entered), else first seen.
+    pub opened_ns: u64,
+    pub handshake_ns: Option<u64>,
+    /// Time spent ESTABLISHED.
+    pub established_ns: Option<u64>,
+    /// Time the application took to close after the peer did.
+    pub close_wait_ns: Option<u64>,
+    pub closed_by: ClosedBy,
+    /// When the socket reached CLOSE (the full socket ended).
+    pub closed_ns: Option<u64>,
+    pub end: Option<End>,
+    pub time_wait: Option<TimeWaitSpan>,
+    /// The state the last transition entered, and when.
+    pub state: TcpState,
+    pub state_since_ns: u64,
+    path: [TcpState; PATH_LEN],
+    path_len: u8,
+}
+
+impl Connection {
+    fn new(t: &Transition) -> Self {
+        let (role, from_start) = match (t.old, t.new) {
+            (TcpState::Close, TcpState::SynSent) => (Role::Client, true),
+            (TcpState::Listen, TcpState::SynRecv) => (Role::Server, true),
+            (TcpState::Close, TcpState::Listen) => (Role::Listener, true),
+            _ => (Role::Unknown, false),
+        };
+        let mut c = Self {
+            cookie: t.cookie,
+            role,
+            endpoints: t.endpoints,
+            owner: t.owner.map(|o| o.task),
+            netns: t.netns,
+            from_start,
+            opened_ns: t.ts_ns,
+            handshake_ns: None,
+            established_ns: None,
+            close_wait_ns: None,
+            closed_by: ClosedBy::Unknown,
+            closed_ns: None,
+            end: None,
+            time_wait: None,
+            state: t.old,
+            state_since_ns: t.ts_ns,
+            path: [TcpState::Close; PATH_LEN],
+            path_len: 0,
+        };
+        c.push(t.old);
+        c
+    }
+
+    fn push(&mut self, state: TcpState) {
+        if usize::from(self.path_len) < PATH_LEN {
+            self.path[usize::from(self.path_len)] = state;
+            self.path_len += 1;
+        }
+    }
+
+    /// The states the socket went through, in order (TIME_WAIT included when it followed).
+    pub fn states(&self) -> impl Iterator<Item = TcpState> + '_ {
+        self.path[..usize::from(self.path_len)]
+            .iter()
+            .copied()
+            .chain(self.time_wait.map(|tw| tw.substate))
+    }
+
+    /// From open to the full socket's CLOSE (TIME_WAIT not included).
+    pub fn lifetime_ns(&self) -> Option<u64> {
+        self.closed_ns.map(|c| c.saturating_sub(self.opened_ns))
+    }
+
+    /// When the story ended: the end of its TIME_WAIT, else the close, else when it opened.
+    pub fn end_ns(&self) -> u64 {
+        self.time_wait
+            .and_then(|tw| tw.ended_ns)
+            .or(self.closed_ns)
+            .unwrap_or(self.opened_ns)
+    }
+
+    pub fn time_wait_ns(&self) -> Option<u64> {
+        let tw = self.time_wait?;
+        tw.ended_ns.map(|e| e.saturating_sub(tw.entered_ns))
+    }
+
+    fn apply(&mut self, t: &Transition) {
+        if t.endpoints.local_port != 0 {
+            self.endpoints.local_port = t.endpoints.local_port;
+        }
+        if let Some(owner) = t.owner {
+            self.owner = Some(owner.task);
+        }
+        self.push(t.new);
+        self.state = t.new;
+        self.state_since_ns = t.ts_ns;
+        use TcpState::*;
+        match (t.old, t.new) {
+            (SynSent | SynRecv, Established) => {
+                self.handshake_ns = t.in_old_ns.or(Some(t.ts_ns.saturating_sub(self.opened_ns)))
+            }
+            (Established, FinWait1) | (SynRecv, FinWait1) => {
+                self.established_ns = t.in_old_ns;
+                self.closed_by = ClosedBy::Local;
+            }
+            (Established, CloseWait) => {
+                self.established_ns = t.in_old_ns;
+                self.closed_by = ClosedBy::Remote;
+            }
+            (FinWait1, Closing) => self.closed_by = ClosedBy::Both,
+            (CloseWait, LastAck) => self.close_wait_ns = t.in_old_ns,
+            _ => {}
+        }
+        if t.new != Close {
+            return;
+        }
+        self.closed_ns = Some(t.ts_ns);
+        let dwell = t.in_old_ns;
+        self.end = Some(match t.old {
+            FinWait2 | Closing => {
+                self.time_wait = Some(TimeWaitSpan {
+                    entered_ns: t.ts_ns,
+                    ended_ns: None,
+                    expires_ns: t.ts_ns + TIME_WAIT_NS,
+                    confirmed: false,
+                    substate: TimeWait,
+                });
+                End::Fin
+            }
+            LastAck if !t.rst_received => End::Fin,
+            Listen => End::Closed,
+            SynSent if t.rst_received => End::Refused,
+            SynSent if dwell.is_some_and(|d| d >= SYN_RETRANSMIT_NS) => End::Timeout,
+            SynSent | SynRecv => End::HandshakeAborted,
+            _ if t.rst_received => End::RstReceived,
+            FinWait1 => End::Timeout,
+            Established => {
+                self.established_ns = dwell;
+                End::Aborted
+            }
+            _ => End::Aborted,
+        });
+    }
+}
+
+/// Connections by cookie, bounded; finished stories are queued for the caller.
+pub struct ConnectionTable {
+    live: CookieMap<Connection>,
+    /// Insertion order, for evicting the oldest connection when full (stale cookies skipped).
+    order: VecDeque<u64>,
+    capacity: usize,
+    finished: VecDeque<Connection>,
+    /// Closed connections whose TIME_WAIT is still running.
+    time_wait: CookieMap<Connection>,
+    /// Emit closed connections at once instead of after their TIME_WAIT.
+    pub skip_time_wait: bool,
+    /// The network namespace snapshots describe; TIME_WAITs elsewhere end by the 60 s rule.
+    pub netns: Option<u32>,
+    pub evicted: u64,
+}
+
+impl ConnectionTable {
+    pub fn new(capacity: usize) -> Self {
+        // Grown on demand, like the socket table: a reserved table would be resident at once.
+        Self {
+            live: CookieMap::default(),
+            order: VecDeque::new(),
+            capacity,
+            finished: VecDeque::new(),
+            time_wait: CookieMap::default(),
+            skip_time_wait: false,
+            netns: None,
+            evicted: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.len() + self.time_wait.len()
+    }
+
+    /// A connection whose full socket has not closed yet.
+    pub fn live(&self, cookie: u64) -> Option<&Connection> {
+        self.live.get(&cookie)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies a transition. Returns the connection when this transition closed it (the full
+    /// socket reached CLOSE), for callers that count closes at once.
+    pub fn apply(&mut self, t: &Transition) -> Option<Connection> {
+        let conn = match self.live.get_mut(&t.cookie) {
+            Some(c) => c,
+            None => {
+                if t.new == TcpState::Close && t.old != TcpState::SynSent {
+                    // First seen at its end: nothing to tell beyond the transition itself.
+                    let mut c = Connection::new(t);
+                    c.apply(t);
+                    return self.close(c);
+                }
+                self.make_room();
+                self.order.push_back(t.cookie);
+                self.live.entry(t.cookie).or_insert(Connection::new(t))
+            }
+        };
+        conn.apply(t);
+        if conn.end.is_some() {
+            let c = self.live.remove(&t.cookie)?;
+            return self.close(c);
+        }
+        None
+    }
+
+    fn close(&mut self, c: Connection) -> Option<Connection> {
+        if c.time_wait.is_some() && !self.skip_time_wait {
+            self.time_wait.insert(c.cookie, c);
+        } else {
+            self.finished.push_back(c);
+        }
+        Some(c)
+    }
+
+    fn make_room(&mut self) {
+        self.evicted += make_room(&mut self.live, &mut self.order, self.capacity);
+    }
+
+    /// Confirms, or ends, the TIME_WAITs this snapshot (taken at `taken_ns`) can speak for.
+    pub fn snapshot(&mut self, sockets: &[DiagSocket], taken_ns: u64) {
+        let by_cookie: CookieMap<&DiagSocket> = sockets
+            .iter()
+            .filter(|s| s.is_timewait())
+            .map(|s| (s.cookie, s))
+            .collect();
+        let mut done = Vec::new();
+        for (cookie, c) in &mut self.time_wait {
+            let Some(tw) = &mut c.time_wait else {
+                continue;
+            };
+            let elsewhere = matches!((self.netns, c.netns), (Some(a), Some(b)) if a != b);
+            if elsewhere || taken_ns <= tw.entered_ns {
+                continue; // taken before the socket became a timewait socket
+            }
+            match by_cookie.get(cookie) {
+                Some(s) => {
+                    tw.confirmed = true;
+                    tw.substate = s.state;
+                    tw.expires_ns = taken_ns + u64::from(s.expires_ms) * 1_000_000;
+                }
+                None => {
+                    tw.ended_ns = Some(if tw.confirmed {
+                        taken_ns.min(tw.expires_ns.max(tw.entered_ns))
+                    } else {
+                        taken_ns
+                    });
+                    done.push(*cookie);
+                }
+            }
+        }
+        for cookie in done {
+            if let Some(c) = self.time_wait.remove(&cookie) {
+                self.finished.push_back(c);
+            }
+        }
+    }
+
+    /// Ends TIME_WAITs whose expected end passed long ago without a snapshot to tell.
+    pub fn expire(&mut self, now_ns: u64) {
+        let mut done = Vec::new();
+        for (cookie, c) in &mut self.time_wait {
+            if let Some(tw) = &mut c.time_wait
+                && now_ns > tw.expires_ns + TIME_WAIT_GRACE_NS
+            {
+                tw.ended_ns = Some(tw.expires_ns);
+                done.push(*cookie);
+            }
+        }
+        for cookie in done {
+            if let Some(c) = self.time_wait.remove(&cookie) {
+                self.finished.push_back(c);
+            }
+        }
+    }
+
+    /// Stories completed since the last call.
+    pub fn next_finished(&mut self) -> Option<Connection> {
+        self.finished.pop_front()
+    }
+}
+
+/// Makes room for one more entry in a map bounded to `capacity`: evicts the oldest entries
+/// (`order` is insertion order; cookies already gone are skipped) and compacts `order` when
+/// such stale cookies dominate. Returns how many entries were evicted.
+fn make_room<V>(live: &mut CookieMap<V>, order: &mut VecDeque<u64>, capacity: usize) -> u64 {
+    let mut evicted = 0;
+    while live.len() >= capacity {
+        let Some(oldest) = order.pop_front() else {
+            break;
+        };
+        if live.remove(&oldest).is_some() {
+            evicted += 1;
+        }
+    }
+    if order.len() > 2 * capacity.max(1024) {
+        order.retain(|c| live.contains_key(c));
+    }
+    evicted
+}
+
+/// What a [`CloseTracker`] keeps of a live connection: enough to tell at its close how it
+/// ended, who closed it and how long it lived, in a quarter of a [`Connection`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Brief {
+    pub opened_ns: u64,
+    /// When the socket entered `state`.
+    pub state_since_ns: u64,
+    pub owner: Option<Task>,
+    pub state: TcpState,
+    role: Role,
+    closed_by: ClosedBy,
+    from_start: bool,
+}
+
+impl Brief {
+    fn of(c: &Connection) -> Self {
+        Self {
+            opened_ns: c.opened_ns,
+            state_since_ns: c.state_since_ns,
+            owner: c.owner,
+            state: c.state,
+            role: c.role,
+            closed_by: c.closed_by,
+            from_start: c.from_start,
+        }
+    }
+
+    /// The connection as far as the brief knows it, ready for its next transition `t`
+    /// (addresses come from `t`, which carries them on every transition).
+    fn resume(&self, t: &Transition) -> Connection {
+        let mut c = Connection::new(t);
+        c.role = self.role;
+        c.from_start = self.from_start;
+        c.opened_ns = self.opened_ns;
+        c.closed_by = self.closed_by;
+        c.owner = self.owner;
+        c.state = self.state;
+        c.state_since_ns = self.state_since_ns;
+        c
+    }
+}
+
+/// Live connections reduced to [`Brief`]s, bounded, for callers that only need each close as
+/// it happens (role, who closed, how it ended, lifetime, owner) and the live sockets' owners
+/// and states: no stories are kept and no TIME_WAIT is followed. The closes it returns are
+/// those a [`ConnectionTable`] would return, without the per-state durations and path.
+pub struct CloseTracker {
+    live: CookieMap<Brief>,
+    order: VecDeque<u64>,
+    capacity: usize,
+    pub evicted: u64,
+}
+
+impl CloseTracker {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            live: CookieMap::default(),
+            order: VecDeque::new(),
+            capacity,
+            evicted: 0,
+        }
+    }
+
+    pub fn live(&self, cookie: u64) -> Option<&Brief> {
+        self.live.get(&cookie)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Applies a transition. Returns the connection when this transition closed it.
+    pub fn apply(&mut self, t: &Transition) -> Option<Connection> {
+        let mut c = match self.live.get(&t.cookie) {
+            Some(brief) => brief.resume(t),
+            None => Connection::new(t),
+        };
+        c.apply(t);
+        if c.end.is_some() {
+            self.live.remove(&t.cookie);
+            return Some(c);
+        }
+        match self.live.get_mut(&t.cookie) {
+            Some(brief) => *brief = Brief::of(&c),
+            None => {
+                self.evicted += make_room(&mut self.live, &mut self.order, self.capacity);
+                self.order.push_back(t.cookie);
+                self.live.insert(t.cookie, Brief::of(&c));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::step;
+    use TcpState::*;
+
+    const MS: u64 = 1_000_000;
+
+    /// Feeds `(old, new, at_ms)` for one cookie; dwell = time since the previous step.
+    fn feed(
+        table: &mut ConnectionTable,
+        cookie: u64,
+        steps: &[(TcpState, TcpState, u64)],
+        rst_at_end: bool,
+    ) {
+        let mut prev: Option<u64> = None;
+        for (i, &(old, new, at)) in steps.iter().enumerate() {
+            let t = step(cookie, old, new)
+                .at(at * MS)
+                .dwell(prev.map(|p| (at - p) * MS))
+                .rst(rst_at_end && i == steps.len() - 1)
+                .done();
+            prev = Some(at);
+            table.apply(&t);
+        }
+    }
+
+    fn story(table: &mut ConnectionTable) -> Connection {
+        table.next_finished().expect("a finished story")
+    }
+
+    fn names(c: &Connection) -> Vec<&'static str> {
+        c.states().map(TcpState::name).collect()
+    }
+
+    #[test]
+    fn client_closes_first_then_time_wait_confirmed_and_ended_by_snapshots() {
+        let mut t = ConnectionTable::new(100);
+        feed(
+            &mut t,
+            1,
+            &[
+                (Close, SynSent, 1000),
+                (SynSent, Established, 1040),
+                (Established, FinWait1, 4040),
+                (FinWait1, FinWait2, 4041),
+                (FinWait2, Close, 4042),
+            ],
+            false,
+        );
+        assert!(t.next_finished().is_none(), "waits for TIME_WAIT");
+        let mut diag = crate::testing::diag(1, TimeWait, "127.0.0.1:1", "127.0.0.1:2");
+        diag.expires_ms = 59_000;
+        t.snapshot(&[diag], 4000 * MS); // taken before TIME_WAIT began: ignored
+        t.snapshot(&[diag], 5042 * MS);
+        assert!(t.next_finished().is_none());
+        diag.cookie = 99;
+        t.snapshot(&[diag], 6042 * MS); // gone: ended
+        let c = story(&mut t);
+        assert_eq!(c.role, Role::Client);
+        assert!(c.from_start);
+        assert_eq!(c.handshake_ns, Some(40 * MS));
+        assert_eq!(c.established_ns, Some(3000 * MS));
+        assert_eq!(c.lifetime_ns(), Some(3042 * MS));
+        assert_eq!(c.closed_by, ClosedBy::Local);
+        assert_eq!(c.end, Some(End::Fin));
+        assert_eq!(c.time_wait_ns(), Some(2000 * MS));
+        assert!(c.time_wait.unwrap().confirmed);
+        assert_eq!(
+            names(&c),
+            [
+                "CLOSE",
+                "SYN_SENT",
+                "ESTABLISHED",
+                "FIN_WAIT1",
+                "FIN_WAIT2",
+                "CLOSE",
+                "TIME_WAIT"
+            ]
+        );
+    }
+
+    #[test]
+    fn passive_close_with_slow_application() {
+        let mut t = ConnectionTable::new(100);
+        feed(
+            &mut t,
+            2,
+            &[
+                (Listen, SynRecv, 0),
+                (SynRecv, Established, 1),
+                (Established, CloseWait, 501),
+                (CloseWait, LastAck, 801),
+                (LastAck, Close, 802),
+            ],
+            false,
+        );
+        let c = story(&mut t);
+        assert_eq!(
+            (c.role, c.closed_by, c.end),
+            (Role::Server, ClosedBy::Remote, Some(End::Fin))
+        );
+        assert_eq!(c.close_wait_ns, Some(300 * MS));
+        assert_eq!(c.time_wait, None);
+    }
+
+    #[test]
+    fn close_tracker_closes_like_the_full_table() {
+        use std::collections::HashMap;
+        // (old, new, at ms, RST received)
+        type Step = (TcpState, TcpState, u64, bool);
+        let paths: &[(u64, &[Step])] = &[
+            // client, active close
+            (
+                1,
+                &[
+                    (Close, SynSent, 0, false),
+                    (SynSent, Established, 1, false),
+                    (Established, FinWait1, 10, false),
+                    (FinWait1, FinWait2, 11, false),
+                    (FinWait2, Close, 12, false),
+                ],
+            ),
+            // server child, passive close
+            (
+                2,
+                &[
+                    (Listen, SynRecv, 0, false),
+                    (SynRecv, Established, 1, false),
+                    (Established, CloseWait, 5, false),
+                    (CloseWait, LastAck, 305, false),
+                    (LastAck, Close, 306, false),
+                ],
+            ),
+            // refused connect, timed-out connect
+            (3, &[(Close, SynSent, 0, false), (SynSent, Close, 1, true)]),
+            (
+                4,
+                &[(Close, SynSent, 0, false), (SynSent, Close, 3000, false)],
+            ),
+            // simultaneous close
+            (
+                5,
+                &[
+                    (Close, SynSent, 0, false),
+                    (SynSent, Established, 1, false),
+                    (Established, FinWait1, 2, false),
+                    (FinWait1, Closing, 3, false),
+                    (Closing, Close, 4, false),
+                ],
+            ),
+            // first seen mid-life, then aborted; a listener
+            (6, &[(Established, Close, 50, false)]),
+            (7, &[(Close, Listen, 0, false), (Listen, Close, 90, false)]),
+        ];
+        let mut full = ConnectionTable::new(100);
+        full.skip_time_wait = true;
+        let mut brief = CloseTracker::new(100);
+        let mut from_full = HashMap::new();
+        let mut from_brief = HashMap::new();
+        for (cookie, path) in paths {
+            for &(old, new, at, rst) in *path {
+                let t = step(*cookie, old, new)
+                    .at(at * MS)
+                    .dwell(None)
+                    .rst(rst)
+                    .done();
+                if let Some(c) = full.apply(&t) {
+                    from_full.insert(c.cookie, c);
+                }
+                if let Some(c) = brief.apply(&t) {
+                    from_brief.insert(c.cookie, c);
+                }
+                if new != Close {
+                    let b = brief.live(*cookie).expect("live");
+                    assert_eq!((b.state, b.state_since_ns), (new, at * MS));
+                }
+            }
+        }
+        assert_eq!(from_full.len(), paths.len());
+        for (cookie, f) in &from_full {
+            let b = &from_brief[cookie];
+            assert_eq!(
+                (
+                    b.role,
+                    b.closed_by,
+                    b.end,
+                    b.lifetime_ns(),
+                    b.owner,
+                    b.from_start
+                ),
+                (
+                    f.role,
+                    f.closed_by,
+                    f.end,
+                    f.lifetime_ns(),
+                    f.owner,
+                    f.from_start
+                ),
+                "cookie {cookie}"
+            );
+            assert_eq!(b.endpoints, f.endpoints);
+        }
+        assert!(brief.len() == 0 && full.is_empty());
+    }
+
+    #[test]
+    fn a_brief_is_a_fraction_of_a_connection() {
+        let (brief, full) = (size_of::<Brief>(), size_of::<Connection>());
+        assert!(brief * 4 <= full, "{brief} vs {full} bytes");
+        // One per live socket in `serve`: the peak-RSS figure at 100k sockets depends on it.
+        assert!(brief <= 48, "Brief grew to {brief} bytes");
+    }
+
+    #[test]
+    fn close_tracker_is_bounded() {
+        let mut t = CloseTracker::new(2);
+        for cookie in 1..=3 {
+            t.apply(&step(cookie, Close, SynSent).done());
+        }
+        assert_eq!((t.len(), t.evicted), (2, 1));
+        assert!(t.live(1).is_none() && t.live(3).is_some());
+    }
+
+    #[test]
+    fn simultaneous_close_is_both() {
+        let mut t = ConnectionTable::new(100);
+        t.skip_time_wait = true;
+        feed(
+            &mut t,
+            3,
+            &[
+                (Close, SynSent, 0),
+                (SynSent, Established, 1),
+                (Established, FinWait1, 10),
+                (FinWait1, Closing, 11),
+                (Closing, Close, 12),
+            ],
+            false,
+        );
+        let c = story(&mut t);
+        assert_eq!((c.closed_by, c.end), (ClosedBy::Both, Some(End::Fin)));
+        assert!(c.time_wait.is_some(), "TIME_WAIT follows CLOSING");
+    }
+
+    #[test]
+    fn failed_connects() {
+        let mut t = ConnectionTable::new(100);
+        feed(&mut t, 4, &[(Close, SynSent, 0), (SynSent, Close, 0)], true);
+        assert_eq!(story(&mut t).end, Some(End::Refused));
+        feed(
+            &mut t,
+            5,
+            &[(Close, SynSent, 0), (SynSent, Close, 3000)],
+            false,
+        );
+        assert_eq!(story(&mut t).end, Some(End::Timeout));
+        feed(
+            &mut t,
+            6,
+            &[(Close, SynSent, 0), (SynSent, Close, 200)],
+            false,
+        );
+        assert_eq!(story(&mut t).end, Some(End::HandshakeAborted));
+    }
+
+    #[test]
+    fn aborts_and_resets() {
+        let mut t = ConnectionTable::new(100);
+        let est = [
+            (Close, SynSent, 0),
+            (SynSent, Established, 1),
+            (Established, Close, 101),
+        ];
+        feed(&mut t, 7, &est, false);
+        let c = story(&mut t);
+        assert_eq!(
+            (c.end, c.established_ns),
+            (Some(End::Aborted), Some(100 * MS))
+        );
+        feed(&mut t, 8, &est, true);
+        assert_eq!(story(&mut t).end, Some(End::RstReceived));
+        // First seen at its end: a story of one transition, role unknown.
+        feed(&mut t, 9, &[(CloseWait, Close, 5)], false);
+        let c = story(&mut t);
+        assert_eq!(
+            (c.role, c.from_start, c.end),
+            (Role::Unknown, false, Some(End::Aborted))
+        );
+    }
+
+    #[test]
+    fn snapshots_do_not_end_time_waits_of_other_namespaces() {
+        let mut t = ConnectionTable::new(100);
+        t.netns = Some(1); // the test transitions carry netns 4026531840
+        feed(
+            &mut t,
+            11,
+            &[
+                (Established, FinWait1, 0),
+                (FinWait1, FinWait2, 1),
+                (FinWait2, Close, 2),
+            ],
+            false,
+        );
+        t.snapshot(&[], 1000 * MS);
+        assert!(t.next_finished().is_none());
+        t.netns = Some(4026531840);
+        t.snapshot(&[], 1000 * MS);
+        assert_eq!(story(&mut t).time_wait_ns(), Some(998 * MS));
+    }
+
+    #[test]
+    fn unconfirmed_time_wait_expires_after_grace() {
+        let mut t = ConnectionTable::new(100);
+        feed(
+            &mut t,
+            10,
+            &[
+                (Established, FinWait1, 0),
+                (FinWait1, FinWait2, 1),
+                (FinWait2, Close, 2),
+            ],
+            false,
+        );
+        t.expire(2 * MS + TIME_WAIT_NS);
+        assert!(t.next_finished().is_none());
+        t.expire(2 * MS + TIME_WAIT_NS + TIME_WAIT_GRACE_NS + 1);
+        let c = story(&mut t);
+        assert_eq!(c.time_wait_ns(), Some(TIME_WAIT_NS));
+        assert!(!c.time_wait.unwrap().confirmed);
+    }
+
+    #[test]
+    fn bounded_table_evicts_oldest() {
+        let mut t = ConnectionTable::new(2);
+        for cookie in 1..=3 {
+            feed(&mut t, cookie, &[(Close, SynSent, cookie)], false);
+        }
+        assert_eq!(t.evicted, 1);
+        assert_eq!(t.len(), 2);
+        assert!(!t.live.contains_key(&1));
+    }
+}

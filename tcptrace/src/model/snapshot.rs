@@ -1,0 +1,80 @@
+//! A socket as a snapshot (INET_DIAG, what `ss` uses) reports it: every TCP socket that exists,
+//! including TIME_WAIT and half-open request sockets, which the tracepoint never reports.
+
+use crate::model::tcp::{Endpoints, TcpState};
+
+/// Idle times from `struct tcp_info` (`tcp_get_info()`): milliseconds since this socket last
+/// sent data, received data, and received an ACK. For a socket in CLOSE_WAIT or FIN_WAIT2 the
+/// peer has nothing more to send, so `last_ack_recv` is a lower bound of the time in that state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idle {
+    pub last_data_sent_ms: u32,
+    pub last_data_recv_ms: u32,
+    pub last_ack_recv_ms: u32,
+}
+
+impl Idle {
+    /// Milliseconds since anything was sent or received.
+    pub fn idle_ms(&self) -> u32 {
+        self.last_data_sent_ms
+            .min(self.last_data_recv_ms)
+            .min(self.last_ack_recv_ms)
+    }
+}
+
+/// The timer pending on a socket (`idiag_timer`, set by `inet_diag_msg_common_fill()` and
+/// `inet_sk_diag_fill()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    None,
+    Retransmit,
+    Keepalive,
+    /// A timewait socket's timer: TIME_WAIT, or the FIN_WAIT2 substate of an orphan.
+    TimeWait,
+    ZeroWindowProbe,
+    /// A value this reader does not know.
+    Other(u8),
+}
+
+impl Timer {
+    /// The kernel's number for it.
+    pub fn from_kernel(n: u8) -> Self {
+        match n {
+            0 => Self::None,
+            1 => Self::Retransmit,
+            2 => Self::Keepalive,
+            3 => Self::TimeWait,
+            4 => Self::ZeroWindowProbe,
+            n => Self::Other(n),
+        }
+    }
+}
+
+/// One socket as INET_DIAG reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiagSocket {
+    /// Same value as `bpf_get_socket_cookie()` (a TIME_WAIT socket keeps its full socket's
+    /// cookie: `inet_twsk_alloc()` copies `sk_cookie`).
+    pub cookie: u64,
+    pub state: TcpState,
+    pub endpoints: Endpoints,
+    pub timer: Timer,
+    /// Milliseconds until the timer fires (for TIME_WAIT: until the socket disappears).
+    pub expires_ms: u32,
+    pub uid: u32,
+    /// Socket inode, 0 for sockets without a file (TIME_WAIT, request sockets, orphans).
+    pub inode: u32,
+    /// LISTEN: connections waiting in the accept queue; others: bytes not yet read.
+    pub rqueue: u32,
+    /// LISTEN: the accept backlog (`sk_max_ack_backlog`); others: bytes not yet acknowledged.
+    pub wqueue: u32,
+    /// From `tcp_info`, when the dump asked for it and the socket is a full socket.
+    pub idle: Option<Idle>,
+}
+
+impl DiagSocket {
+    /// A timewait socket: TIME_WAIT proper, or an orphan in the FIN_WAIT2 substate.
+    pub fn is_timewait(&self) -> bool {
+        self.state == TcpState::TimeWait || self.timer == Timer::TimeWait
+    }
+}

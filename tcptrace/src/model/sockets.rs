@@ -1,0 +1,529 @@
+//! Which TCP sockets exist right now and in which state: kept current from transitions,
+//! seeded and periodically reconciled from INET_DIAG snapshots.
+//!
+//! The transition stream alone is not enough: sockets opened before the agent started are
+//! invisible, TIME_WAIT is never reported (an active close ends with FIN_WAIT2 -> CLOSE or
+//! CLOSING -> CLOSE when `tcp_time_wait()` swaps in a timewait socket), half-open request
+//! sockets never fire the tracepoint, and the kernel may skip program runs (recursion misses).
+//! So TIME_WAIT is *inferred* from those transitions, and a snapshot periodically confirms or
+//! corrects every entry.
+
+use std::collections::HashSet;
+use std::hash::BuildHasherDefault;
+use std::num::NonZeroU64;
+
+use crate::model::filter::Filter;
+use crate::model::snapshot::{DiagSocket, Timer};
+use crate::model::tcp::{STATE_SLOTS, TIME_WAIT_NS, TcpState};
+use crate::model::transition::Transition;
+use crate::model::{CookieHasher, CookieMap};
+
+/// Where an entry's current state comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A transition the program reported.
+    Event,
+    /// Derived from a transition the kernel reports differently (TIME_WAIT after
+    /// FIN_WAIT2/CLOSING -> CLOSE); not yet confirmed by a snapshot.
+    Inferred,
+    /// Read from an INET_DIAG snapshot.
+    Snapshot,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracked {
+    pub state: TcpState,
+    pub origin: Origin,
+    /// Snapshot generation that last saw this socket.
+    generation: u32,
+    /// When the socket entered `state` (kernel monotonic ns), if known.
+    since: MaybeNs,
+    /// When this entry last changed.
+    pub updated_ns: u64,
+    /// For TIME_WAIT (and the FIN_WAIT2 timewait substate): when the kernel will drop it.
+    expires: MaybeNs,
+}
+
+/// A kernel monotonic timestamp or none, in 8 bytes (the clock is never 0 once booted): one
+/// entry per tracked socket, so 32 bytes instead of 48 matter at 100k sockets.
+type MaybeNs = Option<NonZeroU64>;
+
+fn maybe_ns(ns: Option<u64>) -> MaybeNs {
+    ns.and_then(NonZeroU64::new)
+}
+
+impl Tracked {
+    /// When the socket entered its state (kernel monotonic ns), if known.
+    pub fn since_ns(&self) -> Option<u64> {
+        self.since.map(NonZeroU64::get)
+    }
+
+    /// For TIME_WAIT (and the FIN_WAIT2 timewait substate): when the kernel will drop it.
+    pub fn expires_ns(&self) -> Option<u64> {
+        self.expires.map(NonZeroU64::get)
+    }
+}
+
+/// What one reconcile changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Entries where the event-derived view disagreed with the kernel.
+    pub corrections: u64,
+    /// Entries added from or refreshed by the snapshot without disagreement (seed, half-open
+    /// request sockets, timewait substates).
+    pub refreshed: u64,
+}
+
+pub struct SocketTable {
+    map: CookieMap<Tracked>,
+    counts: [u64; STATE_SLOTS],
+    capacity: usize,
+    /// Only sockets of this network namespace are tracked (snapshots cover one namespace).
+    netns: Option<u32>,
+    filter: Filter,
+    generation: u32,
+    /// Cookies closed by events while a reconcile is in progress: a snapshot taken before the
+    /// close must not resurrect them.
+    closed_during_reconcile: Option<HashSet<u64, BuildHasherDefault<CookieHasher>>>,
+    /// Sockets not tracked because the table was full.
+    pub overflow: u64,
+}
+
+impl SocketTable {
+    pub fn new(capacity: usize, netns: Option<u32>, filter: Filter) -> Self {
+        // Not reserved up front: entries land in random buckets, so a reserved table would be
+        // resident in full at once; growth is amortized (a few reallocations per doubling).
+        Self {
+            map: CookieMap::default(),
+            counts: [0; STATE_SLOTS],
+            capacity,
+            netns,
+            filter,
+            generation: 0,
+            closed_during_reconcile: None,
+            overflow: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn get(&self, cookie: u64) -> Option<&Tracked> {
+        self.map.get(&cookie)
+    }
+
+    /// Sockets per state, indexed by the kernel state number.
+    pub fn count(&self, state: TcpState) -> u64 {
+        self.counts[state.slot()]
+    }
+
+    fn keeps_state(&self, state: TcpState) -> bool {
+        self.filter.states.is_empty() || self.filter.states.contains(&state)
+    }
+
+    fn remove(&mut self, cookie: u64) -> Option<Tracked> {
+        let old = self.map.remove(&cookie)?;
+        let slot = &mut self.counts[old.state.slot()];
+        *slot = slot.saturating_sub(1);
+        Some(old)
+    }
+
+    /// Inserts or replaces `cookie`'s entry, keeping the per-state counts exact.
+    fn put(&mut self, cookie: u64, entry: Tracked) {
+        if !self.keeps_state(entry.state) {
+            self.remove(cookie);
+            return;
+        }
+        match self.map.get_mut(&cookie) {
+            Some(old) => {
+                let slot = &mut self.counts[old.state.slot()];
+                *slot = slot.saturating_sub(1);
+                *old = entry;
+            }
+            None => {
+                if self.map.len() >= self.capacity {
+                    self.overflow += 1;
+                    return;
+                }
+                self.map.insert(cookie, entry);
+            }
+        }
+        self.counts[entry.state.slot()] += 1;
+    }
+
+    /// Applies one transition.
+    pub fn apply(&mut self, t: &Transition) {
+        if let (Some(mine), Some(theirs)) = (self.netns, t.netns)
+            && mine != theirs
+        {
+            return;
+        }
+        let entry = |state, origin, expires_ns| Tracked {
+            state,
+            since: maybe_ns(Some(t.ts_ns)),
+            updated_ns: t.ts_ns,
+            origin,
+            expires: maybe_ns(expires_ns),
+            generation: self.generation,
+        };
+        match (t.old, t.new) {
+            // tcp_time_wait(): the full socket becomes a timewait socket and reports CLOSE.
+            (TcpState::FinWait2 | TcpState::Closing, TcpState::Close) => {
+                let tw = entry(
+                    TcpState::TimeWait,
+                    Origin::Inferred,
+                    Some(t.ts_ns + TIME_WAIT_NS),
+                );
+                self.put(t.cookie, tw);
+            }
+            (_, TcpState::Close) => {
+                self.remove(t.cookie);
+                if let Some(closed) = &mut self.closed_during_reconcile {
+                    closed.insert(t.cookie);
+                }
+            }
+            (_, new) => {
+                let e = entry(new, Origin::Event, None);
+                self.put(t.cookie, e);
+            }
+        }
+    }
+
+    /// Drops timewait entries whose timer has run out. Returns how many.
+    pub fn expire(&mut self, now_ns: u64) -> usize {
+        let before = self.map.len();
+        let counts = &mut self.counts;
+        self.map.retain(|_, e| {
+            let keep = e.expires_ns().is_none_or(|at| at > now_ns);
+            if !keep {
+                let slot = &mut counts[e.state.slot()];
+                *slot = slot.saturating_sub(1);
+            }
+            keep
+        });
+        before - self.map.len()
+    }
+
+    /// Starts a reconcile: from now until [`SocketTable::reconcile`], closes are remembered.
+    pub fn begin_reconcile(&mut self) {
+        self.closed_during_reconcile = Some(HashSet::default());
+    }
+
+    /// Compares the table with a snapshot taken at `taken_ns` (before the events since then
+    /// were applied) and makes the table agree with the kernel. `seed` is the first snapshot:
+    /// everything it adds is expected, not a correction.
+    pub fn reconcile(
+        &mut self,
+        snapshot: &[DiagSocket],
+        taken_ns: u64,
+        seed: bool,
+    ) -> ReconcileReport {
+        let closed = self.closed_during_reconcile.take().unwrap_or_default();
+        self.generation = self.generation.wrapping_add(1);
+        let generation = self.generation;
+        let mut report = ReconcileReport::default();
+        // With owner or cgroup filters a snapshot cannot say whether an unknown socket
+        // qualifies: it then only updates sockets already tracked from transitions.
+        let may_add = self.filter.judges_snapshots();
+        for s in snapshot {
+            if !self.filter.matches_socket(&s.endpoints, s.state) {
+                continue;
+            }
+            let expires_ns = (s.timer == Timer::TimeWait)
+                .then(|| taken_ns + u64::from(s.expires_ms) * 1_000_000);
+            match self.map.get_mut(&s.cookie) {
+                Some(e) => {
+                    e.generation = generation;
+                    if e.state == s.state {
+                        if e.origin == Origin::Inferred {
+                            e.origin = Origin::Snapshot;
+                        }
+                        e.expires = maybe_ns(expires_ns).or(e.expires);
+                        continue;
+                    }
+                    if e.updated_ns >= taken_ns {
+                        // An event newer than the snapshot already moved it on.
+                        continue;
+                    }
+                    // An orphaned FIN_WAIT2 socket also becomes a timewait socket (substate
+                    // FIN_WAIT2): a refinement of the inference, not an error.
+                    let refinement = e.origin == Origin::Inferred && expires_ns.is_some();
+                    if refinement || seed || e.origin == Origin::Snapshot {
+                        report.refreshed += 1;
+                    } else {
+                        report.corrections += 1;
+                    }
+                    let updated = Tracked {
+                        state: s.state,
+                        since: if refinement { e.since } else { None },
+                        updated_ns: taken_ns,
+                        origin: Origin::Snapshot,
+                        expires: maybe_ns(expires_ns),
+                        ..*e
+                    };
+                    self.put(s.cookie, updated);
+                }
+                None => {
+                    if !may_add || closed.contains(&s.cookie) {
+                        continue;
+                    }
+                    // Request sockets (half-open SYN_RECV) never fire the tracepoint, so a
+                    // snapshot is their only source.
+                    if seed || s.state == TcpState::SynRecv {
+                        report.refreshed += 1;
+                    } else {
+                        report.corrections += 1;
+                    }
+                    self.put(
+                        s.cookie,
+                        Tracked {
+                            state: s.state,
+                            since: None,
+                            updated_ns: taken_ns,
+                            origin: Origin::Snapshot,
+                            expires: maybe_ns(expires_ns),
+                            generation,
+                        },
+                    );
+                }
+            }
+        }
+        // Entries the snapshot did not see, and that no event touched since it was taken.
+        let gone: Vec<(u64, Origin)> = self
+            .map
+            .iter()
+            .filter(|(_, e)| e.generation != generation && e.updated_ns < taken_ns)
+            .map(|(c, e)| (*c, e.origin))
+            .collect();
+        for (cookie, origin) in gone {
+            self.remove(cookie);
+            // Snapshot-only and inferred entries are expected to vanish (request sockets
+            // complete, timewait sockets expire or are reused); an event-tracked socket that
+            // the kernel no longer has means a close was missed.
+            if origin == Origin::Event && !seed {
+                report.corrections += 1;
+            } else {
+                report.refreshed += 1;
+            }
+        }
+        report
+    }
+
+    /// Age of the oldest socket in each state whose entry time is known.
+    pub fn oldest(&self, now_ns: u64) -> [Option<u64>; STATE_SLOTS] {
+        let mut oldest = [None::<u64>; STATE_SLOTS];
+        for e in self.map.values() {
+            if let Some(since) = e.since_ns() {
+                let age = now_ns.saturating_sub(since);
+                let slot = &mut oldest[e.state.slot()];
+                *slot = Some(slot.map_or(age, |a| a.max(age)));
+            }
+        }
+        oldest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::step;
+
+    const S: u64 = 1_000_000_000;
+
+    fn t(cookie: u64, old: TcpState, new: TcpState, ts: u64) -> Transition {
+        step(cookie, old, new).at(ts).done()
+    }
+
+    fn diag(cookie: u64, state: TcpState) -> DiagSocket {
+        let mut s = crate::testing::diag(cookie, state, "127.0.0.1:45678", "10.1.2.3:8080");
+        s.inode = 0;
+        if state == TimeWait {
+            s.expires_ms = 30_000;
+        }
+        s
+    }
+
+    fn table() -> SocketTable {
+        SocketTable::new(1000, None, Filter::default())
+    }
+
+    use TcpState::*;
+
+    #[test]
+    fn a_tracked_socket_takes_32_bytes() {
+        // One per tracked socket: the peak-RSS figure at 100k sockets depends on it.
+        assert_eq!(size_of::<Tracked>(), 32);
+    }
+
+    #[test]
+    fn client_lifecycle_counts_and_infers_time_wait() {
+        let mut tab = table();
+        tab.apply(&t(1, Close, SynSent, S));
+        assert_eq!(tab.count(SynSent), 1);
+        tab.apply(&t(1, SynSent, Established, 2 * S));
+        assert_eq!((tab.count(SynSent), tab.count(Established)), (0, 1));
+        tab.apply(&t(1, Established, FinWait1, 3 * S));
+        tab.apply(&t(1, FinWait1, FinWait2, 4 * S));
+        tab.apply(&t(1, FinWait2, Close, 5 * S));
+        assert_eq!(tab.count(TimeWait), 1);
+        assert_eq!(tab.count(FinWait2), 0);
+        let e = tab.get(1).unwrap();
+        assert_eq!(e.origin, Origin::Inferred);
+        assert_eq!(e.since_ns(), Some(5 * S));
+        // TIME_WAIT lasts TCP_TIMEWAIT_LEN.
+        assert_eq!(tab.expire(5 * S + TIME_WAIT_NS - 1), 0);
+        assert_eq!(tab.expire(5 * S + TIME_WAIT_NS), 1);
+        assert_eq!(tab.count(TimeWait), 0);
+        assert!(tab.is_empty());
+    }
+
+    #[test]
+    fn passive_close_and_abort_remove_the_socket() {
+        let mut tab = table();
+        tab.apply(&t(2, Listen, SynRecv, S));
+        tab.apply(&t(2, SynRecv, Established, S));
+        tab.apply(&t(2, Established, CloseWait, S));
+        tab.apply(&t(2, CloseWait, LastAck, S));
+        tab.apply(&t(2, LastAck, Close, S));
+        tab.apply(&t(3, Established, Close, S)); // unknown socket aborted: nothing to do
+        assert!(tab.is_empty());
+        assert!(tab.counts.iter().all(|&c| c == 0));
+    }
+
+    #[test]
+    fn oldest_age_per_state() {
+        let mut tab = table();
+        tab.apply(&t(1, Established, CloseWait, 10 * S));
+        tab.apply(&t(2, Established, CloseWait, 40 * S));
+        tab.apply(&t(3, SynSent, Established, 45 * S));
+        let oldest = tab.oldest(50 * S);
+        assert_eq!(oldest[usize::from(CloseWait.number())], Some(40 * S));
+        assert_eq!(oldest[usize::from(Established.number())], Some(5 * S));
+        assert_eq!(oldest[usize::from(Listen.number())], None);
+    }
+
+    #[test]
+    fn seed_adds_everything_without_corrections_and_unknown_entry_times() {
+        let mut tab = table();
+        tab.begin_reconcile();
+        let r = tab.reconcile(
+            &[
+                diag(1, Established),
+                diag(2, TimeWait),
+                diag(3, Listen),
+                diag(4, SynRecv),
+            ],
+            100 * S,
+            true,
+        );
+        assert_eq!(
+            r,
+            ReconcileReport {
+                corrections: 0,
+                refreshed: 4
+            }
+        );
+        assert_eq!(tab.count(TimeWait), 1);
+        assert_eq!(tab.get(1).unwrap().since_ns(), None);
+        assert_eq!(tab.get(2).unwrap().expires_ns(), Some(130 * S));
+        assert_eq!(tab.oldest(200 * S), [None; STATE_SLOTS]);
+    }
+
+    #[test]
+    fn reconcile_corrects_missed_events_only() {
+        let mut tab = table();
+        tab.apply(&t(1, SynSent, Established, S)); // will be closed without us seeing it
+        tab.apply(&t(2, SynSent, Established, S)); // agrees with the snapshot
+        tab.apply(&t(3, Established, CloseWait, S)); // snapshot says LAST_ACK: missed event
+        tab.apply(&t(4, FinWait1, FinWait2, S));
+        tab.apply(&t(4, FinWait2, Close, 2 * S)); // inferred TIME_WAIT, snapshot: FIN_WAIT2 substate
+        tab.begin_reconcile();
+        // Events after the snapshot was taken (at 10 s): 5 is opened and closed, 2 moves on.
+        tab.apply(&t(5, Close, SynSent, 11 * S));
+        tab.apply(&t(5, SynSent, Close, 12 * S));
+        tab.apply(&t(2, Established, FinWait1, 11 * S));
+        let mut fw2 = diag(4, FinWait2);
+        fw2.timer = Timer::TimeWait;
+        fw2.expires_ms = 50_000;
+        let r = tab.reconcile(
+            &[
+                diag(2, Established),
+                diag(3, LastAck),
+                fw2,
+                diag(5, SynSent),
+                diag(6, SynRecv),     // half-open request socket
+                diag(7, Established), // opened while an event was lost
+            ],
+            10 * S,
+            false,
+        );
+        // 1 missing, 3 wrong state, 7 unknown.
+        assert_eq!(r.corrections, 3, "{r:?}");
+        assert!(tab.get(1).is_none());
+        assert_eq!(tab.get(2).unwrap().state, FinWait1, "newer event wins");
+        assert_eq!(tab.get(3).unwrap().state, LastAck);
+        assert_eq!(tab.get(3).unwrap().since_ns(), None);
+        let fw = tab.get(4).unwrap();
+        assert_eq!((fw.state, fw.since_ns()), (FinWait2, Some(2 * S)));
+        assert_eq!(fw.expires_ns(), Some(60 * S));
+        assert!(
+            tab.get(5).is_none(),
+            "closed after the snapshot: not resurrected"
+        );
+        assert_eq!(tab.get(6).unwrap().state, SynRecv);
+        assert_eq!(tab.get(7).unwrap().origin, Origin::Snapshot);
+        let sum: u64 = tab.counts.iter().sum();
+        assert_eq!(sum as usize, tab.len());
+
+        // The next snapshot no longer has the request socket: it vanishes quietly.
+        tab.begin_reconcile();
+        let r = tab.reconcile(
+            &[diag(2, FinWait1), diag(3, LastAck), diag(7, Established)],
+            20 * S,
+            false,
+        );
+        assert_eq!(r.corrections, 0, "{r:?}");
+        assert!(tab.get(6).is_none() && tab.get(4).is_none());
+    }
+
+    #[test]
+    fn state_filter_and_netns_and_capacity() {
+        let filter = Filter {
+            states: vec![CloseWait],
+            ..Default::default()
+        };
+        let mut tab = SocketTable::new(2, Some(4026531840), filter);
+        tab.apply(&t(1, Established, CloseWait, S));
+        assert_eq!(tab.count(CloseWait), 1);
+        tab.apply(&t(1, CloseWait, LastAck, S));
+        assert!(tab.is_empty(), "left the filtered states");
+        let mut other_ns = t(2, Established, CloseWait, S);
+        other_ns.netns = Some(7);
+        tab.apply(&other_ns);
+        assert!(tab.is_empty(), "other namespace");
+        for c in 10..13 {
+            tab.apply(&t(c, Established, CloseWait, S));
+        }
+        assert_eq!(tab.len(), 2);
+        assert_eq!(tab.overflow, 1);
+    }
+
+    #[test]
+    fn counts_never_underflow() {
+        let mut tab = table();
+        tab.apply(&t(1, Established, Close, S));
+        tab.expire(u64::MAX);
+        tab.begin_reconcile();
+        tab.reconcile(&[], S, false);
+        assert!(tab.counts.iter().all(|&c| c == 0));
+    }
+}

@@ -1,0 +1,127 @@
+//! One TCP state transition of one socket, as the agent works with it (decoded from the ring
+//! record by [`crate::kernel::decode`]).
+
+use tcptrace_common::TASK_COMM_LEN;
+
+use crate::model::tcp::{Endpoints, TcpState};
+
+/// A task name as the kernel stores it (`task_struct::comm`): up to 16 bytes, NUL-padded, no
+/// allocation. The length is not stored: connection tables keep one per socket, and 16 bytes
+/// pack where 17 would not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Comm {
+    bytes: [u8; TASK_COMM_LEN],
+}
+
+impl Comm {
+    /// The name up to its first NUL.
+    pub fn from_kernel(raw: &[u8; TASK_COMM_LEN]) -> Self {
+        let mut bytes = [0; TASK_COMM_LEN];
+        let len = raw.iter().position(|&b| b == 0).unwrap_or(TASK_COMM_LEN);
+        bytes[..len].copy_from_slice(&raw[..len]);
+        Self { bytes }
+    }
+
+    fn len(&self) -> usize {
+        self.bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(TASK_COMM_LEN)
+    }
+
+    /// The name, with any invalid UTF-8 cut off at the first bad byte.
+    pub fn as_str(&self) -> &str {
+        let bytes = &self.bytes[..self.len()];
+        match std::str::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes[0] == 0
+    }
+}
+
+/// A task: process id (tgid), thread id and thread name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Task {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: Comm,
+}
+
+impl Task {
+    /// From `bpf_get_current_pid_tgid()` (tgid in the upper 32 bits) and a comm; `None` for
+    /// pid 0 (the idle task, or nothing captured).
+    pub fn from_kernel(pid_tgid: u64, comm: &[u8; TASK_COMM_LEN]) -> Option<Self> {
+        let pid = (pid_tgid >> 32) as u32;
+        (pid != 0).then(|| Self {
+            pid,
+            tid: pid_tgid as u32,
+            comm: Comm::from_kernel(comm),
+        })
+    }
+}
+
+/// The process a socket belongs to, as the kernel program captured it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub task: Task,
+    /// Kernel monotonic ns of the transition where it was captured.
+    pub captured_ns: u64,
+    /// Inherited from the listening socket (server child sockets are born in softirq), not
+    /// yet confirmed by the socket's own system call.
+    pub inherited: bool,
+}
+
+/// One decoded TCP state transition (`sock:inet_sock_set_state` with `oldstate != newstate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// Kernel CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns()`).
+    pub ts_ns: u64,
+    /// The socket's identity: its cookie (as INET_DIAG and `ss -e` report it), or on kernels
+    /// without the cookie helper in tracing programs the program's own id.
+    pub cookie: u64,
+    pub endpoints: Endpoints,
+    pub old: TcpState,
+    pub new: TcpState,
+    /// Time spent in `old` in ns, `None` when the socket was first seen at this transition.
+    pub in_old_ns: Option<u64>,
+    /// The socket's owner, `None` when unknown (never the on-CPU task by default).
+    pub owner: Option<Owner>,
+    /// The task on the CPU when the transition ran: in softirq (handshake completion, most
+    /// peer-triggered closes) whatever task was interrupted. `None` for the idle task.
+    pub cpu: Option<Task>,
+    /// Network namespace inode of the socket, `None` when unknown.
+    pub netns: Option<u32>,
+    /// cgroup v2 id of the socket, `None` when unknown.
+    pub cgroup: Option<u64>,
+    /// The socket has received a RST so far in its life (`tcp:tcp_receive_reset`).
+    pub rst_received: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_is_cut_at_nul_and_bad_utf8() {
+        let mut raw = [0u8; 16];
+        raw[..3].copy_from_slice(b"abc");
+        assert_eq!(Comm::from_kernel(&raw).as_str(), "abc");
+        let full = *b"0123456789abcdef";
+        assert_eq!(Comm::from_kernel(&full).as_str(), "0123456789abcdef");
+        let mut bad = [0u8; 16];
+        bad[..4].copy_from_slice(&[b'o', b'k', 0xff, b'x']);
+        assert_eq!(Comm::from_kernel(&bad).as_str(), "ok");
+        assert!(Comm::from_kernel(&[0; 16]).is_empty());
+    }
+
+    #[test]
+    fn idle_task_is_no_task() {
+        assert_eq!(Task::from_kernel(7, &[0; 16]), None);
+        let t = Task::from_kernel((5 << 32) | 6, b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0").unwrap();
+        assert_eq!((t.pid, t.tid, t.comm.as_str()), (5, 6, "sh"));
+    }
+}

@@ -1,0 +1,668 @@
+//! Prometheus metrics: what `tcptrace serve` exports. Names and labels are a contract
+//! documented in the README.
+//!
+//! The event thread updates counters and histograms per transition through handles resolved
+//! once (no label lookups or allocation per event), and publishes gauges once per tick. The
+//! HTTP side only gathers and encodes.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::diagnosis::Finding;
+use crate::diagnosis::evidence::LazyOwners;
+use crate::diagnosis::window::{View, Window};
+use crate::host::clock::monotonic_ns;
+use crate::host::stack::{Settings, TcpCounters};
+use crate::kernel::loader::KernelCounters;
+use crate::model::cgroup::CgroupInfo;
+use crate::model::connections::{Connection, Role};
+use crate::model::snapshot::DiagSocket;
+use crate::model::sockets::SocketTable;
+use crate::model::tcp::{STATE_SLOTS, TcpState};
+use crate::model::transition::Transition;
+use crate::pipeline::{Flow, Sink, Tick};
+
+/// One bucket set for every duration, 10 µs to 4 h: 1-2.5-5 steps per decade up to 10 s
+/// (loopback handshakes take tens of µs, LAN ones hundreds, WAN ones tens of ms), then the
+/// landmarks of TCP timers: 30 s, 1 min (TIME_WAIT, tcp_fin_timeout), 2 and 5 min, 10 and 30
+/// min, 1 h, 2 h (keepalive), 4 h. 28 buckets.
+pub const DURATION_BUCKETS: [f64; 28] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+    7200.0, 14400.0,
+];
+
+/// States a socket can be found in (CLOSE and NEW_SYN_RECV are not socket states INET_DIAG
+/// reports or that a socket stays in).
+pub const GAUGE_STATES: [TcpState; 10] = [
+    TcpState::Established,
+    TcpState::SynSent,
+    TcpState::SynRecv,
+    TcpState::FinWait1,
+    TcpState::FinWait2,
+    TcpState::TimeWait,
+    TcpState::CloseWait,
+    TcpState::LastAck,
+    TcpState::Listen,
+    TcpState::Closing,
+];
+
+/// The registry and every metric handle.
+pub struct Metrics {
+    registry: Registry,
+    transitions: IntCounterVec,
+    state_duration: HistogramVec,
+    handshake_client: Histogram,
+    handshake_server: Histogram,
+    connect_failures: IntCounter,
+    sockets: IntGaugeVec,
+    oldest: prometheus::GaugeVec,
+    lost_ring_full: IntCounter,
+    lost_recursion: IntCounter,
+    decode_errors: IntCounter,
+    events: IntCounter,
+    kernel_sent: IntCounter,
+    reconcile_corrections: IntCounter,
+    reconciles: IntCounter,
+    snapshot_errors: IntCounter,
+    tracked_overflow: IntCounter,
+    connection_duration: HistogramVec,
+    connections_closed: IntCounterVec,
+    connections_evicted: IntCounter,
+    findings: IntGaugeVec,
+    finding_evaluations: IntCounter,
+}
+
+/// Registers a metric and returns its handle.
+fn registered<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<C>,
+) -> C {
+    let metric = must(metric);
+    must(registry.register(Box::new(metric.clone())));
+    metric
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric definitions are static; an error here is a programming error caught by tests.
+    r.unwrap_or_else(|e| panic!("invalid metric definition: {e}"))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| registered(&registry, IntCounter::new(name, help));
+        let duration_opts = |name: &str, help: &str| {
+            HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec())
+        };
+
+        let transitions = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "tcptrace_transitions_total",
+                    "TCP state transitions observed, by old and new state.",
+                ),
+                &["from", "to"],
+            ),
+        );
+        let state_duration = registered(
+            &registry,
+            HistogramVec::new(
+                duration_opts(
+                    "tcptrace_state_duration_seconds",
+                    "Time sockets spent in a state before leaving it (only when the entry time is known).",
+                ),
+                &["state"],
+            ),
+        );
+        let handshake = registered(
+            &registry,
+            HistogramVec::new(
+                duration_opts(
+                    "tcptrace_handshake_duration_seconds",
+                    "TCP handshake time: SYN_SENT -> ESTABLISHED (client), SYN_RECV -> ESTABLISHED (server).",
+                ),
+                &["role"],
+            ),
+        );
+        let sockets = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "tcptrace_sockets",
+                    "TCP sockets currently in each state in the agent's network namespace (TIME_WAIT included).",
+                ),
+                &["state"],
+            ),
+        );
+        let oldest = registered(
+            &registry,
+            prometheus::GaugeVec::new(
+                Opts::new(
+                    "tcptrace_state_oldest_seconds",
+                    "Age in its current state of the oldest socket whose entry time is known; 0 when none.",
+                ),
+                &["state"],
+            ),
+        );
+        let lost = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "tcptrace_lost_events_total",
+                    "Transitions lost before reaching the agent: ring buffer full, or program runs the kernel skipped (recursion).",
+                ),
+                &["reason"],
+            ),
+        );
+        let build_info = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "tcptrace_build_info",
+                    "tcptrace build information; always 1.",
+                ),
+                &["version"],
+            ),
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        let connection_duration = registered(
+            &registry,
+            HistogramVec::new(
+                duration_opts(
+                    "tcptrace_connection_duration_seconds",
+                    "Connection lifetime from SYN to the full socket's CLOSE (TIME_WAIT excluded).",
+                ),
+                &["role"],
+            ),
+        );
+        let connections_closed = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "tcptrace_connections_closed_total",
+                    "Connections closed, by role, who closed first and how they ended (see README).",
+                ),
+                &["role", "closed_by", "end"],
+            ),
+        );
+
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+        must(registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )));
+
+        let metrics = Self {
+            transitions,
+            state_duration,
+            handshake_client: handshake.with_label_values(&["client"]),
+            handshake_server: handshake.with_label_values(&["server"]),
+            connect_failures: counter(
+                "tcptrace_connect_failures_total",
+                "Connects that failed: SYN_SENT -> CLOSE (refused, timed out, or aborted).",
+            ),
+            sockets,
+            oldest,
+            lost_ring_full: lost.with_label_values(&["ring_full"]),
+            lost_recursion: lost.with_label_values(&["recursion"]),
+            decode_errors: counter(
+                "tcptrace_decode_errors_total",
+                "Ring buffer records the agent could not decode.",
+            ),
+            events: counter(
+                "tcptrace_events_processed_total",
+                "Transitions the agent read from the kernel and processed.",
+            ),
+            kernel_sent: counter(
+                "tcptrace_kernel_events_total",
+                "Transitions the kernel program wrote to the ring buffer (published each second).",
+            ),
+            reconcile_corrections: counter(
+                "tcptrace_reconcile_corrections_total",
+                "Sockets whose state from transitions disagreed with an INET_DIAG snapshot and was corrected.",
+            ),
+            reconciles: counter(
+                "tcptrace_reconciles_total",
+                "INET_DIAG snapshots compared with the tracked sockets (the first one seeds them).",
+            ),
+            snapshot_errors: counter(
+                "tcptrace_snapshot_errors_total",
+                "INET_DIAG snapshots that failed.",
+            ),
+            tracked_overflow: counter(
+                "tcptrace_tracked_sockets_overflow_total",
+                "Sockets not tracked because the table was full (see --max-tracked-sockets).",
+            ),
+            connection_duration,
+            connections_closed,
+            connections_evicted: counter(
+                "tcptrace_connections_evicted_total",
+                "Connections dropped from the bounded connection table before they finished.",
+            ),
+            findings: registered(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tcptrace_finding",
+                        "Active doctor findings by kind and severity; the value is the number of sockets or connections concerned. A series disappears when its finding clears.",
+                    ),
+                    &["kind", "severity"],
+                ),
+            ),
+            finding_evaluations: counter(
+                "tcptrace_finding_evaluations_total",
+                "Times the doctor findings were evaluated (once per reconcile snapshot after the first).",
+            ),
+            registry,
+        };
+        for state in GAUGE_STATES {
+            metrics.sockets.with_label_values(&[state.label()]).set(0);
+            metrics.oldest.with_label_values(&[state.label()]).set(0.0);
+        }
+        Arc::new(metrics)
+    }
+
+    /// Replaces the exported findings with `findings` (cleared ones disappear).
+    pub fn set_findings(&self, findings: &[Finding]) {
+        self.findings.reset();
+        for f in findings {
+            self.findings
+                .with_label_values(&[f.kind.name(), f.severity.name()])
+                .add(f.count.min(i64::MAX as u64) as i64);
+        }
+        self.finding_evaluations.inc();
+    }
+
+    /// The text exposition format (version 0.0.4) of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 * 1024);
+        // Encoding our own well-formed families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// Keeps the metrics current from transitions, ticks and snapshots.
+pub struct MetricsSink {
+    metrics: Arc<Metrics>,
+    table: SocketTable,
+    /// Doctor's findings over each reconcile interval, for `tcptrace_finding`; also tells how
+    /// each connection closed.
+    window: Window,
+    /// `[old][new]` handles, created on first use.
+    transitions: [[Option<IntCounter>; STATE_SLOTS]; STATE_SLOTS],
+    durations: [Option<Histogram>; STATE_SLOTS],
+    seeded: bool,
+    /// Told once the first snapshot has been applied (the gauges are meaningful from then on).
+    on_seeded: Option<std::sync::mpsc::Sender<()>>,
+    last_kernel: KernelCounters,
+    last_decode_errors: u64,
+    last_overflow: u64,
+    last_snapshot_errors: u64,
+    last_evicted: u64,
+    last_sent: u64,
+}
+
+impl MetricsSink {
+    /// `window` evaluates the findings at every snapshot after the seed (snapshots should
+    /// then carry idle times).
+    pub fn new(metrics: Arc<Metrics>, table: SocketTable, window: Window) -> Self {
+        Self {
+            metrics,
+            table,
+            window,
+            transitions: Default::default(),
+            durations: Default::default(),
+            seeded: false,
+            on_seeded: None,
+            last_kernel: Default::default(),
+            last_decode_errors: 0,
+            last_overflow: 0,
+            last_snapshot_errors: 0,
+            last_evicted: 0,
+            last_sent: 0,
+        }
+    }
+
+    fn closed(&self, c: &Connection) {
+        let role = c.role.name();
+        if let Some(ns) = c.lifetime_ns() {
+            self.metrics
+                .connection_duration
+                .with_label_values(&[role])
+                .observe(ns as f64 / 1e9);
+        }
+        let end = c.end.map_or("unknown", |e| e.name());
+        self.metrics
+            .connections_closed
+            .with_label_values(&[role, c.closed_by.name(), end])
+            .inc();
+    }
+
+    /// Ends the diagnosis window at this snapshot (exporting its findings) and starts the
+    /// next one.
+    fn evaluate_findings(&mut self, sockets: &[DiagSocket], taken_ns: u64) {
+        let counters = TcpCounters::read();
+        let settings = Settings::read();
+        let view = View {
+            sockets,
+            taken_ns,
+            counters: &counters,
+            settings: &settings,
+        };
+        if let Some(evaluation) = self.window.evaluate(&view, &mut LazyOwners::default()) {
+            self.metrics.set_findings(&evaluation.findings);
+        }
+        self.window.restart(&view);
+    }
+
+    /// `tx` receives one message once the seed snapshot has been applied.
+    pub fn notify_seeded(mut self, tx: std::sync::mpsc::Sender<()>) -> Self {
+        self.on_seeded = Some(tx);
+        self
+    }
+
+    fn publish_gauges(&self, now_ns: u64) {
+        let oldest = self.table.oldest(now_ns);
+        for state in GAUGE_STATES {
+            let count = self.table.count(state).min(i64::MAX as u64) as i64;
+            self.metrics
+                .sockets
+                .with_label_values(&[state.label()])
+                .set(count);
+            let age = oldest[state.slot()].map_or(0.0, |ns| ns as f64 / 1e9);
+            self.metrics
+                .oldest
+                .with_label_values(&[state.label()])
+                .set(age);
+        }
+    }
+}
+
+/// Connections a serve window remembers: as many as the socket table tracks, within bounds.
+pub fn window_capacity(max_tracked_sockets: usize) -> usize {
+    max_tracked_sockets.clamp(1024, 1 << 20)
+}
+
+fn add_delta(counter: &IntCounter, last: &mut u64, now: u64) {
+    // Counters only move forward, even if a source were to go backwards.
+    if now > *last {
+        counter.inc_by(now - *last);
+        *last = now;
+    }
+}
+
+impl Sink for MetricsSink {
+    fn transition(
+        &mut self,
+        t: &Transition,
+        _cgroup: Option<&CgroupInfo>,
+    ) -> std::io::Result<Flow> {
+        let m = &self.metrics;
+        m.events.inc();
+        let (old, new) = (t.old.slot(), t.new.slot());
+        self.transitions[old][new]
+            .get_or_insert_with(|| {
+                m.transitions
+                    .with_label_values(&[t.old.label(), t.new.label()])
+            })
+            .inc();
+        if let Some(ns) = t.in_old_ns {
+            let secs = ns as f64 / 1e9;
+            self.durations[old]
+                .get_or_insert_with(|| m.state_duration.with_label_values(&[t.old.label()]))
+                .observe(secs);
+            match (t.old, t.new) {
+                (TcpState::SynSent, TcpState::Established) => m.handshake_client.observe(secs),
+                (TcpState::SynRecv, TcpState::Established) => m.handshake_server.observe(secs),
+                _ => {}
+            }
+        }
+        if (t.old, t.new) == (TcpState::SynSent, TcpState::Close) {
+            m.connect_failures.inc();
+        }
+        self.table.apply(t);
+        if let Some(c) = self.window.observe(t)
+            && c.role != Role::Listener
+        {
+            self.closed(&c);
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn tick(&mut self, tick: &Tick) {
+        self.table.expire(tick.now_ns);
+        self.publish_gauges(tick.now_ns);
+        let m = &self.metrics;
+        let k = tick.kernel;
+        add_delta(
+            &m.lost_ring_full,
+            &mut self.last_kernel.ring_full,
+            k.ring_full,
+        );
+        add_delta(&m.kernel_sent, &mut self.last_sent, k.sent);
+        add_delta(
+            &m.lost_recursion,
+            &mut self.last_kernel.recursion_misses,
+            k.recursion_misses,
+        );
+        add_delta(
+            &m.decode_errors,
+            &mut self.last_decode_errors,
+            tick.stats.decode_errors + k.read_failed,
+        );
+        add_delta(
+            &m.tracked_overflow,
+            &mut self.last_overflow,
+            self.table.overflow,
+        );
+        add_delta(
+            &m.snapshot_errors,
+            &mut self.last_snapshot_errors,
+            tick.stats.snapshot_errors,
+        );
+        add_delta(
+            &m.connections_evicted,
+            &mut self.last_evicted,
+            self.window.observations().evicted(),
+        );
+    }
+
+    fn begin_snapshot(&mut self) {
+        self.table.begin_reconcile();
+    }
+
+    fn snapshot(&mut self, sockets: &[DiagSocket], taken_ns: u64) {
+        let report = self.table.reconcile(sockets, taken_ns, !self.seeded);
+        self.seeded = true;
+        self.metrics.reconciles.inc();
+        self.metrics
+            .reconcile_corrections
+            .inc_by(report.corrections);
+        self.publish_gauges(monotonic_ns());
+        self.evaluate_findings(sockets, taken_ns);
+        if let Some(tx) = self.on_seeded.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnosis::Thresholds;
+    use crate::model::filter::Filter;
+    use crate::testing::step;
+
+    fn t(old: TcpState, new: TcpState, dwell: Option<u64>) -> Transition {
+        step(4242, old, new).dwell(dwell).done()
+    }
+
+    fn sink(metrics: &Arc<Metrics>) -> MetricsSink {
+        MetricsSink::new(
+            metrics.clone(),
+            SocketTable::new(100, None, Filter::default()),
+            Window::new(100, Filter::default(), Thresholds::default()),
+        )
+    }
+
+    fn scrape(m: &Metrics) -> String {
+        String::from_utf8(m.render()).unwrap()
+    }
+
+    #[test]
+    fn transitions_durations_handshakes_and_failures() {
+        let metrics = Metrics::new();
+        let mut sink = sink(&metrics);
+        use TcpState::*;
+        sink.transition(&t(Close, SynSent, None), None).unwrap();
+        sink.transition(&t(SynSent, Established, Some(40_000)), None)
+            .unwrap();
+        sink.transition(&t(SynRecv, Established, Some(7_000)), None)
+            .unwrap();
+        sink.transition(&t(SynSent, Close, Some(3_000_000_000)), None)
+            .unwrap();
+        let text = scrape(&metrics);
+        assert!(
+            text.contains("tcptrace_transitions_total{from=\"close\",to=\"syn_sent\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcptrace_transitions_total{from=\"syn_sent\",to=\"established\"} 1")
+        );
+        assert!(text.contains("tcptrace_handshake_duration_seconds_count{role=\"client\"} 1"));
+        assert!(text.contains(
+            "tcptrace_handshake_duration_seconds_bucket{role=\"client\",le=\"0.00005\"} 1"
+        ));
+        assert!(text.contains(
+            "tcptrace_handshake_duration_seconds_bucket{role=\"client\",le=\"0.000025\"} 0"
+        ));
+        assert!(text.contains("tcptrace_handshake_duration_seconds_count{role=\"server\"} 1"));
+        assert!(text.contains("tcptrace_connect_failures_total 1"));
+        assert!(
+            text.contains(
+                "tcptrace_connections_closed_total{closed_by=\"unknown\",end=\"timeout\",role=\"client\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("tcptrace_connection_duration_seconds_count{role=\"client\"} 1"));
+        // Unknown dwell is not observed: syn_sent has 2 observations (40 µs and 3 s).
+        assert!(text.contains("tcptrace_state_duration_seconds_count{state=\"syn_sent\"} 2"));
+        assert!(!text.contains("tcptrace_state_duration_seconds_count{state=\"close\"}"));
+        assert!(text.contains("tcptrace_events_processed_total 4"));
+        assert!(text.contains("tcptrace_build_info{version=\""));
+    }
+
+    #[test]
+    fn findings_are_exported_and_cleared() {
+        use crate::diagnosis::{Kind, Severity};
+        let metrics = Metrics::new();
+        let finding = |kind, severity, count| Finding {
+            kind,
+            severity,
+            statement: String::new(),
+            count,
+            facts: Vec::new(),
+            top: Vec::new(),
+            examples: Vec::new(),
+            settings: Vec::new(),
+            advice: Vec::new(),
+        };
+        metrics.set_findings(&[
+            finding(Kind::SynFlood, Severity::Critical, 16),
+            finding(Kind::SynFlood, Severity::Critical, 4),
+            finding(Kind::CloseWaitLeak, Severity::Warning, 3),
+        ]);
+        let text = scrape(&metrics);
+        assert!(
+            text.contains("tcptrace_finding{kind=\"syn_flood\",severity=\"critical\"} 20"),
+            "{text}"
+        );
+        assert!(text.contains("tcptrace_finding{kind=\"close_wait_leak\",severity=\"warning\"} 3"));
+        metrics.set_findings(&[finding(Kind::CloseWaitLeak, Severity::Critical, 100)]);
+        let text = scrape(&metrics);
+        assert!(
+            !text.contains("syn_flood") && !text.contains("severity=\"warning\""),
+            "{text}"
+        );
+        assert!(text.contains("tcptrace_finding_evaluations_total 2"));
+    }
+
+    #[test]
+    fn gauges_losses_and_reconcile_counters() {
+        let metrics = Metrics::new();
+        let mut sink = sink(&metrics);
+        use TcpState::*;
+        let mut est = t(SynSent, Established, Some(1));
+        est.ts_ns = 1_000_000_000;
+        sink.transition(&est, None).unwrap();
+        let mut tick = Tick {
+            now_ns: 11_000_000_000,
+            stats: Default::default(),
+            kernel: KernelCounters {
+                ring_full: 5,
+                recursion_misses: 2,
+                sent: 9,
+                ..Default::default()
+            },
+        };
+        sink.tick(&tick);
+        let text = scrape(&metrics);
+        assert!(
+            text.contains("tcptrace_sockets{state=\"established\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("tcptrace_sockets{state=\"time_wait\"} 0"));
+        assert!(text.contains("tcptrace_state_oldest_seconds{state=\"established\"} 10"));
+        assert!(text.contains("tcptrace_lost_events_total{reason=\"ring_full\"} 5"));
+        assert!(text.contains("tcptrace_lost_events_total{reason=\"recursion\"} 2"));
+        assert!(text.contains("tcptrace_kernel_events_total 9"));
+        // Counters stay monotonic.
+        tick.kernel.ring_full = 3;
+        sink.tick(&tick);
+        assert!(scrape(&metrics).contains("tcptrace_lost_events_total{reason=\"ring_full\"} 5"));
+
+        // Seed: no corrections; then a snapshot without the socket: one correction.
+        sink.begin_snapshot();
+        sink.snapshot(&[], 500_000_000);
+        assert!(scrape(&metrics).contains("tcptrace_reconcile_corrections_total 0"));
+        sink.begin_snapshot();
+        sink.snapshot(&[], 20_000_000_000);
+        let text = scrape(&metrics);
+        assert!(
+            text.contains("tcptrace_reconcile_corrections_total 1"),
+            "{text}"
+        );
+        assert!(text.contains("tcptrace_reconciles_total 2"));
+        assert!(text.contains("tcptrace_sockets{state=\"established\"} 0"));
+    }
+
+    #[test]
+    fn process_metrics_come_from_the_process_collector() {
+        let text = scrape(&Metrics::new());
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(text.contains(&format!("\n{name} ")), "{name}: {text}");
+        }
+    }
+
+    #[test]
+    fn buckets_are_sorted_and_span_10us_to_hours() {
+        assert!(DURATION_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(DURATION_BUCKETS[0], 0.000_01);
+        assert!(*DURATION_BUCKETS.last().unwrap() >= 3600.0);
+    }
+}
