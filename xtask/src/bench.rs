@@ -48,6 +48,14 @@ pub struct BenchArgs {
     /// Where to write result.json and result.md.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// Also run `tail` and `serve` of this other tcptrace binary in every round (e.g. the
+    /// previous release), interleaved with this tree's, to compare the two in one run.
+    #[arg(long, value_name = "BIN")]
+    compare: Option<PathBuf>,
+    /// Also run `tail` with the kernel program's own log enabled (`--log-level debug`), to
+    /// measure what the log statements cost when they are on.
+    #[arg(long)]
+    kernel_log: bool,
 }
 
 impl BenchArgs {
@@ -61,6 +69,8 @@ impl BenchArgs {
             held: 2_000,
             smoke: true,
             out: PathBuf::from("target/bench-smoke"),
+            compare: None,
+            kernel_log: false,
         }
     }
 }
@@ -71,19 +81,35 @@ enum CloseOrder {
     Server,
 }
 
+/// What runs beside the churn.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Mode {
+enum Kind {
     None,
     Tail,
     Serve,
 }
 
+/// One column of the comparison: a kind of run, with which tcptrace binary.
+#[derive(Clone, Debug)]
+struct Mode {
+    kind: Kind,
+    bin: PathBuf,
+    /// Appended to the name when the binary or its options are not the default ones.
+    label: Option<String>,
+    /// More arguments for the agent.
+    extra: Vec<&'static str>,
+}
+
 impl Mode {
-    fn name(self) -> &'static str {
-        match self {
-            Self::None => "no tracer",
-            Self::Tail => "tail -o json > /dev/null",
-            Self::Serve => "serve (scraped 1/s)",
+    fn name(&self) -> String {
+        let base = match self.kind {
+            Kind::None => "no tracer",
+            Kind::Tail => "tail -o json > /dev/null",
+            Kind::Serve => "serve (scraped 1/s)",
+        };
+        match &self.label {
+            Some(label) => format!("{base} [{label}]"),
+            None => base.to_owned(),
         }
     }
 }
@@ -244,16 +270,16 @@ struct Agent {
     metrics_addr: Option<String>,
 }
 
-fn start_agent(bin: &Path, mode: Mode, port: u16, extra: &[&str]) -> anyhow::Result<Agent> {
+fn start_agent(bin: &Path, kind: Kind, port: u16, extra: &[&str]) -> anyhow::Result<Agent> {
     let port = port.to_string();
     let mut cmd = Command::new(bin);
     let mut metrics_addr = None;
-    match mode {
-        Mode::None => unreachable!("no agent"),
-        Mode::Tail => {
+    match kind {
+        Kind::None => bail!("no agent to start"),
+        Kind::Tail => {
             cmd.args(["tail", "-o", "json", "--port", &port]);
         }
-        Mode::Serve => {
+        Kind::Serve => {
             let addr = format!("127.0.0.1:{}", free_port()?);
             cmd.args(["serve", "--port", &port, "--web.listen-address", &addr]);
             metrics_addr = Some(addr);
@@ -310,10 +336,10 @@ struct Counts {
     unreadable: u64,
 }
 
-fn run_once(bin: &Path, mode: Mode, args: &BenchArgs, n: u64) -> anyhow::Result<RunResult> {
+fn run_once(mode: &Mode, args: &BenchArgs, n: u64) -> anyhow::Result<RunResult> {
     let port = free_port()?;
     let expected = n * TRANSITIONS_PER_CONNECTION + LISTENER_TRANSITIONS;
-    if mode == Mode::None {
+    if mode.kind == Kind::None {
         let rate = churn(port, n, args.concurrency, args.close)?;
         return Ok(RunResult {
             conns_per_s: rate,
@@ -321,7 +347,7 @@ fn run_once(bin: &Path, mode: Mode, args: &BenchArgs, n: u64) -> anyhow::Result<
             ..Default::default()
         });
     }
-    let mut agent = start_agent(bin, mode, port, &[])?;
+    let mut agent = start_agent(&mode.bin, mode.kind, port, &mode.extra)?;
     let pid = agent.child.id();
     let scraping = Arc::new(AtomicBool::new(true));
     let scraper = agent.metrics_addr.clone().map(|addr| {
@@ -373,7 +399,7 @@ fn run_once(bin: &Path, mode: Mode, args: &BenchArgs, n: u64) -> anyhow::Result<
         let _ = s.join();
     }
     let summary = stop(&mut agent)?;
-    let counts = if mode == Mode::Tail {
+    let counts = if mode.kind == Kind::Tail {
         let get = |label: &str| number_before(&summary, label).unwrap_or(0);
         Counts {
             received: get("shown"),
@@ -463,7 +489,7 @@ fn held(bin: &Path, n: u64) -> anyhow::Result<Held> {
     for p in &ports[1..] {
         extra.extend(["--port", p.as_str()]);
     }
-    let mut agent = start_agent(bin, Mode::Serve, ports[0].parse()?, &extra)?;
+    let mut agent = start_agent(bin, Kind::Serve, ports[0].parse()?, &extra)?;
     let mut opened = 0;
     for (child, out) in &mut helpers {
         writeln!(child.stdin.as_mut().context("helper stdin")?, "go")?;
@@ -542,6 +568,40 @@ fn raise_nofile(want: u64) -> u64 {
 
 /// Results per mode, in run order.
 type Runs = Vec<(Mode, Vec<RunResult>)>;
+
+/// `result.json`.
+#[derive(serde::Serialize)]
+struct Report {
+    machine: String,
+    connections: u64,
+    rounds: u64,
+    modes: Vec<ModeReport>,
+    held: Option<HeldReport>,
+}
+
+#[derive(serde::Serialize)]
+struct ModeReport {
+    mode: String,
+    conns_per_s_median: f64,
+    conns_per_s: Vec<f64>,
+    /// Median of the per-round ratios to the untraced run (1 = no cost).
+    ratio: f64,
+    ratios_pct: Vec<f64>,
+    received: u64,
+    expected: u64,
+    lost_ring_full: u64,
+    lost_recursion: u64,
+    kernel_ns_per_run: Option<f64>,
+    agent_cpu_s_per_million: Option<f64>,
+    agent_peak_rss_kb: Option<u64>,
+}
+
+#[derive(serde::Serialize)]
+struct HeldReport {
+    connections: u64,
+    tracked: u64,
+    peak_rss_kb: u64,
+}
 /// Held mode: (connections held, agent peak RSS kB, sockets the gauge counted).
 type Held = (u64, u64, u64);
 
@@ -589,14 +649,32 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let machine = describe_machine();
     println!("xtask: bench on {machine}");
     let old_stats = bpf_stats(Some("1"))?;
+    let mode = |kind, bin: &Path, label: Option<String>| Mode {
+        kind,
+        bin: bin.to_owned(),
+        label,
+        extra: Vec::new(),
+    };
+    let mut modes = vec![
+        mode(Kind::None, &bin, None),
+        mode(Kind::Tail, &bin, None),
+        mode(Kind::Serve, &bin, None),
+    ];
+    if let Some(other) = &args.compare {
+        let label = other.display().to_string();
+        modes.push(mode(Kind::Tail, other, Some(label.clone())));
+        modes.push(mode(Kind::Serve, other, Some(label)));
+    }
+    if args.kernel_log {
+        let mut logging = mode(Kind::Tail, &bin, Some("kernel log on".into()));
+        logging.extra = vec!["--log-level", "debug"];
+        modes.push(logging);
+    }
     let result = (|| -> anyhow::Result<(Runs, Option<Held>)> {
-        let mut runs: Runs = [Mode::None, Mode::Tail, Mode::Serve]
-            .into_iter()
-            .map(|m| (m, Vec::new()))
-            .collect();
+        let mut runs: Runs = modes.into_iter().map(|m| (m, Vec::new())).collect();
         for round in 1..=args.rounds {
             for (mode, results) in &mut runs {
-                let r = run_once(&bin, *mode, &args, args.connections)?;
+                let r = run_once(mode, &args, args.connections)?;
                 println!(
                     "xtask: round {round} {:<26} {:>8.0} conn/s received {}/{} lost ring {} recursion {}",
                     mode.name(),
@@ -638,13 +716,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         args.rounds
     );
     md.push_str("| mode | conn/s (median, min–max) | vs no tracer in its round (median, min–max) | transitions received / expected | completeness | lost ring_full | lost recursion | kernel ns/run | agent CPU s per 1M transitions | agent peak RSS |\n|---|---|---|---|---|---|---|---|---|---|\n");
-    let mut json = String::from("{\"machine\":");
-    let _ = write!(
-        json,
-        "\"{machine}\",\"connections\":{},\"rounds\":{},\"modes\":[",
-        args.connections, args.rounds
-    );
-    for (i, (mode, rs)) in runs.iter().enumerate() {
+    let mut report = Report {
+        machine: machine.clone(),
+        connections: args.connections,
+        rounds: args.rounds,
+        modes: Vec::new(),
+        held: held.map(|(connections, peak_rss_kb, tracked)| HeldReport {
+            connections,
+            tracked,
+            peak_rss_kb,
+        }),
+    };
+    for (mode, rs) in &runs {
         let rates: Vec<f64> = rs.iter().map(|r| r.conns_per_s).collect();
         let rate = median(rates.clone()).unwrap_or(0.0);
         let ratios = paired(rs);
@@ -657,7 +740,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         let cpu = median(rs.iter().filter_map(|r| r.cpu_s_per_m).collect());
         let rss = rs.iter().filter_map(|r| r.peak_rss_kb).max();
         let fmt = |v: Option<f64>, p: usize| v.map_or("-".to_owned(), |v| format!("{v:.p$}"));
-        if *mode == Mode::None {
+        if mode.kind == Kind::None {
             let _ = writeln!(
                 md,
                 "| {} | {rate:.0} ({}) | 100 % | - | - | - | - | - | - | - |",
@@ -678,30 +761,31 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 rss.map_or("-".into(), |kb| format!("{:.1} MB", kb as f64 / 1024.0)),
             );
         }
-        let _ = write!(
-            json,
-            "{}{{\"mode\":\"{}\",\"conns_per_s_median\":{rate:.1},\"conns_per_s\":{rates:?},\"ratio\":{:.4},\"ratios_pct\":{ratios:?},\"received\":{received},\"expected\":{expected},\"lost_ring_full\":{ring},\"lost_recursion\":{rec},\"kernel_ns_per_run\":{},\"agent_cpu_s_per_million\":{},\"agent_peak_rss_kb\":{}}}",
-            if i > 0 { "," } else { "" },
-            mode.name(),
-            ratio / 100.0,
-            fmt(ns, 1).replace('-', "null"),
-            fmt(cpu, 4).replace('-', "null"),
-            rss.map_or("null".into(), |v| v.to_string()),
-        );
+        report.modes.push(ModeReport {
+            mode: mode.name(),
+            conns_per_s_median: rate,
+            conns_per_s: rates,
+            ratio: ratio / 100.0,
+            ratios_pct: ratios,
+            received,
+            expected,
+            lost_ring_full: ring,
+            lost_recursion: rec,
+            kernel_ns_per_run: ns,
+            agent_cpu_s_per_million: cpu,
+            agent_peak_rss_kb: rss,
+        });
     }
-    json.push(']');
-    if let Some((n, rss, tracked)) = held {
+    if let Some(h) = &report.held {
         let _ = writeln!(
             md,
-            "\nHeld: {n} connections ESTABLISHED under `serve` ({tracked} sockets in `tcptrace_sockets{{state=\"established\"}}`): agent peak RSS {:.1} MB.",
-            rss as f64 / 1024.0
-        );
-        let _ = write!(
-            json,
-            ",\"held\":{{\"connections\":{n},\"tracked\":{tracked},\"peak_rss_kb\":{rss}}}"
+            "\nHeld: {} connections ESTABLISHED under `serve` ({} sockets in `tcptrace_sockets{{state=\"established\"}}`): agent peak RSS {:.1} MB.",
+            h.connections,
+            h.tracked,
+            h.peak_rss_kb as f64 / 1024.0
         );
     }
-    json.push('}');
+    let json = serde_json::to_string_pretty(&report)?;
     let out = workspace_root().join(&args.out);
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("result.json"), &json)?;
