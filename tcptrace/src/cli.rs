@@ -158,7 +158,9 @@ snapshot (with each socket's idle times), reads the kernel's TCP counters and se
 prints its findings, most severe first. Each finding has a stable kind, a severity, one \
 statement, the evidence (counts, rates, ages, top owners, ports and endpoints, example \
 sockets), the relevant kernel settings and advice. --explain describes every state and kind.\n\n\
-Exit code: 0 healthy (or informational findings only), 1 warnings, 2 critical.\n\n\
+Exit code (the monitoring-plugin convention): 0 OK (healthy, or informational findings \
+only), 1 WARNING, 2 CRITICAL, 3 UNKNOWN (doctor could not run: a usage error, missing \
+privileges, a failed snapshot).\n\n\
 With --netns-path (or --netns), snapshots, counters and settings are read inside that network \
 namespace and only its transitions are watched.",
         after_help = "Examples:\n  \
@@ -261,15 +263,15 @@ impl OutputArgs {
 #[derive(Debug, Args, Default)]
 pub struct FilterArgs {
     /// Keep connections with this port at either end (repeatable).
-    #[arg(long = "port", value_name = "PORT", help_heading = "Filters")]
+    #[arg(long = "port", value_name = "PORT", value_parser = parse_port, help_heading = "Filters")]
     pub ports: Vec<u16>,
 
     /// Keep connections with this local port (repeatable).
-    #[arg(long = "lport", value_name = "PORT", help_heading = "Filters")]
+    #[arg(long = "lport", value_name = "PORT", value_parser = parse_port, help_heading = "Filters")]
     pub lports: Vec<u16>,
 
     /// Keep connections with this remote port (repeatable).
-    #[arg(long = "rport", value_name = "PORT", help_heading = "Filters")]
+    #[arg(long = "rport", value_name = "PORT", value_parser = parse_port, help_heading = "Filters")]
     pub rports: Vec<u16>,
 
     /// Keep connections with an address (either end) in this block, e.g. 10.0.0.0/8 or ::1
@@ -341,8 +343,33 @@ impl FilterArgs {
                 tcptrace_common::MAX_PID_FILTER
             );
         }
+        if let Some(comm) = self.comms.iter().find(|c| c.len() > MAX_COMM) {
+            anyhow::bail!(
+                "--comm {comm} can never match: the kernel keeps at most {MAX_COMM} bytes of a task name; use its first {MAX_COMM} (`{}`)",
+                comm.get(..MAX_COMM).unwrap_or(comm)
+            );
+        }
+        if !(self.cgroups.is_empty() && self.containers.is_empty())
+            && !crate::host::cgroup::has_cgroup2()
+        {
+            anyhow::bail!(
+                "--cgroup and --container need a cgroup v2 hierarchy, and this host has only cgroup v1: every socket reports the root cgroup"
+            );
+        }
+        for pid in &self.pids {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                log::warn!("no process has pid {pid} now; --pid {pid} matches once one does");
+            }
+        }
         let netns = match (&self.netns, &self.netns_path) {
-            (Some(inode), _) => Some(*inode),
+            (Some(inode), _) => {
+                if !netns::all().contains_key(inode) {
+                    anyhow::bail!(
+                        "--netns {inode}: no network namespace has that inode (see `ls -l /proc/*/ns/net` or `ip netns list`); --netns-path takes a path"
+                    );
+                }
+                Some(*inode)
+            }
             (None, Some(path)) => Some(
                 netns::inode_of(path)
                     .map_err(|e| anyhow::anyhow!("--netns-path {}: {e}", path.display()))?,
@@ -390,6 +417,23 @@ impl KernelArgs {
             kernel_log: log.kernel_level(),
         }
     }
+}
+
+/// The longest task name the kernel keeps (`TASK_COMM_LEN` minus its NUL).
+const MAX_COMM: usize = tcptrace_common::TASK_COMM_LEN - 1;
+
+/// A port a connection can have: 1 to 65535.
+fn parse_port(s: &str) -> Result<u16, String> {
+    let port: u16 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a port (1 to 65535)"))?;
+    if port == 0 {
+        return Err(
+            "no connection has port 0 (a connect() shows local port 0 only before the kernel picks one)"
+                .into(),
+        );
+    }
+    Ok(port)
 }
 
 /// Seconds, fractions allowed, more than zero.

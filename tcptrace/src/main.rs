@@ -36,9 +36,41 @@ fn init_logging(args: &LogArgs) {
     builder.init();
 }
 
+/// `doctor`'s exit status when it could not run: UNKNOWN in the monitoring-plugin convention
+/// (0 OK, 1 WARNING, 2 CRITICAL), so a script can tell "tool failed" from "problem found".
+const DOCTOR_UNKNOWN: u8 = 3;
+
+/// Whether the command line asks for `doctor`: its first word that is neither an option nor
+/// the value of the global `--log-level`.
+fn is_doctor(args: &[std::ffi::OsString]) -> bool {
+    let mut words = args.iter().skip(1).map(|a| a.to_string_lossy());
+    while let Some(word) = words.next() {
+        if word == "--log-level" {
+            words.next();
+        } else if !word.starts_with('-') {
+            return word == "doctor";
+        }
+    }
+    false
+}
+
 fn main() -> ExitCode {
     process::fix_mmap_threshold();
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let doctor = is_doctor(&args);
+    let failure = if doctor {
+        ExitCode::from(DOCTOR_UNKNOWN)
+    } else {
+        ExitCode::FAILURE
+    };
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) if doctor && e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(DOCTOR_UNKNOWN);
+        }
+        Err(e) => e.exit(),
+    };
     init_logging(&cli.log);
     let log = &cli.log;
     let result = match cli.command {
@@ -52,7 +84,25 @@ fn main() -> ExitCode {
         Err(err) => {
             // One line: the error and its causes, joined.
             eprintln!("tcptrace: error: {err:#}");
-            ExitCode::FAILURE
+            failure
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_doctor_subcommand() {
+        let args =
+            |line: &str| -> Vec<std::ffi::OsString> { line.split(' ').map(Into::into).collect() };
+        assert!(is_doctor(&args("tcptrace doctor --bogus")));
+        assert!(is_doctor(&args("tcptrace --log-level debug doctor")));
+        assert!(is_doctor(&args(
+            "tcptrace --log-level=debug doctor -o json"
+        )));
+        assert!(!is_doctor(&args("tcptrace tail --comm doctor")));
+        assert!(!is_doctor(&args("tcptrace --help")));
     }
 }

@@ -714,3 +714,48 @@ fn text_report_reads_well() {
     );
     drop(kept);
 }
+
+/// doctor follows the monitoring-plugin convention: 0 OK, 1 WARNING, 2 CRITICAL and 3 UNKNOWN
+/// whenever it could not run, so cron can tell "tool failed" from "problem found".
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn exit_codes_follow_the_monitoring_plugin_convention() {
+    require_root();
+    let run = |cmd: &mut Command| {
+        let out = cmd.stdin(Stdio::null()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stderr)
+    };
+    // A usage error.
+    let (code, stderr) = run(Command::new(BIN).args(["doctor", "--duration", "-1"]));
+    assert_eq!(code, Some(3), "{stderr}");
+    let (code, _) = run(Command::new(BIN).args(["--log-level", "info", "doctor", "--bogus"]));
+    assert_eq!(code, Some(3));
+    // A namespace that does not exist.
+    let (code, stderr) = run(Command::new(BIN).args([
+        "doctor",
+        "--netns-path",
+        "/run/netns/tcptrace-does-not-exist",
+    ]));
+    assert_eq!(code, Some(3), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    // No privileges.
+    let (code, stderr) = run(Command::new("setpriv").args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        BIN,
+        "doctor",
+        "--duration",
+        "1",
+    ]));
+    assert_eq!(code, Some(3), "{stderr}");
+    // Help and --explain are answers, not failures; other commands keep exit status 1.
+    let (code, _) = run(Command::new(BIN).args(["doctor", "--explain"]));
+    assert_eq!(code, Some(0));
+    let (code, _) = run(Command::new(BIN).args(["doctor", "--help"]));
+    assert_eq!(code, Some(0));
+    let (code, _) = run(Command::new(BIN).args(["tail", "--netns-path", "/nonexistent"]));
+    assert_eq!(code, Some(1));
+}

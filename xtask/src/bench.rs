@@ -642,7 +642,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         args.clone()
     };
     if !crate::setup::is_ready() {
-        crate::setup::run()?;
+        crate::setup::steps(crate::setup::BUILD)?;
     }
     sh(cargo().args(["build", "--release", "--package", "tcptrace"]))?;
     let bin = workspace_root().join("target/release/tcptrace");

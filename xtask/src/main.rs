@@ -29,10 +29,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what building and testing tcptrace needs: the nightly's rust-src, bpf-linker
-    /// built against the nightly's LLVM, tracefs, and the Debian packages the tests use.
+    /// Install what building and testing tcptrace needs: the nightly's rust-src and bpf-linker
+    /// built against the nightly's LLVM (what `run` installs), then tracefs and the Debian
+    /// packages the tests use.
     Setup,
-    /// Build tcptrace (release) and run it, e.g. `cargo xtask run -- tail --port 443`.
+    /// Build tcptrace (release) and run it, e.g. `cargo xtask run -- tail --port 443`;
+    /// installs the eBPF toolchain first if it is missing, nothing else.
     Run {
         /// Arguments for tcptrace.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -113,8 +115,9 @@ pub fn cargo() -> Command {
 
 fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     if !setup::is_ready() {
-        println!("xtask: the eBPF toolchain is incomplete; running setup first");
-        setup::run()?;
+        // Only what building needs: the test tools come with `cargo xtask test` (or setup).
+        println!("xtask: the eBPF toolchain is incomplete; installing it first");
+        setup::steps(setup::BUILD)?;
     }
     sh(cargo().args(["build", "--release", "--package", "tcptrace"]))?;
     let bin = workspace_root().join("target/release/tcptrace");

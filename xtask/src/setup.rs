@@ -31,11 +31,42 @@ const APT_PACKAGES: &[&str] = &[
 ];
 const TRACEFS: &str = "/sys/kernel/tracing";
 
+/// A step of setup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The nightly's `rust-src` (the eBPF crate builds `core` from source).
+    RustSrc,
+    /// `bpf-linker`, built against the nightly's own LLVM.
+    BpfLinker,
+    /// tracefs mounted (tracepoint formats; the tests read them).
+    Tracefs,
+    /// The Debian packages the tests use ([`APT_PACKAGES`]).
+    TestPackages,
+}
+
+/// What building and running tcptrace needs (`cargo xtask run`).
+pub const BUILD: &[Step] = &[Step::RustSrc, Step::BpfLinker];
+/// What testing needs besides (`cargo xtask setup`, `cargo xtask test`).
+pub const TEST: &[Step] = &[Step::Tracefs, Step::TestPackages];
+
+fn step(step: Step) -> anyhow::Result<()> {
+    match step {
+        Step::RustSrc => rust_src(),
+        Step::BpfLinker => bpf_linker(),
+        Step::Tracefs => tracefs(),
+        Step::TestPackages => apt_packages(APT_PACKAGES),
+    }
+}
+
+/// Runs `steps` in order.
+pub fn steps(steps: &[Step]) -> anyhow::Result<()> {
+    steps.iter().try_for_each(|s| step(*s))
+}
+
+/// Everything: what building needs, then what testing needs.
 pub fn run() -> anyhow::Result<ExitCode> {
-    rust_src()?;
-    bpf_linker()?;
-    tracefs()?;
-    apt_packages(APT_PACKAGES)?;
+    steps(BUILD)?;
+    steps(TEST)?;
     println!("xtask: setup complete");
     Ok(ExitCode::SUCCESS)
 }
@@ -209,6 +240,19 @@ fn apt_packages(packages: &[&str]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn building_needs_no_test_packages() {
+        assert!(!BUILD.contains(&Step::TestPackages));
+        assert!(!BUILD.contains(&Step::Tracefs));
+        for s in BUILD.iter().chain(TEST) {
+            assert_eq!(
+                BUILD.contains(s),
+                !TEST.contains(s),
+                "{s:?} in exactly one list"
+            );
+        }
+    }
 
     #[test]
     fn llvm_major_from_rustc_vv() {

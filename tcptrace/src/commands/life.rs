@@ -7,12 +7,13 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::cli::{FilterArgs, KernelArgs, LogArgs, OutputArgs, parse_duration};
-use crate::commands::{Shutdown, runtime, warn_lost_kernel_log};
+use crate::commands::{Shutdown, refuse_unseen_states, runtime, warn_lost_kernel_log};
 use crate::host::netns;
 use crate::kernel::loader::Tracer;
 use crate::model::cgroup::CgroupInfo;
 use crate::model::connections::{ConnectionTable, Role};
 use crate::model::snapshot::DiagSocket;
+use crate::model::tcp::TcpState;
 use crate::model::transition::Transition;
 use crate::output::time::WallClock;
 use crate::output::{Lines, OutputFormat, json, stdout_with_header, table};
@@ -101,6 +102,7 @@ impl<W: Write> Sink for LifeSink<W> {
 
 pub fn run(args: LifeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let filter = args.filter.to_filter()?;
+    refuse_unseen_states(&filter, &[TcpState::NewSynRecv])?;
     let (tracer, ring) = Tracer::start(&filter.kernel(), args.kernel.sizes(log))?;
     let runtime = runtime()?;
     let shutdown = Shutdown::register(&runtime)?;

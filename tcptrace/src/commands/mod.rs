@@ -8,6 +8,8 @@ pub mod tail;
 use anyhow::Context as _;
 
 use crate::kernel::loader::KernelCounters;
+use crate::model::filter::Filter;
+use crate::model::tcp::TcpState;
 use crate::pipeline::Stats;
 
 /// Says how many kernel log messages a full log ring dropped, if any (see `kernel::log`).
@@ -21,6 +23,27 @@ pub fn warn_lost_kernel_log(stats: &Stats, kernel: &KernelCounters) {
             kernel.log_attempts
         );
     }
+}
+
+/// Refuses a `--state` a command can never see: the tracepoint reports no transition into
+/// NEW_SYN_RECV (request sockets) nor, for `tail`, into TIME_WAIT (a timewait socket replaces
+/// the full socket without one).
+pub fn refuse_unseen_states(filter: &Filter, unseen: &[TcpState]) -> anyhow::Result<()> {
+    let Some(state) = filter.states.iter().find(|s| unseen.contains(s)) else {
+        return Ok(());
+    };
+    let hint = match state {
+        TcpState::TimeWait => {
+            "TIME_WAIT sockets show in `tcptrace doctor` and in serve's tcptrace_sockets{state=\"time_wait\"}; `--state fin_wait2,closing` shows the transitions that lead into it"
+        }
+        _ => {
+            "half-open request sockets show in `tcptrace doctor` (syn_flood) and in serve's tcptrace_sockets{state=\"syn_recv\"}"
+        }
+    };
+    anyhow::bail!(
+        "--state {}: the kernel's tracepoint never reports that state; {hint}",
+        state.label()
+    )
 }
 
 /// A current-thread tokio runtime for a command's event loop.

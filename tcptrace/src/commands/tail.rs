@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use clap::Args;
 
 use crate::cli::{FilterArgs, KernelArgs, LogArgs, OutputArgs};
-use crate::commands::{Shutdown, runtime, warn_lost_kernel_log};
+use crate::commands::{Shutdown, refuse_unseen_states, runtime, warn_lost_kernel_log};
 use crate::kernel::loader::Tracer;
 use crate::model::cgroup::CgroupInfo;
+use crate::model::tcp::TcpState;
 use crate::model::transition::Transition;
 use crate::output::time::WallClock;
 use crate::output::{Lines, OutputFormat, json, stdout_with_header, table};
@@ -69,6 +70,7 @@ impl<W: Write> Sink for TailSink<W> {
 
 pub fn run(args: TailArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let filter = args.filter.to_filter()?;
+    refuse_unseen_states(&filter, &[TcpState::TimeWait, TcpState::NewSynRecv])?;
     let (tracer, ring) = Tracer::start(&filter.kernel(), args.kernel.sizes(log))?;
 
     let runtime = runtime()?;

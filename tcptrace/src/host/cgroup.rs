@@ -20,6 +20,12 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
     parse_cgroup2_mount(&mountinfo)
 }
 
+/// Whether this host mounts a cgroup v2 hierarchy (sockets then carry their cgroup; with
+/// cgroup v1 only, every socket reports the root).
+pub fn has_cgroup2() -> bool {
+    cgroup2_mount().is_some()
+}
+
 fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         // id parent major:minor root mountpoint options ... - fstype source superopts

@@ -15,13 +15,38 @@ pub fn own() -> Option<u32> {
     inode_of(Path::new("/proc/self/ns/net")).ok()
 }
 
-/// A path to the namespace with inode `inode`: some process's `/proc/PID/ns/net`.
+/// A path to the namespace with inode `inode` (see [`all`]).
 pub fn path_of(inode: u32) -> Option<PathBuf> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        e.file_name().to_str()?.parse::<u32>().ok()?;
-        let path = e.path().join("ns/net");
-        (inode_of(&path).ok()? == inode).then_some(path)
-    })
+    all().remove(&inode)
+}
+
+/// Every network namespace this host has that a path leads to: the namespaces of all
+/// processes (`/proc/PID/ns/net`) and the named ones (`/run/netns/NAME`, as `ip netns` keeps
+/// them), by inode, each with one path to it.
+pub fn all() -> std::collections::BTreeMap<u32, PathBuf> {
+    let mut found = std::collections::BTreeMap::new();
+    let named = ["/run/netns", "/var/run/netns"]
+        .into_iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    let processes = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .map(|e| e.path().join("ns/net"));
+    for path in named.chain(processes) {
+        if let Ok(inode) = inode_of(&path) {
+            found.entry(inode).or_insert(path);
+        }
+    }
+    found
 }
 
 /// Runs `f` on a thread inside the network namespace at `path` (or here, when `None`):
@@ -55,6 +80,7 @@ mod tests {
         let me = own().expect("/proc/self/ns/net");
         assert_eq!(inode_of(Path::new("/proc/thread-self/ns/net")).unwrap(), me);
         assert!(path_of(me).is_some());
+        assert!(all().contains_key(&me));
         assert_eq!(run_in(None, || 7).unwrap(), 7);
         assert!(run_in(Some(Path::new("/nonexistent")), || ()).is_err());
     }

@@ -22,7 +22,8 @@ pub fn explain() -> String {
     }
     out.push_str(
         "\nSeverities: info (worth knowing), warning (a problem to fix), critical (service at \
-risk now).\nExit code: 0 healthy or info only, 1 warnings, 2 critical.\n",
+risk now).\nExit code: 0 OK (healthy or info only), 1 WARNING, 2 CRITICAL, 3 UNKNOWN (doctor could \
+not run).\n",
     );
     out
 }
