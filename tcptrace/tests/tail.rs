@@ -294,7 +294,7 @@ fn table_output_and_closed_pipe_ends_quietly() {
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    // Notes about the kernel (e.g. no socket cookies before 5.12) may come first.
+    // Warnings about the kernel (e.g. no socket cookies before 5.12) may come first.
     let mut before = String::new();
     loop {
         let mut line = String::new();
@@ -305,7 +305,7 @@ fn table_output_and_closed_pipe_ends_quietly() {
         if line.starts_with(common::READY) {
             break;
         }
-        assert!(line.starts_with("tcptrace: note: "), "{before}{line}");
+        assert!(line.starts_with("tcptrace: warning: "), "{before}{line}");
         before.push_str(&line);
     }
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
