@@ -111,6 +111,7 @@ pub fn diag(cookie: u64, state: TcpState, local: &str, remote: &str) -> DiagSock
         state,
         endpoints: Endpoints {
             family,
+            socket_family: family,
             local_ip: l.ip(),
             local_port: l.port(),
             remote_ip: r.ip(),

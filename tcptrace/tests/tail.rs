@@ -365,6 +365,37 @@ fn unprivileged_user_gets_one_clear_line() {
     assert!(out.stdout.is_empty());
 }
 
+/// IPv4 traffic to a dual-stack (`[::]`) listener is IPv4 traffic: `-4` keeps the server's
+/// child socket, whose `family` is ipv4 and whose own `socket_family` stays ipv6.
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn ipv4_over_a_dual_stack_socket_is_ipv4() {
+    let listener = TcpListener::bind("[::]:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut agent = Agent::start(&["-4", "--port", &port.to_string()]);
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    drop(client);
+    drop(server);
+    assert!(agent.wait_for(Duration::from_secs(10), |e| {
+        seen(e, "LISTEN", "SYN_RECV") == 1 && seen(e, "SYN_SENT", "ESTABLISHED") == 1
+    }));
+    let (_, _, events) = agent.stop();
+    let child: Vec<&Value> = events.iter().filter(|e| e["sport"] == port).collect();
+    assert!(!child.is_empty(), "{events:#?}");
+    for e in &child {
+        assert_eq!(e["family"], "ipv4", "{e}");
+        assert_eq!(e["socket_family"], "ipv6", "{e}");
+        assert_eq!(e["saddr"], "127.0.0.1", "{e}");
+    }
+    // The IPv4 client is an IPv4 socket.
+    let client = events.iter().find(|e| e["dport"] == port).unwrap();
+    assert_eq!(
+        (&client["family"], &client["socket_family"]),
+        (&Value::from("ipv4"), &Value::from("ipv4"))
+    );
+}
+
 /// A connection opened before the agent, then closed: the kernel program first sees each of
 /// its sockets mid-life, and with `--log-level debug` says so through its own log (aya-log);
 /// without the flag the kernel logs nothing.

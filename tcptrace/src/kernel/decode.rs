@@ -167,7 +167,8 @@ mod tests {
         raw.saddr = Ipv6Addr::LOCALHOST.octets();
         raw.daddr = "::ffff:192.0.2.7".parse::<Ipv6Addr>().unwrap().octets();
         let t = from_raw(&raw).unwrap();
-        assert_eq!(t.endpoints.family, Family::Ipv6);
+        assert_eq!(t.endpoints.family, Family::Ipv4, "IPv4 traffic");
+        assert_eq!(t.endpoints.socket_family, Family::Ipv6);
         assert_eq!(t.endpoints.local_ip, "::1".parse::<IpAddr>().unwrap());
         assert_eq!(
             t.endpoints.remote_ip,

@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use tcptrace_common::{FAMILY_MASK_V4, FAMILY_MASK_V6, MAX_PID_FILTER, PortSet, port_filter};
+use tcptrace_common::{FAMILY_MASK_V6, MAX_PID_FILTER, PortSet, port_filter};
 
 use crate::model::cgroup::CgroupInfo;
 use crate::model::tcp::{Endpoints, Family, TcpState};
@@ -116,8 +116,10 @@ pub struct KernelFilter {
 impl Filter {
     pub fn kernel(&self) -> KernelFilter {
         let state_mask = self.states.iter().fold(0u32, |m, s| m | (1 << s.number()));
+        // IPv4 traffic also runs on dual-stack IPv6 sockets, which the kernel cannot tell apart
+        // without reading addresses: `-4` is judged in the agent; an IPv4 socket never carries
+        // IPv6, so `-6` drops those in the kernel (and the agent drops the mapped ones).
         let family_mask = match (self.ipv4_only, self.ipv6_only) {
-            (true, false) => FAMILY_MASK_V4,
             (false, true) => FAMILY_MASK_V6,
             _ => 0,
         };
@@ -155,7 +157,11 @@ impl Filter {
 
     /// True when some part of the filter can only be applied in the agent.
     pub fn has_agent_part(&self) -> bool {
-        !self.addrs.is_empty() || !self.comms.is_empty() || self.needs_cgroup()
+        !self.addrs.is_empty()
+            || !self.comms.is_empty()
+            || self.ipv4_only
+            || self.ipv6_only
+            || self.needs_cgroup()
     }
 
     /// True when the filter needs the socket's cgroup path or container.
@@ -319,6 +325,25 @@ mod tests {
         };
         assert!(both.matches(&t()));
         assert_eq!(both.kernel().family_mask, 0);
+        // IPv4 over a dual-stack IPv6 socket is IPv4: judged in the agent.
+        let mut raw = crate::testing::raw_v4();
+        raw.family = tcptrace_common::AF_INET6;
+        raw.saddr = "::ffff:127.0.0.1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        raw.daddr = "::ffff:10.1.2.3"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let dual = raw_transition(&raw);
+        let v4 = Filter {
+            ipv4_only: true,
+            ..Default::default()
+        };
+        assert_eq!(v4.kernel().family_mask, 0);
+        assert!(v4.has_agent_part());
+        assert!(v4.matches(&dual) && !v6.matches(&dual));
     }
 
     #[test]

@@ -161,10 +161,14 @@ impl Family {
 ///
 /// The kernel reports addresses as 16 bytes (IPv4 in the first four for `AF_INET`); an
 /// IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, a dual-stack socket talking IPv4) is shown as
-/// the IPv4 address it is. `family` is the socket's address family.
+/// the IPv4 address it is. `family` is the family of the traffic: IPv4 for a dual-stack
+/// (`AF_INET6`) socket talking IPv4, whose own family [`Endpoints::socket_family`] keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Endpoints {
+    /// The family of the traffic.
     pub family: Family,
+    /// The socket's own address family (`AF_INET6` for a dual-stack socket talking IPv4).
+    pub socket_family: Family,
     pub local_ip: IpAddr,
     pub local_port: u16,
     pub remote_ip: IpAddr,
@@ -181,19 +185,27 @@ impl Endpoints {
         remote: &[u8; 16],
         remote_port: u16,
     ) -> Option<Self> {
-        let family = Family::from_kernel(af)?;
-        let ip = |bytes: &[u8; 16]| match family {
+        let socket_family = Family::from_kernel(af)?;
+        let ip = |bytes: &[u8; 16]| match socket_family {
             Family::Ipv4 => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
             Family::Ipv6 => {
                 let v6 = Ipv6Addr::from(*bytes);
                 v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
             }
         };
+        let (local_ip, remote_ip) = (ip(local), ip(remote));
+        // Either end mapped means IPv4 traffic (before connect() binds, the local end is `::`).
+        let family = if local_ip.is_ipv4() || remote_ip.is_ipv4() {
+            Family::Ipv4
+        } else {
+            Family::Ipv6
+        };
         Some(Self {
             family,
-            local_ip: ip(local),
+            socket_family,
+            local_ip,
             local_port,
-            remote_ip: ip(remote),
+            remote_ip,
             remote_port,
         })
     }
@@ -281,10 +293,17 @@ mod tests {
         assert_eq!(e.local().to_string(), "10.1.2.3:80");
         let mapped = "::ffff:192.0.2.7".parse::<Ipv6Addr>().unwrap().octets();
         let one = Ipv6Addr::LOCALHOST.octets();
-        let e = Endpoints::from_kernel(AF_INET6, &one, 1, &mapped, 2).unwrap();
-        assert_eq!(e.family, Family::Ipv6);
+        let e = Endpoints::from_kernel(AF_INET6, &one, 1, &one, 2).unwrap();
+        assert_eq!((e.family, e.socket_family), (Family::Ipv6, Family::Ipv6));
         assert_eq!(e.local().to_string(), "[::1]:1");
+        // A dual-stack socket talking IPv4: IPv4 traffic on an IPv6 socket.
+        let e = Endpoints::from_kernel(AF_INET6, &mapped, 1, &mapped, 2).unwrap();
+        assert_eq!((e.family, e.socket_family), (Family::Ipv4, Family::Ipv6));
         assert_eq!(e.remote().to_string(), "192.0.2.7:2");
+        // connect() to an IPv4 peer before the local end is bound.
+        let any = Ipv6Addr::UNSPECIFIED.octets();
+        let e = Endpoints::from_kernel(AF_INET6, &any, 0, &mapped, 2).unwrap();
+        assert_eq!(e.family, Family::Ipv4);
         assert!(Endpoints::from_kernel(1, &v4, 0, &v4, 0).is_none());
     }
 }
