@@ -349,9 +349,8 @@ impl FilterArgs {
                 comm.get(..MAX_COMM).unwrap_or(comm)
             );
         }
-        if !(self.cgroups.is_empty() && self.containers.is_empty())
-            && !crate::host::cgroup::has_cgroup2()
-        {
+        let by_cgroup = !self.cgroups.is_empty() || !self.containers.is_empty();
+        if by_cgroup && !crate::host::cgroup::has_cgroup2() {
             anyhow::bail!(
                 "--cgroup and --container need a cgroup v2 hierarchy, and this host has only cgroup v1: every socket reports the root cgroup"
             );
