@@ -59,6 +59,12 @@ pub trait Sink {
 
     /// An INET_DIAG snapshot taken at `taken_ns`; the first one of a run is the seed.
     fn snapshot(&mut self, _sockets: &[DiagSocket], _taken_ns: u64) {}
+
+    /// The run is over (kernel monotonic `now_ns`): nothing the sink holds back may be lost
+    /// silently. Not called when the run ended with an error.
+    fn finish(&mut self, _now_ns: u64) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl<S: Sink + ?Sized> Sink for &mut S {
@@ -81,6 +87,19 @@ impl<S: Sink + ?Sized> Sink for &mut S {
     fn snapshot(&mut self, sockets: &[DiagSocket], taken_ns: u64) {
         (**self).snapshot(sockets, taken_ns);
     }
+
+    fn finish(&mut self, now_ns: u64) -> io::Result<()> {
+        (**self).finish(now_ns)
+    }
+}
+
+/// When [`Pipeline::run`] takes INET_DIAG snapshots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Snapshots {
+    #[default]
+    Never,
+    /// One at start (the seed) and then this often.
+    Every(Duration),
 }
 
 /// Periodic work during [`Pipeline::run`].
@@ -88,8 +107,7 @@ impl<S: Sink + ?Sized> Sink for &mut S {
 pub struct RunOptions<'a> {
     /// Call [`Sink::tick`] this often, with the kernel counters read from `tracer`.
     pub tick: Option<Duration>,
-    /// Take an INET_DIAG snapshot at start and then this often.
-    pub snapshot: Option<Duration>,
+    pub snapshots: Snapshots,
     /// Ask each snapshot for the sockets' idle times (`tcp_info`).
     pub snapshot_idle: bool,
     pub tracer: Option<&'a Tracer>,
@@ -303,14 +321,18 @@ impl<'s> Pipeline<'s> {
         let far = Duration::from_secs(365 * 24 * 3600);
         let mut tick = tokio::time::interval(options.tick.unwrap_or(far));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut snapshot = tokio::time::interval(options.snapshot.unwrap_or(far));
+        let every = match options.snapshots {
+            Snapshots::Every(interval) => Some(interval),
+            Snapshots::Never => None,
+        };
+        let mut snapshot = tokio::time::interval(every.unwrap_or(far));
         snapshot.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Intervals fire at once; consume the first snapshot tick here as the seed.
-        if options.snapshot.is_some() {
-            snapshot.tick().await;
-            if self.snapshot(ring.get_mut(), options.snapshot_idle)? == Flow::Stop {
-                return Ok(StopReason::SinkDone);
-            }
+        snapshot.tick().await;
+        if options.snapshots != Snapshots::Never
+            && self.snapshot(ring.get_mut(), options.snapshot_idle)? == Flow::Stop
+        {
+            return Ok(StopReason::SinkDone);
         }
         let mut poll = tokio::time::interval(RING_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -326,7 +348,7 @@ impl<'s> Pipeline<'s> {
                 _ = tick.tick(), if options.tick.is_some() => {
                     self.tick(options.tracer);
                 }
-                _ = snapshot.tick(), if options.snapshot.is_some() => {
+                _ = snapshot.tick(), if every.is_some() => {
                     match self.snapshot(ring.get_mut(), options.snapshot_idle) {
                         Ok(Flow::Continue) => {}
                         Ok(Flow::Stop) => break Ok(StopReason::SinkDone),
@@ -356,6 +378,13 @@ impl<'s> Pipeline<'s> {
             }
         };
         self.stats.kernel_log_received = ring.get_ref().log_received().unwrap_or(0);
+        let now_ns = monotonic_ns();
+        let result = result.and_then(|reason| {
+            for sink in &mut self.sinks {
+                sink.finish(now_ns)?;
+            }
+            Ok(reason)
+        });
         match result {
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(StopReason::OutputClosed),
             other => other,

@@ -177,12 +177,21 @@ fn sockets_opened_before_start_are_counted_then_tracked() {
         })
         .collect();
     server_closes_first(&listener, 3);
+    // And one CLOSE_WAIT leak two seconds old.
+    let leak_client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (leak_server, _) = listener.accept().unwrap();
+    drop(leak_client);
+    std::thread::sleep(Duration::from_secs(2));
 
     let exporter = Exporter::start(&["--port", &port.to_string()]);
     let metrics = exporter.scrape();
     assert_eq!(
         sample(&metrics, "tcptrace_sockets{state=\"established\"}"),
         Some(8.0)
+    );
+    assert_eq!(
+        sample(&metrics, "tcptrace_sockets{state=\"close_wait\"}"),
+        Some(1.0)
     );
     assert_eq!(
         sample(&metrics, "tcptrace_sockets{state=\"listen\"}"),
@@ -192,14 +201,24 @@ fn sockets_opened_before_start_are_counted_then_tracked() {
         sample(&metrics, "tcptrace_sockets{state=\"time_wait\"}"),
         Some(3.0)
     );
-    // Entry times of sockets seen only in a snapshot are unknown: no age.
+    // The leak's client end is an orphan waiting for the FIN in the timewait FIN_WAIT2
+    // substate.
     assert_eq!(
+        sample(&metrics, "tcptrace_sockets{state=\"fin_wait2\"}"),
+        Some(1.0)
+    );
+    // Sockets older than the agent keep their age, as a lower bound: a CLOSE_WAIT leak since
+    // the peer's last ACK (tcp_info), TIME_WAIT from its timer; a restart hides no leak.
+    let oldest = |state: &str| {
         sample(
             &metrics,
-            "tcptrace_state_oldest_seconds{state=\"established\"}"
-        ),
-        Some(0.0)
-    );
+            &format!("tcptrace_state_oldest_seconds{{state=\"{state}\"}}"),
+        )
+        .unwrap()
+    };
+    assert!(oldest("close_wait") >= 2.0, "{metrics}");
+    assert!(oldest("time_wait") >= 2.0, "{metrics}");
+    assert!(oldest("close_wait") < 60.0, "{metrics}");
     assert_eq!(
         sample(&metrics, "tcptrace_reconcile_corrections_total"),
         Some(0.0)
@@ -211,14 +230,27 @@ fn sockets_opened_before_start_are_counted_then_tracked() {
         drop(client);
         leaked_servers.push(server);
     }
-    exporter.wait_metric("tcptrace_sockets{state=\"close_wait\"}", |v| v == 2.0);
+    exporter.wait_metric("tcptrace_sockets{state=\"close_wait\"}", |v| v == 3.0);
     exporter.wait_metric("tcptrace_sockets{state=\"established\"}", |v| v == 4.0);
     exporter.wait_metric("tcptrace_sockets{state=\"time_wait\"}", |v| v == 5.0);
     exporter.wait_metric("tcptrace_state_oldest_seconds{state=\"close_wait\"}", |v| {
-        v > 0.0 && v < 60.0
+        (2.0..60.0).contains(&v)
     });
+    // Their starts predate the agent: closes are counted, lifetimes never invented.
+    let metrics = exporter.scrape();
+    assert!(
+        metrics.contains(
+            "tcptrace_connections_closed_total{closed_by=\"local\",end=\"fin\",role=\"unknown\"} 2"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("tcptrace_connection_duration_seconds_count{role=\"unknown\"}"),
+        "{metrics}"
+    );
     drop(pairs);
     drop(leaked_servers);
+    drop(leak_server);
 }
 
 #[test]

@@ -77,13 +77,16 @@ pub fn run(args: DoctorArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
-    let (tracer, ring) = Tracer::start(&filter.kernel(), args.kernel.sizes(log))?;
+    // Findings judge whole connections: every transition of the selected sockets arrives.
+    let sockets = filter.socket_level();
+    let (tracer, ring) = Tracer::start(&sockets.kernel(), args.kernel.sizes(log))?;
     let runtime = runtime()?;
     let shutdown = Shutdown::register(&runtime)?;
     let mut window = Window::new(
         OBSERVED_SOCKETS,
         filter.clone(),
         args.thresholds.to_thresholds(),
+        filter.netns.or_else(netns::own),
     );
     let start = NamespaceSnapshot::take(netns_path.as_deref(), false)?;
     window.restart(&view(&start));
@@ -91,7 +94,7 @@ pub fn run(args: DoctorArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
         "tcptrace: watching TCP for {} (Ctrl-C to stop early)",
         human(args.duration)
     );
-    let mut pipeline = Pipeline::new(&filter);
+    let mut pipeline = Pipeline::new(&sockets);
     pipeline.identity(tracer.identity(), filter.netns.or_else(netns::own));
     pipeline.subscribe(Box::new(&mut window));
     runtime

@@ -8,27 +8,34 @@ use clap::Args;
 
 use crate::cli::{FilterArgs, KernelArgs, LogArgs, OutputArgs, parse_duration};
 use crate::commands::{Shutdown, refuse_unseen_states, runtime, warn_lost_kernel_log};
-use crate::host::netns;
+use crate::host::{inet_diag, netns};
 use crate::kernel::loader::Tracer;
 use crate::model::cgroup::CgroupInfo;
 use crate::model::connections::{ConnectionTable, Role};
+use crate::model::filter::Filter;
 use crate::model::snapshot::DiagSocket;
 use crate::model::tcp::TcpState;
 use crate::model::transition::Transition;
 use crate::output::time::WallClock;
 use crate::output::{Lines, OutputFormat, json, stdout_with_header, table};
-use crate::pipeline::{Flow, Pipeline, RunOptions, Sink, StopReason, Tick};
+use crate::pipeline::{Flow, Pipeline, RunOptions, Sink, Snapshots, StopReason, Tick};
 
 #[derive(Debug, Args)]
 pub struct LifeArgs {
     #[command(flatten)]
     pub out: OutputArgs,
 
-    /// Print a connection when its socket closes, without waiting for its TIME_WAIT to end.
+    /// Print an actively closed connection when its TIME_WAIT ends (up to 60 s later), with
+    /// how long it lasted, instead of at its close. At exit the ones still waiting are
+    /// printed with their TIME_WAIT so far.
     #[arg(long)]
+    pub time_wait: bool,
+
+    /// The default: print each connection when its socket closes.
+    #[arg(long, hide = true, conflicts_with = "time_wait")]
     pub no_time_wait: bool,
 
-    /// Seconds between INET_DIAG snapshots that confirm and end TIME_WAIT.
+    /// With --time-wait: seconds between INET_DIAG snapshots that confirm and end TIME_WAIT.
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_duration)]
     pub snapshot_interval: Duration,
 
@@ -47,19 +54,27 @@ pub struct LifeArgs {
     pub kernel: KernelArgs,
 }
 
+/// Prints finished stories the filter selects (whole connections: see
+/// [`Filter::matches_story`]), and counts what it printed and what was left at exit.
 struct LifeSink<W: Write> {
     table: ConnectionTable,
     lines: Lines<W>,
     format: OutputFormat,
     clock: WallClock,
     listeners: bool,
+    filter: Filter,
+    printed: u64,
+    /// Printed at exit with their TIME_WAIT so far.
+    cut_short: u64,
+    /// Not closed at exit, so not printed.
+    open_at_exit: u64,
 }
 
 impl<W: Write> LifeSink<W> {
     /// Prints every completed story; `Stop` once `--count` is reached.
     fn emit(&mut self) -> io::Result<Flow> {
         while let Some(c) = self.table.next_finished() {
-            if c.role == Role::Listener && !self.listeners {
+            if c.role == Role::Listener && !self.listeners || !self.filter.matches_story(&c) {
                 continue;
             }
             match self.format {
@@ -68,6 +83,7 @@ impl<W: Write> LifeSink<W> {
                 }
                 OutputFormat::Json => json::connection(&self.clock, &c, &mut self.lines.line)?,
             }
+            self.printed += 1;
             if self.lines.emit()? == Flow::Stop {
                 return Ok(Flow::Stop);
             }
@@ -98,12 +114,25 @@ impl<W: Write> Sink for LifeSink<W> {
         let _ = self.emit();
         let _ = self.lines.flush();
     }
+
+    /// Nothing waiting is dropped: TIME_WAITs still running are printed as they stand.
+    fn finish(&mut self, now_ns: u64) -> io::Result<()> {
+        self.open_at_exit = self.table.open() as u64;
+        let before = self.printed;
+        self.table.flush(now_ns);
+        self.emit()?;
+        self.cut_short = self.printed - before;
+        self.lines.flush()
+    }
 }
 
 pub fn run(args: LifeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let filter = args.filter.to_filter()?;
     refuse_unseen_states(&filter, &[TcpState::NewSynRecv])?;
-    let (tracer, ring) = Tracer::start(&filter.kernel(), args.kernel.sizes(log))?;
+    // Whole connections: the kernel and the pipeline keep every transition of the sockets the
+    // filter's socket-level parts select; states and owners are judged per story.
+    let sockets = filter.socket_level();
+    let (tracer, ring) = Tracer::start(&sockets.kernel(), args.kernel.sizes(log))?;
     let runtime = runtime()?;
     let shutdown = Shutdown::register(&runtime)?;
     eprintln!("tcptrace: tracing connections (Ctrl-C to stop)");
@@ -112,19 +141,31 @@ pub fn run(args: LifeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let mut table = ConnectionTable::new(args.max_connections as usize);
-    table.skip_time_wait = args.no_time_wait;
+    table.wait_time_wait = args.time_wait;
     table.netns = netns::own();
-    let sink = LifeSink {
+    // Attached first, then listed: a listener is in the list or its CLOSE -> LISTEN is in the
+    // ring, so the roles of sockets older than tcptrace are known from their first transition.
+    table.learn_listeners(&inet_diag::dump_listeners().unwrap_or_default());
+    let mut sink = LifeSink {
         table,
         lines,
         format: args.out.output,
         clock: WallClock::now(),
         listeners: args.listeners,
+        filter,
+        printed: 0,
+        cut_short: 0,
+        open_at_exit: 0,
     };
-    let mut pipeline = Pipeline::new(&filter);
+    let mut pipeline = Pipeline::new(&sockets);
     pipeline.identity(tracer.identity(), netns::own());
-    pipeline.subscribe(Box::new(sink));
-    let snapshot = (!args.no_time_wait).then_some(args.snapshot_interval);
+    pipeline.subscribe(Box::new(&mut sink));
+    // With --time-wait, snapshots confirm and end each TIME_WAIT.
+    let snapshots = if args.time_wait {
+        Snapshots::Every(args.snapshot_interval)
+    } else {
+        Snapshots::Never
+    };
     let stop = shutdown.wait(args.out.duration);
     let reason = runtime.block_on(async {
         pipeline
@@ -133,19 +174,27 @@ pub fn run(args: LifeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
                 stop,
                 RunOptions {
                     tick: Some(Duration::from_secs(1)),
-                    snapshot,
+                    snapshots,
                     snapshot_idle: false,
                     tracer: Some(&tracer),
                 },
             )
             .await
     })?;
+    let stats = pipeline.stats;
+    drop(pipeline);
     let kernel = tracer.counters();
-    warn_lost_kernel_log(&pipeline.stats, &kernel);
+    warn_lost_kernel_log(&stats, &kernel);
     if reason != StopReason::OutputClosed {
         eprintln!(
-            "tcptrace: {} transitions, {} lost (ring full), {} lost (recursion)",
-            pipeline.stats.delivered, kernel.ring_full, kernel.recursion_misses
+            "tcptrace: {} connections printed ({} of them at exit, with their TIME_WAIT so far), {} still open (not printed), {} evicted; {} transitions, {} lost (ring full), {} lost (recursion)",
+            sink.printed,
+            sink.cut_short,
+            sink.open_at_exit,
+            sink.table.evicted,
+            stats.delivered,
+            kernel.ring_full,
+            kernel.recursion_misses
         );
     }
     Ok(ExitCode::SUCCESS)

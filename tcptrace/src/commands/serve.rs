@@ -17,13 +17,13 @@ use crate::cli::{FilterArgs, KernelArgs, LogArgs, ThresholdArgs, parse_duration}
 use crate::commands::tail::TailSink;
 use crate::commands::{Shutdown, runtime, warn_lost_kernel_log};
 use crate::diagnosis::window::Window;
-use crate::host::netns;
+use crate::host::{inet_diag, netns};
 use crate::kernel::loader::Tracer;
 use crate::model::sockets::SocketTable;
 use crate::output::http::{self, Site};
 use crate::output::metrics::{Metrics, MetricsSink, window_capacity};
 use crate::output::{Lines, OutputFormat};
-use crate::pipeline::{Pipeline, RunOptions, StopReason};
+use crate::pipeline::{Pipeline, RunOptions, Snapshots, StopReason};
 
 /// Default metrics address: loopback only; expose it deliberately.
 pub const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:9850";
@@ -91,25 +91,32 @@ pub fn run(args: ServeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let filter = args.filter.to_filter()?;
     // A busy port is the likeliest mistake: report it before loading anything.
     let listener = bind(args.listen_address)?;
-    let (tracer, ring) = Tracer::start(&filter.kernel(), args.kernel.sizes(log))?;
+    // Connection metrics judge whole connections: the kernel and the pipeline keep every
+    // transition of the selected sockets, and the sinks apply states and owners.
+    let sockets = filter.socket_level();
+    let (tracer, ring) = Tracer::start(&sockets.kernel(), args.kernel.sizes(log))?;
 
     let metrics = Metrics::new();
     let tracked = args.max_tracked_sockets as usize;
     let table = SocketTable::new(tracked, netns::own(), filter.clone());
-    let mut pipeline = Pipeline::new(&filter);
+    let mut pipeline = Pipeline::new(&sockets);
     pipeline.identity(tracer.identity(), netns::own());
     let (seeded_tx, seeded_rx) = std::sync::mpsc::channel();
-    let window = Window::new(
+    let mut window = Window::new(
         window_capacity(tracked),
-        filter,
+        filter.clone(),
         args.thresholds.to_thresholds(),
+        netns::own(),
     );
+    // Attached first, then listed: see `life`.
+    window.learn_listeners(&inet_diag::dump_listeners().unwrap_or_default());
     pipeline.subscribe(Box::new(
         MetricsSink::new(metrics.clone(), table, window).notify_seeded(seeded_tx),
     ));
     if args.tail {
         let lines = Lines::new(std::io::LineWriter::new(std::io::stdout()), None);
-        pipeline.subscribe(Box::new(TailSink::new(lines, OutputFormat::Table, false)));
+        let tail = TailSink::new(lines, OutputFormat::Table, false).only(filter);
+        pipeline.subscribe(Box::new(tail));
     }
 
     let stop = Arc::new(Notify::new());
@@ -125,7 +132,7 @@ pub fn run(args: ServeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
                     stop_events.notified(),
                     RunOptions {
                         tick: Some(Duration::from_secs(1)),
-                        snapshot: Some(reconcile),
+                        snapshots: Snapshots::Every(reconcile),
                         snapshot_idle: true,
                         tracer: Some(&tracer),
                     },

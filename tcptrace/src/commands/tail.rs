@@ -9,6 +9,7 @@ use crate::cli::{FilterArgs, KernelArgs, LogArgs, OutputArgs};
 use crate::commands::{Shutdown, refuse_unseen_states, runtime, warn_lost_kernel_log};
 use crate::kernel::loader::Tracer;
 use crate::model::cgroup::CgroupInfo;
+use crate::model::filter::Filter;
 use crate::model::tcp::TcpState;
 use crate::model::transition::Transition;
 use crate::output::time::WallClock;
@@ -37,6 +38,8 @@ pub struct TailSink<W: Write> {
     format: OutputFormat,
     wide: bool,
     clock: WallClock,
+    /// Transitions to show when the pipeline delivers whole sockets (`serve --tail`).
+    only: Option<Filter>,
 }
 
 impl<W: Write> TailSink<W> {
@@ -46,12 +49,22 @@ impl<W: Write> TailSink<W> {
             format,
             wide,
             clock: WallClock::now(),
+            only: None,
         }
+    }
+
+    /// Shows only the transitions `filter`'s event parts select (states, owners).
+    pub fn only(mut self, filter: Filter) -> Self {
+        self.only = Some(filter);
+        self
     }
 }
 
 impl<W: Write> Sink for TailSink<W> {
     fn transition(&mut self, t: &Transition, cgroup: Option<&CgroupInfo>) -> io::Result<Flow> {
+        if self.only.as_ref().is_some_and(|f| !f.matches_event(t)) {
+            return Ok(Flow::Continue);
+        }
         let line = &mut self.lines.line;
         match self.format {
             OutputFormat::Table => {

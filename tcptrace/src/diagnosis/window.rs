@@ -57,11 +57,15 @@ impl Observations {
         }
     }
 
-    /// Applies a transition; returns the connection it closed, if any.
-    pub fn observe(&mut self, t: &Transition) -> Option<Connection> {
-        self.transitions += 1;
+    /// Applies a transition of a socket the filter's socket-level parts selected; returns the
+    /// connection it closed, if any. Only what the rest of `filter` selects is counted: events
+    /// by [`Filter::matches_event`], closed connections by [`Filter::matches_story`].
+    pub fn observe(&mut self, t: &Transition, filter: &Filter) -> Option<Connection> {
+        if filter.matches_event(t) {
+            self.transitions += 1;
+        }
         let closed = self.connections.apply(t);
-        if let Some(c) = closed {
+        if let Some(c) = closed.filter(|c| filter.matches_story(c)) {
             self.closed += 1;
             let notable = c.closed_by == ClosedBy::Both
                 || matches!(
@@ -90,6 +94,12 @@ impl Observations {
             }
         }
         closed
+    }
+
+    /// Learns what a snapshot of namespace `netns` tells about the connections to come: its
+    /// listeners (a socket first seen later on a listening port is a server).
+    pub fn learn(&mut self, netns: Option<u32>, sockets: &[DiagSocket]) {
+        self.connections.snapshot(netns, sockets);
     }
 
     /// Connections dropped from the bounded table before they finished.
@@ -181,23 +191,44 @@ pub struct Window {
     baseline: Option<Baseline>,
     filter: Filter,
     thresholds: Thresholds,
+    /// The network namespace the snapshots describe.
+    netns: Option<u32>,
 }
 
 impl Window {
-    /// A window remembering at most `capacity` live connections, judging what `filter` keeps
-    /// by `thresholds`.
-    pub fn new(capacity: usize, filter: Filter, thresholds: Thresholds) -> Self {
+    /// A window over namespace `netns` remembering at most `capacity` live connections,
+    /// judging what `filter` keeps by `thresholds`.
+    pub fn new(
+        capacity: usize,
+        filter: Filter,
+        thresholds: Thresholds,
+        netns: Option<u32>,
+    ) -> Self {
         Self {
             obs: Observations::new(capacity),
             baseline: None,
             filter,
             thresholds,
+            netns,
         }
     }
 
-    /// Applies a transition; returns the connection it closed, if any.
+    /// Applies a transition of a socket the filter's socket-level parts selected (see
+    /// [`Filter::socket_level`]); returns the connection it closed if the filter selects it.
     pub fn observe(&mut self, t: &Transition) -> Option<Connection> {
-        self.obs.observe(t)
+        self.obs
+            .observe(t, &self.filter)
+            .filter(|c| self.filter.matches_story(c))
+    }
+
+    /// Learns the listening ports of the window's namespace from a list of its sockets.
+    pub fn learn_listeners(&mut self, sockets: &[DiagSocket]) {
+        self.obs.learn(self.netns, sockets);
+    }
+
+    /// What the window judges by.
+    pub fn filter(&self) -> &Filter {
+        &self.filter
     }
 
     pub fn observations(&self) -> &Observations {
@@ -233,6 +264,7 @@ impl Window {
             start.taken_ns,
             start.counters.clone(),
         ));
+        self.obs.learn(self.netns, start.sockets);
         self.obs.new_window();
     }
 }

@@ -205,6 +205,11 @@ pub fn dump_tcp() -> io::Result<Vec<DiagSocket>> {
     dump_tcp_where(false, 0, &mut |_| true)
 }
 
+/// The listening TCP sockets of the caller's network namespace.
+pub fn dump_listeners() -> io::Result<Vec<DiagSocket>> {
+    dump_tcp_where(false, 0, &mut |s| s.state == TcpState::Listen)
+}
+
 /// As [`dump_tcp`], with each full socket's idle times from `tcp_info` (costlier: the kernel
 /// fills a `tcp_info` per socket).
 pub fn dump_tcp_with_idle() -> io::Result<Vec<DiagSocket>> {

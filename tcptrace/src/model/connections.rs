@@ -3,7 +3,9 @@
 //!
 //! Rules (what transitions can and cannot tell):
 //! - role: `CLOSE -> SYN_SENT` = client, `LISTEN -> SYN_RECV` = server (child socket),
-//!   `CLOSE -> LISTEN` = listener; a socket first seen later has role `unknown`.
+//!   `CLOSE -> LISTEN` = listener; a socket first seen later is a server when its local port
+//!   is one a known listener of its namespace listens on ([`Listeners`]), else `unknown`. Its
+//!   start, and so its lifetime, is unknown.
 //! - closed first: `ESTABLISHED -> FIN_WAIT1` = local (this socket sent the first FIN),
 //!   `ESTABLISHED -> CLOSE_WAIT` = remote, `FIN_WAIT1 -> CLOSING` = both (simultaneous).
 //! - end:
@@ -18,13 +20,14 @@
 //!   - `aborted`: `ESTABLISHED/CLOSE_WAIT -> CLOSE` without a RST received: this end reset the
 //!     connection (SO_LINGER 0, close() with unread data, `ss -K`) or gave up after
 //!     retransmission/keepalive timeouts; transitions alone cannot tell these apart (the
-//!     kernel sets CLOSE before it sends the abort's RST).
+//!     kernel sets CLOSE before it sends the abort's RST). Closed by: local.
+//!   - a reset received with no FIN before it: closed by remote.
 //! - TIME_WAIT is inferred at `FIN_WAIT2/CLOSING -> CLOSE` and confirmed from INET_DIAG
 //!   snapshots (a timewait socket keeps its cookie); when it leaves the snapshot the story
 //!   ends with its TIME_WAIT dwell. Orphaned sockets become timewait sockets in the FIN_WAIT2
 //!   substate, which the snapshot reports.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use crate::model::CookieMap;
 use crate::model::snapshot::DiagSocket;
@@ -95,12 +98,55 @@ impl End {
     }
 }
 
+/// Listening ports per network namespace, as transitions (`-> LISTEN`, `LISTEN -> CLOSE`) and
+/// snapshots tell them: a socket first seen mid-life whose local port one of them listens on
+/// is a server socket.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// (netns inode, port) -> listening sockets on it (several with SO_REUSEPORT).
+    ports: HashMap<(Option<u32>, u16), u32>,
+}
+
+impl Listeners {
+    pub fn apply(&mut self, t: &Transition) {
+        let key = (t.netns, t.endpoints.local_port);
+        if t.new == TcpState::Listen {
+            *self.ports.entry(key).or_default() += 1;
+        } else if t.old == TcpState::Listen
+            && let Some(n) = self.ports.get_mut(&key)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.ports.remove(&key);
+            }
+        }
+    }
+
+    /// Replaces what is known of namespace `netns` with the listeners of its snapshot.
+    pub fn snapshot(&mut self, netns: Option<u32>, sockets: &[DiagSocket]) {
+        self.ports.retain(|(ns, _), _| *ns != netns);
+        for s in sockets.iter().filter(|s| s.state == TcpState::Listen) {
+            *self
+                .ports
+                .entry((netns, s.endpoints.local_port))
+                .or_default() += 1;
+        }
+    }
+
+    pub fn contains(&self, netns: Option<u32>, port: u16) -> bool {
+        self.ports.contains_key(&(netns, port))
+    }
+}
+
 /// The TIME_WAIT (or timewait FIN_WAIT2 substate) that follows an active close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeWaitSpan {
     pub entered_ns: u64,
-    /// When it ended (left the snapshot, or its timer ran out), once known.
+    /// When it ended (left the snapshot, or its timer ran out), or when tracing stopped while
+    /// it still ran (`complete` false).
     pub ended_ns: Option<u64>,
+    /// It ran to its end while traced: `ended_ns` is its end, not when tracing stopped.
+    pub complete: bool,
     /// Expected end: 60 s after entry until a snapshot reports the timer.
     pub expires_ns: u64,
     /// Seen in a snapshot (otherwise only inferred from the transition).
@@ -141,11 +187,13 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn new(t: &Transition) -> Self {
+    /// The story of a socket first seen at `t`.
+    fn new(t: &Transition, listeners: &Listeners) -> Self {
         let (role, from_start) = match (t.old, t.new) {
             (TcpState::Close, TcpState::SynSent) => (Role::Client, true),
             (TcpState::Listen, TcpState::SynRecv) => (Role::Server, true),
             (TcpState::Close, TcpState::Listen) => (Role::Listener, true),
+            _ if listeners.contains(t.netns, t.endpoints.local_port) => (Role::Server, false),
             _ => (Role::Unknown, false),
         };
         let mut c = Self {
@@ -187,9 +235,17 @@ impl Connection {
             .chain(self.time_wait.map(|tw| tw.substate))
     }
 
-    /// From open to the full socket's CLOSE (TIME_WAIT not included).
+    /// When the connection started (SYN_SENT, SYN_RECV or LISTEN entered); unknown for a
+    /// socket first seen later (its start predates tracing).
+    pub fn start_ns(&self) -> Option<u64> {
+        self.from_start.then_some(self.opened_ns)
+    }
+
+    /// From open to the full socket's CLOSE (TIME_WAIT not included); unknown when the start
+    /// is.
     pub fn lifetime_ns(&self) -> Option<u64> {
-        self.closed_ns.map(|c| c.saturating_sub(self.opened_ns))
+        let start = self.start_ns()?;
+        self.closed_ns.map(|c| c.saturating_sub(start))
     }
 
     /// When the story ended: the end of its TIME_WAIT, else the close, else when it opened.
@@ -242,6 +298,7 @@ impl Connection {
                 self.time_wait = Some(TimeWaitSpan {
                     entered_ns: t.ts_ns,
                     ended_ns: None,
+                    complete: false,
                     expires_ns: t.ts_ns + TIME_WAIT_NS,
                     confirmed: false,
                     substate: TimeWait,
@@ -261,6 +318,14 @@ impl Connection {
             }
             _ => End::Aborted,
         });
+        // Without a FIN first, whoever reset the connection closed it.
+        if self.closed_by == ClosedBy::Unknown {
+            self.closed_by = match self.end {
+                Some(End::Aborted) => ClosedBy::Local,
+                Some(End::RstReceived) => ClosedBy::Remote,
+                _ => ClosedBy::Unknown,
+            };
+        }
     }
 }
 
@@ -273,11 +338,13 @@ pub struct ConnectionTable {
     finished: VecDeque<Connection>,
     /// Closed connections whose TIME_WAIT is still running.
     time_wait: CookieMap<Connection>,
-    /// Emit closed connections at once instead of after their TIME_WAIT.
-    pub skip_time_wait: bool,
+    /// Hold closed connections back until their TIME_WAIT ends, to report it (else they are
+    /// finished at once, with the TIME_WAIT that follows not yet measured).
+    pub wait_time_wait: bool,
     /// The network namespace snapshots describe; TIME_WAITs elsewhere end by the 60 s rule.
     pub netns: Option<u32>,
     pub evicted: u64,
+    listeners: Listeners,
 }
 
 impl ConnectionTable {
@@ -289,9 +356,10 @@ impl ConnectionTable {
             capacity,
             finished: VecDeque::new(),
             time_wait: CookieMap::default(),
-            skip_time_wait: false,
+            wait_time_wait: false,
             netns: None,
             evicted: 0,
+            listeners: Listeners::default(),
         }
     }
 
@@ -314,17 +382,19 @@ impl ConnectionTable {
         let conn = match self.live.get_mut(&t.cookie) {
             Some(c) => c,
             None => {
+                let mut c = Connection::new(t, &self.listeners);
                 if t.new == TcpState::Close && t.old != TcpState::SynSent {
                     // First seen at its end: nothing to tell beyond the transition itself.
-                    let mut c = Connection::new(t);
+                    self.listeners.apply(t);
                     c.apply(t);
                     return self.close(c);
                 }
                 self.make_room();
                 self.order.push_back(t.cookie);
-                self.live.entry(t.cookie).or_insert(Connection::new(t))
+                self.live.entry(t.cookie).or_insert(c)
             }
         };
+        self.listeners.apply(t);
         conn.apply(t);
         if conn.end.is_some() {
             let c = self.live.remove(&t.cookie)?;
@@ -334,7 +404,7 @@ impl ConnectionTable {
     }
 
     fn close(&mut self, c: Connection) -> Option<Connection> {
-        if c.time_wait.is_some() && !self.skip_time_wait {
+        if c.time_wait.is_some() && self.wait_time_wait {
             self.time_wait.insert(c.cookie, c);
         } else {
             self.finished.push_back(c);
@@ -346,55 +416,81 @@ impl ConnectionTable {
         self.evicted += make_room(&mut self.live, &mut self.order, self.capacity);
     }
 
-    /// Confirms, or ends, the TIME_WAITs this snapshot (taken at `taken_ns`) can speak for.
+    /// Learns the listening ports of namespace [`Self::netns`] from a list of its sockets.
+    pub fn learn_listeners(&mut self, sockets: &[DiagSocket]) {
+        self.listeners.snapshot(self.netns, sockets);
+    }
+
+    /// Learns the listeners of this snapshot (taken at `taken_ns` in [`Self::netns`]) and
+    /// confirms, or ends, the TIME_WAITs it can speak for.
     pub fn snapshot(&mut self, sockets: &[DiagSocket], taken_ns: u64) {
+        self.listeners.snapshot(self.netns, sockets);
         let by_cookie: CookieMap<&DiagSocket> = sockets
             .iter()
             .filter(|s| s.is_timewait())
             .map(|s| (s.cookie, s))
             .collect();
-        let mut done = Vec::new();
-        for (cookie, c) in &mut self.time_wait {
-            let Some(tw) = &mut c.time_wait else {
-                continue;
-            };
-            let elsewhere = matches!((self.netns, c.netns), (Some(a), Some(b)) if a != b);
+        let netns = self.netns;
+        self.end_time_waits(|c, tw| {
+            let elsewhere = matches!((netns, c.netns), (Some(a), Some(b)) if a != b);
             if elsewhere || taken_ns <= tw.entered_ns {
-                continue; // taken before the socket became a timewait socket
+                return None; // taken before the socket became a timewait socket
             }
-            match by_cookie.get(cookie) {
+            match by_cookie.get(&c.cookie) {
                 Some(s) => {
                     tw.confirmed = true;
                     tw.substate = s.state;
                     tw.expires_ns = taken_ns + u64::from(s.expires_ms) * 1_000_000;
+                    None
                 }
-                None => {
-                    tw.ended_ns = Some(if tw.confirmed {
-                        taken_ns.min(tw.expires_ns.max(tw.entered_ns))
-                    } else {
-                        taken_ns
-                    });
-                    done.push(*cookie);
-                }
+                None if tw.confirmed => Some(taken_ns.min(tw.expires_ns.max(tw.entered_ns))),
+                None => Some(taken_ns),
             }
-        }
-        for cookie in done {
-            if let Some(c) = self.time_wait.remove(&cookie) {
-                self.finished.push_back(c);
-            }
-        }
+        });
     }
 
     /// Ends TIME_WAITs whose expected end passed long ago without a snapshot to tell.
     pub fn expire(&mut self, now_ns: u64) {
+        self.end_time_waits(|_, tw| {
+            (now_ns > tw.expires_ns + TIME_WAIT_GRACE_NS).then_some(tw.expires_ns)
+        });
+    }
+
+    /// Tracing stops at `now_ns`: every TIME_WAIT still running is finished with its length so
+    /// far (`complete` false). Returns how many.
+    pub fn flush(&mut self, now_ns: u64) -> usize {
+        let before = self.finished.len();
+        for (_, mut c) in self.time_wait.drain() {
+            if let Some(tw) = &mut c.time_wait {
+                tw.ended_ns = Some(now_ns.max(tw.entered_ns));
+            }
+            self.finished.push_back(c);
+        }
+        self.finished.len() - before
+    }
+
+    /// Connections whose full socket has not closed yet.
+    pub fn open(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Finishes the TIME_WAITs `end` gives an end time to (they ran to their end).
+    fn end_time_waits(
+        &mut self,
+        mut end: impl FnMut(&Connection, &mut TimeWaitSpan) -> Option<u64>,
+    ) {
         let mut done = Vec::new();
         for (cookie, c) in &mut self.time_wait {
-            if let Some(tw) = &mut c.time_wait
-                && now_ns > tw.expires_ns + TIME_WAIT_GRACE_NS
-            {
-                tw.ended_ns = Some(tw.expires_ns);
+            let Some(mut tw) = c.time_wait else {
+                continue;
+            };
+            let ended = end(c, &mut tw);
+            if let Some(at) = ended {
+                tw.ended_ns = Some(at);
+                tw.complete = true;
                 done.push(*cookie);
             }
+            c.time_wait = Some(tw);
         }
         for cookie in done {
             if let Some(c) = self.time_wait.remove(&cookie) {
@@ -457,8 +553,8 @@ impl Brief {
 
     /// The connection as far as the brief knows it, ready for its next transition `t`
     /// (addresses come from `t`, which carries them on every transition).
-    fn resume(&self, t: &Transition) -> Connection {
-        let mut c = Connection::new(t);
+    fn resume(&self, t: &Transition, listeners: &Listeners) -> Connection {
+        let mut c = Connection::new(t, listeners);
         c.role = self.role;
         c.from_start = self.from_start;
         c.opened_ns = self.opened_ns;
@@ -479,6 +575,7 @@ pub struct CloseTracker {
     order: VecDeque<u64>,
     capacity: usize,
     pub evicted: u64,
+    listeners: Listeners,
 }
 
 impl CloseTracker {
@@ -488,7 +585,13 @@ impl CloseTracker {
             order: VecDeque::new(),
             capacity,
             evicted: 0,
+            listeners: Listeners::default(),
         }
+    }
+
+    /// Learns the listeners of a snapshot of namespace `netns`.
+    pub fn snapshot(&mut self, netns: Option<u32>, sockets: &[DiagSocket]) {
+        self.listeners.snapshot(netns, sockets);
     }
 
     pub fn live(&self, cookie: u64) -> Option<&Brief> {
@@ -503,9 +606,10 @@ impl CloseTracker {
     /// Applies a transition. Returns the connection when this transition closed it.
     pub fn apply(&mut self, t: &Transition) -> Option<Connection> {
         let mut c = match self.live.get(&t.cookie) {
-            Some(brief) => brief.resume(t),
-            None => Connection::new(t),
+            Some(brief) => brief.resume(t, &self.listeners),
+            None => Connection::new(t, &self.listeners),
         };
+        self.listeners.apply(t);
         c.apply(t);
         if c.end.is_some() {
             self.live.remove(&t.cookie);
@@ -561,6 +665,7 @@ mod tests {
     #[test]
     fn client_closes_first_then_time_wait_confirmed_and_ended_by_snapshots() {
         let mut t = ConnectionTable::new(100);
+        t.wait_time_wait = true;
         feed(
             &mut t,
             1,
@@ -679,7 +784,6 @@ mod tests {
             (7, &[(Close, Listen, 0, false), (Listen, Close, 90, false)]),
         ];
         let mut full = ConnectionTable::new(100);
-        full.skip_time_wait = true;
         let mut brief = CloseTracker::new(100);
         let mut from_full = HashMap::new();
         let mut from_brief = HashMap::new();
@@ -750,7 +854,6 @@ mod tests {
     #[test]
     fn simultaneous_close_is_both() {
         let mut t = ConnectionTable::new(100);
-        t.skip_time_wait = true;
         feed(
             &mut t,
             3,
@@ -817,6 +920,7 @@ mod tests {
     #[test]
     fn snapshots_do_not_end_time_waits_of_other_namespaces() {
         let mut t = ConnectionTable::new(100);
+        t.wait_time_wait = true;
         t.netns = Some(1); // the test transitions carry netns 4026531840
         feed(
             &mut t,
@@ -838,6 +942,7 @@ mod tests {
     #[test]
     fn unconfirmed_time_wait_expires_after_grace() {
         let mut t = ConnectionTable::new(100);
+        t.wait_time_wait = true;
         feed(
             &mut t,
             10,

@@ -9,8 +9,9 @@ use std::str::FromStr;
 use tcptrace_common::{FAMILY_MASK_V6, MAX_PID_FILTER, PortSet, port_filter};
 
 use crate::model::cgroup::CgroupInfo;
+use crate::model::connections::Connection;
 use crate::model::tcp::{Endpoints, Family, TcpState};
-use crate::model::transition::Transition;
+use crate::model::transition::{Task, Transition};
 
 /// An address block such as `10.0.0.0/8` or `fd00::/8`; a bare address is a single host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,16 +177,45 @@ impl Filter {
 
     /// The whole filter but the cgroup part, as the kernel and agent apply it together.
     pub fn matches(&self, t: &Transition) -> bool {
-        (self.states.is_empty() || self.states.contains(&t.old) || self.states.contains(&t.new))
+        self.matches_event(t)
             && self.matches_endpoints(&t.endpoints)
             && self.netns.is_none_or(|ns| t.netns == Some(ns))
-            && (self.pids.is_empty() || t.owner.is_some_and(|o| self.pids.contains(&o.task.pid)))
+    }
+
+    /// The parts about one transition rather than the socket: its states and, as known at
+    /// that moment, the socket's owner.
+    pub fn matches_event(&self, t: &Transition) -> bool {
+        (self.states.is_empty() || self.states.contains(&t.old) || self.states.contains(&t.new))
+            && self.matches_owner(t.owner.map(|o| o.task))
+    }
+
+    fn matches_owner(&self, owner: Option<Task>) -> bool {
+        (self.pids.is_empty() || owner.is_some_and(|o| self.pids.contains(&o.pid)))
             && (self.comms.is_empty()
-                || t.owner.is_some_and(|o| {
+                || owner.is_some_and(|o| {
                     self.comms
                         .iter()
-                        .any(|c| o.task.comm.as_str().starts_with(c.as_str()))
+                        .any(|c| o.comm.as_str().starts_with(c.as_str()))
                 }))
+    }
+
+    /// The filter for whole connections (`life`, connection metrics): only the parts that
+    /// hold for a socket's whole life (endpoints, namespace, cgroup), so a connection's
+    /// every transition arrives; the rest is [`Filter::matches_story`]'s.
+    pub fn socket_level(&self) -> Self {
+        Self {
+            states: Vec::new(),
+            pids: Vec::new(),
+            comms: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// Whether a whole connection is selected: it went through one of the states (TIME_WAIT
+    /// included when it followed), and its owner (the last one known) is one asked for.
+    pub fn matches_story(&self, c: &Connection) -> bool {
+        (self.states.is_empty() || c.states().any(|s| self.states.contains(&s)))
+            && self.matches_owner(c.owner)
     }
 
     /// The cgroup part of the filter, given what is known of the socket's cgroup.

@@ -36,7 +36,8 @@ pub struct Tracked {
     pub origin: Origin,
     /// Snapshot generation that last saw this socket.
     generation: u32,
-    /// When the socket entered `state` (kernel monotonic ns), if known.
+    /// When the socket entered `state` (kernel monotonic ns): exact from a transition; for a
+    /// socket only snapshots have seen in this state, a lower bound ([`entered_by`]).
     since: MaybeNs,
     /// When this entry last changed.
     pub updated_ns: u64,
@@ -52,8 +53,26 @@ fn maybe_ns(ns: Option<u64>) -> MaybeNs {
     ns.and_then(NonZeroU64::new)
 }
 
+/// The latest a snapshot socket can have entered its state: a TIME_WAIT socket
+/// `TCP_TIMEWAIT_LEN` before it expires, a CLOSE_WAIT or FIN_WAIT2 socket at the peer's last
+/// ACK (`tcp_info`: the peer has nothing more to send), anything else at the snapshot itself.
+/// So an agent restart does not make old sockets look new.
+fn entered_by(s: &DiagSocket, taken_ns: u64) -> u64 {
+    let ago_ms = match s.state {
+        TcpState::TimeWait if s.timer == Timer::TimeWait => {
+            (TIME_WAIT_NS / 1_000_000).saturating_sub(u64::from(s.expires_ms))
+        }
+        TcpState::CloseWait | TcpState::FinWait2 => {
+            s.idle.map_or(0, |i| u64::from(i.last_ack_recv_ms))
+        }
+        _ => 0,
+    };
+    taken_ns.saturating_sub(ago_ms * 1_000_000)
+}
+
 impl Tracked {
-    /// When the socket entered its state (kernel monotonic ns), if known.
+    /// When the socket entered its state (kernel monotonic ns): exact when a transition told,
+    /// a lower bound of its age when only snapshots did.
     pub fn since_ns(&self) -> Option<u64> {
         self.since.map(NonZeroU64::get)
     }
@@ -247,6 +266,11 @@ impl SocketTable {
                         if e.origin == Origin::Inferred {
                             e.origin = Origin::Snapshot;
                         }
+                        if e.origin == Origin::Snapshot {
+                            // Each snapshot may push the bound further back.
+                            let bound = entered_by(s, taken_ns);
+                            e.since = maybe_ns(Some(e.since_ns().map_or(bound, |t| t.min(bound))));
+                        }
                         e.expires = maybe_ns(expires_ns).or(e.expires);
                         continue;
                     }
@@ -264,7 +288,11 @@ impl SocketTable {
                     }
                     let updated = Tracked {
                         state: s.state,
-                        since: if refinement { e.since } else { None },
+                        since: if refinement {
+                            e.since
+                        } else {
+                            maybe_ns(Some(entered_by(s, taken_ns)))
+                        },
                         updated_ns: taken_ns,
                         origin: Origin::Snapshot,
                         expires: maybe_ns(expires_ns),
@@ -287,7 +315,7 @@ impl SocketTable {
                         s.cookie,
                         Tracked {
                             state: s.state,
-                            since: None,
+                            since: maybe_ns(Some(entered_by(s, taken_ns))),
                             updated_ns: taken_ns,
                             origin: Origin::Snapshot,
                             expires: maybe_ns(expires_ns),
@@ -335,6 +363,7 @@ impl SocketTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::snapshot::Idle;
     use crate::testing::step;
 
     const S: u64 = 1_000_000_000;
@@ -412,15 +441,22 @@ mod tests {
     }
 
     #[test]
-    fn seed_adds_everything_without_corrections_and_unknown_entry_times() {
+    fn seed_adds_everything_without_corrections_and_lower_bounds_of_entry_times() {
         let mut tab = table();
         tab.begin_reconcile();
+        let mut leak = diag(5, CloseWait);
+        leak.idle = Some(Idle {
+            last_data_sent_ms: 0,
+            last_data_recv_ms: 40_000,
+            last_ack_recv_ms: 40_000,
+        });
         let r = tab.reconcile(
             &[
                 diag(1, Established),
                 diag(2, TimeWait),
                 diag(3, Listen),
                 diag(4, SynRecv),
+                leak,
             ],
             100 * S,
             true,
@@ -429,13 +465,31 @@ mod tests {
             r,
             ReconcileReport {
                 corrections: 0,
-                refreshed: 4
+                refreshed: 5
             }
         );
         assert_eq!(tab.count(TimeWait), 1);
-        assert_eq!(tab.get(1).unwrap().since_ns(), None);
+        // Entry times unseen: at least since the snapshot, or what the kernel tells.
+        assert_eq!(tab.get(1).unwrap().since_ns(), Some(100 * S));
         assert_eq!(tab.get(2).unwrap().expires_ns(), Some(130 * S));
-        assert_eq!(tab.oldest(200 * S), [None; STATE_SLOTS]);
+        assert_eq!(
+            tab.get(2).unwrap().since_ns(),
+            Some(70 * S),
+            "60 s before expiry"
+        );
+        assert_eq!(
+            tab.get(5).unwrap().since_ns(),
+            Some(60 * S),
+            "at the peer's last ACK"
+        );
+        let oldest = tab.oldest(200 * S);
+        assert_eq!(oldest[CloseWait.slot()], Some(140 * S));
+        assert_eq!(oldest[Established.slot()], Some(100 * S));
+        // A later snapshot keeps the earliest bound.
+        tab.begin_reconcile();
+        tab.reconcile(&[diag(1, Established), diag(5, CloseWait)], 150 * S, false);
+        assert_eq!(tab.get(1).unwrap().since_ns(), Some(100 * S));
+        assert_eq!(tab.get(5).unwrap().since_ns(), Some(60 * S));
     }
 
     #[test]
@@ -471,7 +525,11 @@ mod tests {
         assert!(tab.get(1).is_none());
         assert_eq!(tab.get(2).unwrap().state, FinWait1, "newer event wins");
         assert_eq!(tab.get(3).unwrap().state, LastAck);
-        assert_eq!(tab.get(3).unwrap().since_ns(), None);
+        assert_eq!(
+            tab.get(3).unwrap().since_ns(),
+            Some(10 * S),
+            "at least since the snapshot"
+        );
         let fw = tab.get(4).unwrap();
         assert_eq!((fw.state, fw.since_ns()), (FinWait2, Some(2 * S)));
         assert_eq!(fw.expires_ns(), Some(60 * S));

@@ -17,6 +17,7 @@ use crate::host::stack::{Settings, TcpCounters};
 use crate::kernel::loader::KernelCounters;
 use crate::model::cgroup::CgroupInfo;
 use crate::model::connections::ConnectionTable;
+use crate::model::filter::Filter;
 use crate::model::snapshot::{DiagSocket, Idle, Timer};
 use crate::model::tcp::{Family, TcpState};
 use crate::output::json;
@@ -162,6 +163,7 @@ fn life_json_lines_match_the_golden_file() {
     use TcpState::*;
     let mut table = ConnectionTable::new(100);
     table.netns = Some(4026531840);
+    table.wait_time_wait = true;
     let base = raw_v4();
     let with = |cookie: u64| {
         let mut r = base;
@@ -254,6 +256,17 @@ fn life_json_lines_match_the_golden_file() {
     table.snapshot(&[tw, orphan], 2 * S);
     table.snapshot(&[orphan], 3 * S);
     table.expire(200 * S);
+    // One more active close, still in TIME_WAIT when tracing stops.
+    feed(
+        &mut table,
+        &with(9),
+        &[
+            (Established, FinWait1, 199_000, false),
+            (FinWait1, FinWait2, 199_001, false),
+            (FinWait2, Close, 199_002, false),
+        ],
+    );
+    table.flush(210 * S);
     let mut all = String::new();
     let mut line = Vec::new();
     while let Some(c) = table.next_finished() {
@@ -301,10 +314,13 @@ fn doctor_json_matches_the_golden_file() {
     for c in 0..11u64 {
         let mut r = base;
         r.cookie = 1000 + c;
-        obs.observe(&raw_transition(&step(&r, Close, SynSent, 91 * S)));
+        obs.observe(
+            &raw_transition(&step(&r, Close, SynSent, 91 * S)),
+            &Filter::default(),
+        );
         let mut fail = step(&r, SynSent, Close, 92 * S);
         fail.flags = flags::RST_RECEIVED;
-        obs.observe(&raw_transition(&fail));
+        obs.observe(&raw_transition(&fail), &Filter::default());
     }
     let mut before = TcpCounters::default();
     before.parse("TcpExt: SyncookiesSent TCPReqQFullDrop\nTcpExt: 5 0\n");

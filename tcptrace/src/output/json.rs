@@ -109,7 +109,8 @@ struct ConnectionRecord<'a> {
     time_wait_ns: Option<u64>,
     time_wait_state: Option<TcpState>,
     time_wait_confirmed: Option<bool>,
-    start_time: Rfc3339,
+    time_wait_ended: Option<bool>,
+    start_time: Option<Rfc3339>,
     end_ts_ns: u64,
 }
 
@@ -140,7 +141,8 @@ pub fn connection(clock: &WallClock, c: &Connection, out: &mut Vec<u8>) -> io::R
         time_wait_ns: c.time_wait_ns(),
         time_wait_state: c.time_wait.map(|tw| tw.substate),
         time_wait_confirmed: c.time_wait.map(|tw| tw.confirmed),
-        start_time: clock.rfc3339(c.opened_ns),
+        time_wait_ended: c.time_wait.map(|tw| tw.complete),
+        start_time: c.start_ns().map(|ns| clock.rfc3339(ns)),
         end_ts_ns: c.end_ns(),
     };
     serde_json::to_writer(out, &record).map_err(io::Error::from)

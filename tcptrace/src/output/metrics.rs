@@ -406,6 +406,15 @@ impl Sink for MetricsSink {
         t: &Transition,
         _cgroup: Option<&CgroupInfo>,
     ) -> std::io::Result<Flow> {
+        // Connections are judged whole (the window's filter), transitions one by one.
+        if let Some(c) = self.window.observe(t)
+            && c.role != Role::Listener
+        {
+            self.closed(&c);
+        }
+        if !self.window.filter().matches_event(t) {
+            return Ok(Flow::Continue);
+        }
         let m = &self.metrics;
         m.events.inc();
         let (old, new) = (t.old.slot(), t.new.slot());
@@ -430,11 +439,6 @@ impl Sink for MetricsSink {
             m.connect_failures.inc();
         }
         self.table.apply(t);
-        if let Some(c) = self.window.observe(t)
-            && c.role != Role::Listener
-        {
-            self.closed(&c);
-        }
         Ok(Flow::Continue)
     }
 
@@ -510,7 +514,7 @@ mod tests {
         MetricsSink::new(
             metrics.clone(),
             SocketTable::new(100, None, Filter::default()),
-            Window::new(100, Filter::default(), Thresholds::default()),
+            Window::new(100, Filter::default(), Thresholds::default(), None),
         )
     }
 

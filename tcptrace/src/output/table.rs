@@ -110,12 +110,20 @@ pub fn connection_line(clock: &WallClock, c: &Connection, out: &mut Vec<u8>) {
         Some(t) => (t.pid.to_string(), t.comm.as_str()),
         None => ("-".to_owned(), "-"),
     };
+    // `wait`: a TIME_WAIT follows, not measured (see `life --time-wait`); `>N`: tracing
+    // stopped N ms into it; a FIN_WAIT2 suffix marks an orphan's timewait substate.
     let tw = match (c.time_wait, c.time_wait_ns()) {
-        (Some(tw), Some(ns)) if tw.substate != TcpState::TimeWait => {
-            format!("{}({})", Millis(ns), tw.substate.name())
-        }
-        (Some(_), ns) => millis_or_dash(ns),
         (None, _) => "-".to_owned(),
+        (Some(_), None) => "wait".to_owned(),
+        (Some(tw), Some(ns)) => {
+            let cut = if tw.complete { "" } else { ">" };
+            let substate = if tw.substate == TcpState::TimeWait {
+                String::new()
+            } else {
+                format!("({})", tw.substate.name())
+            };
+            format!("{cut}{}{substate}", Millis(ns))
+        }
     };
     let _ = write!(
         out,
@@ -221,7 +229,6 @@ mod tests {
     #[test]
     fn connection_line_lines_up_with_header() {
         let mut table = ConnectionTable::new(10);
-        table.skip_time_wait = true;
         use TcpState::*;
         for (old, new, at, dwell) in [
             (Close, SynSent, 1_000_000_000u64, None),

@@ -69,6 +69,7 @@ mod tests {
     use crate::diagnosis::window::{Baseline, Observations};
     use crate::diagnosis::{Fact, Kind, Severity, Thresholds};
     use crate::host::stack::TcpCounters;
+    use crate::model::filter::Filter;
     use crate::model::tcp::TcpState;
 
     #[test]
@@ -79,13 +80,16 @@ mod tests {
         let in_baseline = sock(9, TcpState::CloseWait, "10.0.0.1:9090", "10.0.0.2:40002");
         let from_event = sock(10, TcpState::CloseWait, "10.0.0.1:9090", "10.0.0.2:40003");
         let mut obs = Observations::new(100);
-        obs.observe(&transition(
-            10,
-            TcpState::Established,
-            TcpState::CloseWait,
-            50 * S,
-            false,
-        ));
+        obs.observe(
+            &transition(
+                10,
+                TcpState::Established,
+                TcpState::CloseWait,
+                50 * S,
+                false,
+            ),
+            &Filter::default(),
+        );
         let baseline = Baseline::new(&[in_baseline], 60 * S, TcpCounters::default());
         let f = run_with(
             &[old, young, in_baseline, from_event],

@@ -5,6 +5,7 @@ use crate::diagnosis::window::{Baseline, Observations, Scene};
 use crate::diagnosis::{Finding, Thresholds, diagnose};
 use crate::host::owners::{ProcessName, SocketOwners};
 use crate::host::stack::{Settings, TcpCounters};
+use crate::model::filter::Filter;
 use crate::model::snapshot::{DiagSocket, Idle};
 use crate::model::tcp::TcpState;
 use crate::model::transition::Transition;
@@ -92,7 +93,10 @@ pub fn window_of_ends() -> Observations {
     let mut next = |obs: &mut Observations, cookie, path: &[(TcpState, TcpState, bool)]| {
         for (old, new, rst) in path {
             at += 10_000_000;
-            obs.observe(&transition(cookie, *old, *new, at, *rst));
+            obs.observe(
+                &transition(cookie, *old, *new, at, *rst),
+                &Filter::default(),
+            );
         }
     };
     for c in 0..3 {
@@ -103,10 +107,13 @@ pub fn window_of_ends() -> Observations {
         );
     }
     // A SYN_SENT that lasted over a second without RST: timed out.
-    obs.observe(&transition(10, Close, SynSent, 2 * S, false));
+    obs.observe(
+        &transition(10, Close, SynSent, 2 * S, false),
+        &Filter::default(),
+    );
     let mut late = transition(10, SynSent, Close, 5 * S, false);
     late.in_old_ns = Some(3 * S);
-    obs.observe(&late);
+    obs.observe(&late, &Filter::default());
     for c in 20..22 {
         next(
             &mut obs,
