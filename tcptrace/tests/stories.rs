@@ -571,8 +571,7 @@ fn my_comm() -> String {
 /// (four clients, three server children) and two listeners.
 fn four_connections(p1: u16, p2: u16) {
     let l1 = TcpListener::bind(("127.0.0.1", p1)).unwrap();
-    let (mut c, mut s) = pair("127.0.0.1", &l1);
-    drop(c.try_clone().unwrap());
+    let (c, mut s) = pair("127.0.0.1", &l1);
     c.shutdown(Shutdown::Both).unwrap();
     read_eof(&mut s);
     drop(c);
