@@ -39,7 +39,7 @@ fn wait_listening(agent: &mut Agent, port: u16) {
     assert!(
         agent.wait_for(Duration::from_secs(10), |ev| ev
             .iter()
-            .any(|e| e["new"] == "LISTEN" && e["sport"] == port)),
+            .any(|e| e["to"] == "LISTEN" && e["local_port"] == port)),
         "server never listened: {:#?}",
         agent.events
     );
@@ -75,9 +75,9 @@ fn every_transition_names_the_process_that_owns_the_socket() {
     let (server_pid, client_pid) = (u64::from(server.id()), u64::from(client_pid));
 
     let sockets = by_cookie(&events);
-    let listener = socket_where(&sockets, |e| e["new"] == "LISTEN").unwrap();
-    let child = socket_where(&sockets, |e| e["new"] == "SYN_RECV").unwrap();
-    let client = socket_where(&sockets, |e| e["new"] == "SYN_SENT").unwrap();
+    let listener = socket_where(&sockets, |e| e["to"] == "LISTEN").unwrap();
+    let child = socket_where(&sockets, |e| e["to"] == "SYN_RECV").unwrap();
+    let client = socket_where(&sockets, |e| e["to"] == "SYN_SENT").unwrap();
     assert_eq!(
         transitions(child),
         [
@@ -130,11 +130,11 @@ fn unknown_owner_is_reported_as_unknown() {
     ) == 1));
     let (_, _, events) = agent.stop();
     drop(server);
-    let close_wait = events.iter().find(|e| e["new"] == "CLOSE_WAIT").unwrap();
+    let close_wait = events.iter().find(|e| e["to"] == "CLOSE_WAIT").unwrap();
     assert!(close_wait["pid"].is_null(), "{close_wait}");
     assert!(close_wait["comm"].is_null(), "{close_wait}");
     // The client's close is its own system call: that one is known.
-    let fin = events.iter().find(|e| e["new"] == "FIN_WAIT1").unwrap();
+    let fin = events.iter().find(|e| e["to"] == "FIN_WAIT1").unwrap();
     assert_eq!(fin["pid"].as_u64(), Some(u64::from(std::process::id())));
 }
 
@@ -158,10 +158,14 @@ fn server_in_a_network_namespace_reports_that_namespace() {
     assert_eq!(events.len(), 7, "{events:#?}");
     for e in &events {
         assert_eq!(e["netns"].as_u64(), Some(inode), "{e}");
-        assert_eq!(e["saddr"], ns.ns_ip.as_str());
+        assert_eq!(e["local_addr"], ns.ns_ip.as_str());
         assert_eq!(e["pid"].as_u64(), Some(u64::from(server.id())), "{e}");
     }
-    assert!(events.iter().any(|e| e["daddr"] == ns.host_ip.as_str()));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["remote_addr"] == ns.host_ip.as_str())
+    );
 }
 
 /// A fresh cgroup v2 directory; removed on drop.

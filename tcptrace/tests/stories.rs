@@ -188,7 +188,7 @@ fn client_active_close(ip: &str) {
     for story in &s {
         assert!(story["from_start"].as_bool().unwrap());
         assert!(dur(&story["handshake_ns"]) < 1_000_000_000);
-        assert_eq!(story["saddr"], ip.trim_matches(['[', ']']));
+        assert_eq!(story["local_addr"], ip.trim_matches(['[', ']']));
     }
 }
 
@@ -446,7 +446,7 @@ fn refused(ip: &str) {
         (&"client".into(), &"refused".into())
     );
     assert!(dur(&s[0]["lifetime_ns"]) < 1_000_000_000);
-    assert_ne!(s[0]["sport"], 0, "the local port survives the close");
+    assert_ne!(s[0]["local_port"], 0, "the local port survives the close");
 }
 
 #[test]
@@ -722,9 +722,9 @@ fn connections_older_than_tcptrace_have_unknown_starts() {
         assert!(story["lifetime_ns"].is_null(), "{story}");
         assert!(story["start_time"].is_null(), "{story}");
     }
-    let server = st.iter().find(|s| s["sport"] == port).unwrap();
+    let server = st.iter().find(|s| s["local_port"] == port).unwrap();
     assert_eq!(server["role"], "server");
-    let client = st.iter().find(|s| s["dport"] == port).unwrap();
+    let client = st.iter().find(|s| s["remote_port"] == port).unwrap();
     assert_eq!(client["role"], "unknown");
     assert_eq!(client["closed_by"], "local");
     drop(listener);

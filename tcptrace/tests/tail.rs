@@ -85,54 +85,54 @@ fn check_sequences(ip: &str, family: &str) {
         "listener, client, server child: {events:#?}"
     );
 
-    let listener = socket_where(&sockets, |e| e["new"] == "LISTEN").unwrap();
+    let listener = socket_where(&sockets, |e| e["to"] == "LISTEN").unwrap();
     assert_eq!(transitions(listener), LISTENER);
-    assert_eq!(listener[0]["sport"], ex.server_port);
-    assert_eq!(listener[0]["dport"], 0);
+    assert_eq!(listener[0]["local_port"], ex.server_port);
+    assert_eq!(listener[0]["remote_port"], 0);
 
-    let client = socket_where(&sockets, |e| e["new"] == "SYN_SENT").unwrap();
+    let client = socket_where(&sockets, |e| e["to"] == "SYN_SENT").unwrap();
     assert_eq!(transitions(client), CLIENT);
-    let child = socket_where(&sockets, |e| e["new"] == "SYN_RECV").unwrap();
+    let child = socket_where(&sockets, |e| e["to"] == "SYN_RECV").unwrap();
     assert_eq!(transitions(child), SERVER_CHILD);
 
     for e in &events {
         assert_eq!(e["family"], family);
-        assert_eq!(e["saddr"], ip, "{e}");
+        assert_eq!(e["local_addr"], ip, "{e}");
         // connect() enters SYN_SENT before the kernel picks the ephemeral port
         // (tcp_v4_connect: tcp_set_state(SYN_SENT) precedes inet_hash_connect()).
-        if e["new"] == "SYN_SENT" {
-            assert_eq!(e["sport"], 0, "{e}");
+        if e["to"] == "SYN_SENT" {
+            assert_eq!(e["local_port"], 0, "{e}");
         }
     }
     for e in &client[1..] {
-        assert_eq!(e["sport"], ex.client_port, "{e}");
-        assert_eq!(e["dport"], ex.server_port, "{e}");
-        assert_eq!(e["daddr"], ip);
+        assert_eq!(e["local_port"], ex.client_port, "{e}");
+        assert_eq!(e["remote_port"], ex.server_port, "{e}");
+        assert_eq!(e["remote_addr"], ip);
     }
     for e in child {
-        assert_eq!(e["sport"], ex.server_port, "{e}");
-        assert_eq!(e["dport"], ex.client_port, "{e}");
+        assert_eq!(e["local_port"], ex.server_port, "{e}");
+        assert_eq!(e["remote_port"], ex.client_port, "{e}");
     }
 
     // First sighting of a socket: the time in the old state is unknown, never 0.
-    assert!(client[0]["in_old_ns"].is_null());
-    assert!(child[0]["in_old_ns"].is_null());
-    assert!(listener[0]["in_old_ns"].is_null());
+    assert!(client[0]["dwell_ns"].is_null());
+    assert!(child[0]["dwell_ns"].is_null());
+    assert!(listener[0]["dwell_ns"].is_null());
     for e in client[1..].iter().chain(&child[1..]).chain(&listener[1..]) {
-        assert!(e["in_old_ns"].as_u64().is_some(), "known dwell: {e}");
+        assert!(e["dwell_ns"].as_u64().is_some(), "known dwell: {e}");
     }
     // The connection was held ~300 ms: ESTABLISHED dwell of the client, measured in the kernel.
-    let established_ns = client[2]["in_old_ns"].as_u64().unwrap();
+    let established_ns = client[2]["dwell_ns"].as_u64().unwrap();
     assert!(
         (300_000_000..800_000_000).contains(&established_ns),
         "ESTABLISHED dwell {established_ns} ns for a 300 ms hold"
     );
     // Loopback handshake: well under a second.
-    assert!(client[1]["in_old_ns"].as_u64().unwrap() < 1_000_000_000);
+    assert!(client[1]["dwell_ns"].as_u64().unwrap() < 1_000_000_000);
     // The socket's timestamps are consistent with the dwell times it reports.
     for pair in client.windows(2) {
         let gap = pair[1]["ts_ns"].as_u64().unwrap() - pair[0]["ts_ns"].as_u64().unwrap();
-        assert_eq!(pair[1]["in_old_ns"].as_u64().unwrap(), gap, "{pair:#?}");
+        assert_eq!(pair[1]["dwell_ns"].as_u64().unwrap(), gap, "{pair:#?}");
     }
     // Connect and close run in this process's context.
     let me = std::process::id();
@@ -191,7 +191,7 @@ fn port_filter_excludes_other_traffic_in_the_kernel() {
     assert_eq!(events.len(), 12, "{events:#?}");
     for e in &events {
         assert!(
-            e["sport"] == port || e["dport"] == port || e["new"] == "SYN_SENT",
+            e["local_port"] == port || e["remote_port"] == port || e["to"] == "SYN_SENT",
             "{e}"
         );
     }
@@ -222,7 +222,7 @@ fn lport_rport_state_family_and_addr_filters() {
     assert!(
         events
             .iter()
-            .all(|e| e["sport"] == port.parse::<u16>().unwrap())
+            .all(|e| e["local_port"] == port.parse::<u16>().unwrap())
     );
 
     // --rport + --state: only the client's SYN_SENT transitions.
@@ -257,7 +257,7 @@ fn lport_rport_state_family_and_addr_filters() {
     assert!(
         events
             .iter()
-            .all(|e| e["saddr"] == "127.0.0.2" || e["daddr"] == "127.0.0.2")
+            .all(|e| e["local_addr"] == "127.0.0.2" || e["remote_addr"] == "127.0.0.2")
     );
     assert!(summary_number(&stderr, "in agent") >= 12, "{stderr}");
 }
@@ -381,15 +381,15 @@ fn ipv4_over_a_dual_stack_socket_is_ipv4() {
         seen(e, "LISTEN", "SYN_RECV") == 1 && seen(e, "SYN_SENT", "ESTABLISHED") == 1
     }));
     let (_, _, events) = agent.stop();
-    let child: Vec<&Value> = events.iter().filter(|e| e["sport"] == port).collect();
+    let child: Vec<&Value> = events.iter().filter(|e| e["local_port"] == port).collect();
     assert!(!child.is_empty(), "{events:#?}");
     for e in &child {
         assert_eq!(e["family"], "ipv4", "{e}");
         assert_eq!(e["socket_family"], "ipv6", "{e}");
-        assert_eq!(e["saddr"], "127.0.0.1", "{e}");
+        assert_eq!(e["local_addr"], "127.0.0.1", "{e}");
     }
     // The IPv4 client is an IPv4 socket.
-    let client = events.iter().find(|e| e["dport"] == port).unwrap();
+    let client = events.iter().find(|e| e["remote_port"] == port).unwrap();
     assert_eq!(
         (&client["family"], &client["socket_family"]),
         (&Value::from("ipv4"), &Value::from("ipv4"))

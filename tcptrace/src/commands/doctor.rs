@@ -16,6 +16,7 @@ use crate::host::snapshot::NamespaceSnapshot;
 use crate::kernel::loader::Tracer;
 use crate::output::json;
 use crate::output::report::{Report, explain};
+use crate::output::time::WallClock;
 use crate::pipeline::{Pipeline, RunOptions};
 
 /// Connections a doctor window remembers at once.
@@ -115,6 +116,7 @@ pub fn run(args: DoctorArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
         .evaluate(&view(&end), &mut LazyOwners::default())
         .context("the diagnosis window was never started")?;
     let report = Report {
+        time: WallClock::now().timestamp(end.taken_ns),
         findings: &evaluation.findings,
         sockets: &evaluation.sockets,
         settings: &end.settings,

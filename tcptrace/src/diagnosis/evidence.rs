@@ -145,12 +145,12 @@ pub(crate) fn owner_text(owner: &Option<ProcessName>) -> String {
 }
 
 /// Owner, local and remote endpoint of a group.
-pub(crate) type GroupKey = (Option<ProcessName>, String, String);
+pub(crate) type GroupKey = (Option<ProcessName>, Option<SocketAddr>, Option<SocketAddr>);
 
 /// The label and the endpoint of an end that [`end_groups`] groups by.
 pub(crate) type EndpointKey = (&'static str, fn(&Ended) -> SocketAddr);
 
-/// Groups keyed by owner and endpoint strings, largest first.
+/// Groups keyed by owner and endpoints, largest first.
 #[derive(Default)]
 pub(crate) struct Grouper {
     groups: BTreeMap<GroupKey, (u64, Option<u64>)>,
@@ -160,8 +160,8 @@ impl Grouper {
     pub fn add(
         &mut self,
         owner: Option<ProcessName>,
-        local: String,
-        remote: String,
+        local: Option<SocketAddr>,
+        remote: Option<SocketAddr>,
         age: Option<u64>,
     ) {
         let g = self
@@ -172,18 +172,26 @@ impl Grouper {
         g.1 = g.1.max(age);
     }
 
-    pub fn top(self, local_key: &'static str, remote_key: &'static str) -> Vec<Group> {
+    /// The largest groups, their endpoints labelled `local_key` and `remote_key`, after
+    /// `extra` labels.
+    pub fn top(
+        self,
+        local_key: &'static str,
+        remote_key: &'static str,
+        extra: &[(&'static str, Fact)],
+    ) -> Vec<Group> {
         let mut v: Vec<_> = self.groups.into_iter().collect();
         v.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(b.1.1.cmp(&a.1.1)));
         v.into_iter()
             .take(TOP)
             .map(|((owner, local, remote), (count, oldest))| {
                 let mut labels = owner_labels(&owner);
-                if !local.is_empty() {
-                    labels.push((local_key, Fact::Text(local)));
+                labels.extend_from_slice(extra);
+                if let Some(local) = local {
+                    labels.push((local_key, Fact::Endpoint(local)));
                 }
-                if !remote.is_empty() {
-                    labels.push((remote_key, Fact::Text(remote)));
+                if let Some(remote) = remote {
+                    labels.push((remote_key, Fact::Endpoint(remote)));
                 }
                 Group {
                     labels,
@@ -240,14 +248,9 @@ pub(crate) fn socket_groups(
                 owner: owner.clone(),
             });
         }
-        let remote = if by_remote {
-            remote.to_string()
-        } else {
-            String::new()
-        };
-        groups.add(owner, local.to_string(), remote, Some(age));
+        groups.add(owner, Some(local), by_remote.then_some(remote), Some(age));
     }
-    let top = groups.top("local", "remote");
+    let top = groups.top("local", "remote", &[]);
     let worst = top.first().map(group_text).unwrap_or_default();
     (top, examples, worst)
 }
@@ -277,17 +280,19 @@ pub(crate) fn aged<'s>(
 }
 
 /// Groups window ends by owner and, when `endpoint` is given, one endpoint; largest first.
+/// `extra` labels every group (e.g. which kind of end).
 pub(crate) fn end_groups<'e>(
     ctx: &mut Ctx<'_>,
     ends: impl Iterator<Item = &'e Ended>,
     endpoint: Option<EndpointKey>,
+    extra: &[(&'static str, Fact)],
 ) -> (Vec<Group>, String) {
     let mut g = Grouper::default();
     for e in ends {
-        let place = endpoint.map_or_else(String::new, |(_, f)| f(e).to_string());
-        g.add(ctx.end_owner(e), place, String::new(), None);
+        let place = endpoint.map(|(_, f)| f(e));
+        g.add(ctx.end_owner(e), place, None, None);
     }
-    let top = g.top(endpoint.map_or("", |(key, _)| key), "");
+    let top = g.top(endpoint.map_or("", |(key, _)| key), "", extra);
     let worst = top.first().map(group_text).unwrap_or_default();
     (top, worst)
 }

@@ -9,7 +9,7 @@ pub mod checks;
 pub mod evidence;
 pub mod window;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::diagnosis::evidence::{Ctx, OwnerLookup, secs};
@@ -166,13 +166,17 @@ impl Default for Thresholds {
 /// Groups and examples each finding lists at most.
 pub(crate) const TOP: usize = 5;
 
-/// A value in a finding's evidence.
+/// A value in a finding's evidence or a group's labels.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fact {
     Count(u64),
     /// Seconds, percentages, rates: the key names the unit.
     Number(f64),
     Text(String),
+    /// An address: `KEY_addr` in JSON.
+    Addr(IpAddr),
+    /// An address and port: `KEY_addr` and `KEY_port` in JSON, `ip:port` in text.
+    Endpoint(SocketAddr),
 }
 
 impl std::fmt::Display for Fact {
@@ -181,6 +185,8 @@ impl std::fmt::Display for Fact {
             Self::Count(n) => write!(f, "{n}"),
             Self::Number(x) => write!(f, "{x:.1}"),
             Self::Text(t) => f.write_str(t),
+            Self::Addr(a) => write!(f, "{a}"),
+            Self::Endpoint(e) => write!(f, "{e}"),
         }
     }
 }

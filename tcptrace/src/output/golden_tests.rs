@@ -350,6 +350,7 @@ fn doctor_json_matches_the_golden_file() {
     )]);
     let findings = diagnosis::diagnose(&scene, &obs, &mut owners, &Thresholds::default());
     let report = Report {
+        time: clock().timestamp(100 * S),
         findings: &findings,
         sockets: &sockets,
         settings: &settings,
@@ -364,6 +365,7 @@ fn doctor_json_matches_the_golden_file() {
     };
     let mut all = json::doctor(&report);
     let healthy = Report {
+        time: clock().timestamp(0),
         findings: &[],
         sockets: &[],
         settings: &Settings::default(),
@@ -375,4 +377,51 @@ fn doctor_json_matches_the_golden_file() {
     let _ = write!(all, "{}", json::doctor(&healthy));
     golden("doctor.json", &all);
     golden("doctor.txt", &report.text());
+}
+
+/// Every golden record is valid against the output's published JSON schema (`docs/schema`),
+/// whose objects allow no other keys and require all of theirs: the docs and the writers agree.
+#[test]
+fn golden_records_follow_the_published_schemas() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/schema");
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
+    };
+    let base = "https://github.com/tcptrace/tcptrace/docs/schema/v2/";
+    let registry = jsonschema::Registry::new()
+        .add(format!("{base}common.json"), read("common.json"))
+        .unwrap()
+        .prepare()
+        .unwrap();
+    for (schema, golden) in [
+        ("tail.json", "tail.jsonl"),
+        ("life.json", "life.jsonl"),
+        ("doctor.json", "doctor.json"),
+    ] {
+        let validator = jsonschema::options()
+            .with_registry(&registry)
+            .build(&read(schema))
+            .unwrap_or_else(|e| panic!("{schema}: {e}"));
+        let text = std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/golden")
+                .join(golden),
+        )
+        .unwrap();
+        for line in text.lines() {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&record)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(
+                errors.is_empty(),
+                "{golden} against {schema}: {errors:?}\n{line}"
+            );
+            // A planted unknown key is caught.
+            let mut extra = record.clone();
+            extra["unexpected"] = 1.into();
+            assert!(!validator.is_valid(&extra), "{schema} allows unknown keys");
+        }
+    }
 }

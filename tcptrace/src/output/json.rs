@@ -2,10 +2,10 @@
 //! struct whose fields, in order, are the documented keys (README), written by serde_json.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use serde::Serialize;
-use serde::ser::{SerializeMap as _, Serializer};
+use serde::ser::{SerializeMap, Serializer};
 
 use crate::diagnosis::{Example, Fact, Finding, Group, Kind, Severity};
 use crate::model::cgroup::CgroupInfo;
@@ -23,13 +23,13 @@ struct TransitionRecord<'a> {
     cookie: u64,
     family: Family,
     socket_family: Family,
-    saddr: IpAddr,
-    sport: u16,
-    daddr: IpAddr,
-    dport: u16,
-    old: TcpState,
-    new: TcpState,
-    in_old_ns: Option<u64>,
+    local_addr: IpAddr,
+    local_port: u16,
+    remote_addr: IpAddr,
+    remote_port: u16,
+    from: TcpState,
+    to: TcpState,
+    dwell_ns: Option<u64>,
     pid: Option<u32>,
     comm: Option<&'a str>,
     cpu_pid: Option<u32>,
@@ -57,13 +57,13 @@ pub fn transition(
         cookie: t.cookie,
         family: e.family,
         socket_family: e.socket_family,
-        saddr: e.local_ip,
-        sport: e.local_port,
-        daddr: e.remote_ip,
-        dport: e.remote_port,
-        old: t.old,
-        new: t.new,
-        in_old_ns: t.in_old_ns,
+        local_addr: e.local_ip,
+        local_port: e.local_port,
+        remote_addr: e.remote_ip,
+        remote_port: e.remote_port,
+        from: t.old,
+        to: t.new,
+        dwell_ns: t.in_old_ns,
         pid,
         comm: comm.as_ref().map(|c| c.as_str()),
         cpu_pid,
@@ -87,13 +87,16 @@ impl Serialize for States<'_> {
 /// One `life -o json` line.
 #[derive(Serialize)]
 struct ConnectionRecord<'a> {
-    time: Rfc3339,
+    start_time: Option<Rfc3339>,
+    end_time: Rfc3339,
+    end_ts_ns: u64,
     cookie: u64,
     family: Family,
-    saddr: IpAddr,
-    sport: u16,
-    daddr: IpAddr,
-    dport: u16,
+    socket_family: Family,
+    local_addr: IpAddr,
+    local_port: u16,
+    remote_addr: IpAddr,
+    remote_port: u16,
     role: Role,
     pid: Option<u32>,
     comm: Option<&'a str>,
@@ -106,26 +109,28 @@ struct ConnectionRecord<'a> {
     lifetime_ns: Option<u64>,
     closed_by: ClosedBy,
     end: &'static str,
-    time_wait_ns: Option<u64>,
     time_wait_state: Option<TcpState>,
+    time_wait_ns: Option<u64>,
     time_wait_confirmed: Option<bool>,
     time_wait_ended: Option<bool>,
-    start_time: Option<Rfc3339>,
-    end_ts_ns: u64,
 }
 
 /// Writes one `life` JSON object (without the newline) to `out`, replacing it.
 pub fn connection(clock: &WallClock, c: &Connection, out: &mut Vec<u8>) -> io::Result<()> {
     out.clear();
     let e = &c.endpoints;
+    let end_ns = c.closed_ns.unwrap_or(c.state_since_ns);
     let record = ConnectionRecord {
-        time: clock.rfc3339(c.end_ns()),
+        start_time: c.start_ns().map(|ns| clock.rfc3339(ns)),
+        end_time: clock.rfc3339(end_ns),
+        end_ts_ns: end_ns,
         cookie: c.cookie,
         family: e.family,
-        saddr: e.local_ip,
-        sport: e.local_port,
-        daddr: e.remote_ip,
-        dport: e.remote_port,
+        socket_family: e.socket_family,
+        local_addr: e.local_ip,
+        local_port: e.local_port,
+        remote_addr: e.remote_ip,
+        remote_port: e.remote_port,
         role: c.role,
         pid: c.owner.map(|t| t.pid),
         comm: c.owner.as_ref().map(|t| t.comm.as_str()),
@@ -138,12 +143,10 @@ pub fn connection(clock: &WallClock, c: &Connection, out: &mut Vec<u8>) -> io::R
         lifetime_ns: c.lifetime_ns(),
         closed_by: c.closed_by,
         end: c.end.map_or("unknown", |e| e.name()),
-        time_wait_ns: c.time_wait_ns(),
         time_wait_state: c.time_wait.map(|tw| tw.substate),
+        time_wait_ns: c.time_wait_ns(),
         time_wait_confirmed: c.time_wait.map(|tw| tw.confirmed),
         time_wait_ended: c.time_wait.map(|tw| tw.complete),
-        start_time: c.start_ns().map(|ns| clock.rfc3339(ns)),
-        end_ts_ns: c.end_ns(),
     };
     serde_json::to_writer(out, &record).map_err(io::Error::from)
 }
@@ -164,22 +167,33 @@ impl Serialize for Fixed3 {
     }
 }
 
-impl Serialize for Fact {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Self::Count(n) => s.serialize_u64(*n),
-            Self::Number(x) => Fixed3(*x).serialize(s),
-            Self::Text(t) => s.serialize_str(t),
+/// `(name, value)` pairs as one JSON object, in order. An address is `NAME_addr`; an
+/// endpoint is `NAME_addr` and `NAME_port`, a string and a number.
+struct Facts<'a>(&'a [(&'static str, Fact)]);
+
+impl Facts<'_> {
+    fn write<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+        for (key, value) in self.0 {
+            match value {
+                Fact::Count(n) => map.serialize_entry(key, n)?,
+                Fact::Number(x) => map.serialize_entry(key, &Fixed3(*x))?,
+                Fact::Text(t) => map.serialize_entry(key, t)?,
+                Fact::Addr(a) => map.serialize_entry(&format!("{key}_addr"), a)?,
+                Fact::Endpoint(e) => {
+                    map.serialize_entry(&format!("{key}_addr"), &e.ip())?;
+                    map.serialize_entry(&format!("{key}_port"), &e.port())?;
+                }
+            }
         }
+        Ok(())
     }
 }
 
-/// `(name, value)` pairs as a JSON object, in order.
-struct Pairs<'a, V>(&'a [(&'static str, V)]);
-
-impl<V: Serialize> Serialize for Pairs<'_, V> {
+impl Serialize for Facts<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+        let mut map = s.serialize_map(None)?;
+        self.write(&mut map)?;
+        map.end()
     }
 }
 
@@ -187,9 +201,7 @@ impl Serialize for Group {
     /// The labels, then `count` and, when known, `oldest_s`.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(None)?;
-        for (k, v) in &self.labels {
-            map.serialize_entry(k, v)?;
-        }
+        Facts(&self.labels).write(&mut map)?;
         map.serialize_entry("count", &self.count)?;
         if let Some(oldest) = self.oldest_s {
             map.serialize_entry("oldest_s", &Fixed3(oldest))?;
@@ -201,8 +213,10 @@ impl Serialize for Group {
 #[derive(Serialize)]
 struct ExampleRecord<'a> {
     state: TcpState,
-    local: SocketAddr,
-    remote: SocketAddr,
+    local_addr: IpAddr,
+    local_port: u16,
+    remote_addr: IpAddr,
+    remote_port: u16,
     age_s: Option<Fixed3>,
     pid: Option<u32>,
     comm: Option<&'a str>,
@@ -212,13 +226,38 @@ impl Serialize for Example {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         ExampleRecord {
             state: self.state,
-            local: self.local,
-            remote: self.remote,
+            local_addr: self.local.ip(),
+            local_port: self.local.port(),
+            remote_addr: self.remote.ip(),
+            remote_port: self.remote.port(),
             age_s: self.age_s.map(Fixed3),
             pid: self.owner.as_ref().map(|p| p.pid),
             comm: self.owner.as_ref().map(|p| p.comm.as_str()),
         }
         .serialize(s)
+    }
+}
+
+/// A kernel setting's value: a number (`60`), numbers (`[32768, 60999]`), else the text.
+struct SettingValue<'a>(&'a str);
+
+impl Serialize for SettingValue<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let numbers: Option<Vec<i64>> = self.0.split_whitespace().map(|w| w.parse().ok()).collect();
+        match numbers.as_deref() {
+            Some([n]) => s.serialize_i64(*n),
+            Some(ns) if !ns.is_empty() => s.collect_seq(ns),
+            _ => s.serialize_str(self.0),
+        }
+    }
+}
+
+/// Settings as `{"name": value}`, in order.
+struct Settings<'a>(Vec<(&'a str, &'a str)>);
+
+impl Serialize for Settings<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|&(k, v)| (k, SettingValue(v))))
     }
 }
 
@@ -228,10 +267,10 @@ struct FindingRecord<'a> {
     severity: Severity,
     statement: &'a str,
     count: u64,
-    evidence: Pairs<'a, Fact>,
+    evidence: Facts<'a>,
     top: &'a [Group],
     examples: &'a [Example],
-    settings: Pairs<'a, String>,
+    settings: Settings<'a>,
     advice: &'a [String],
 }
 
@@ -242,10 +281,15 @@ impl Serialize for Finding {
             severity: self.severity,
             statement: &self.statement,
             count: self.count,
-            evidence: Pairs(&self.facts),
+            evidence: Facts(&self.facts),
             top: &self.top,
             examples: &self.examples,
-            settings: Pairs(&self.settings),
+            settings: Settings(
+                self.settings
+                    .iter()
+                    .map(|(k, v)| (*k, v.as_str()))
+                    .collect(),
+            ),
             advice: &self.advice,
         }
         .serialize(s)
@@ -273,17 +317,9 @@ struct Summary {
     ends_not_kept: u64,
 }
 
-/// Settings as `{"name": "value"}`, in the order they were read.
-struct Settings<'a>(&'a crate::host::stack::Settings);
-
-impl Serialize for Settings<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter())
-    }
-}
-
 #[derive(Serialize)]
 struct DoctorRecord<'a> {
+    time: Rfc3339,
     healthy: bool,
     worst: Option<Severity>,
     exit_code: u8,
@@ -298,6 +334,7 @@ struct DoctorRecord<'a> {
 pub fn doctor(r: &Report<'_>) -> String {
     let obs = r.obs;
     let record = DoctorRecord {
+        time: Rfc3339(r.time),
         healthy: r.worst().is_none_or(|s| s == Severity::Info),
         worst: r.worst(),
         exit_code: r.exit_code(),
@@ -313,7 +350,7 @@ pub fn doctor(r: &Report<'_>) -> String {
             connections_evicted: obs.evicted(),
             ends_not_kept: obs.ended_overflow,
         },
-        settings: Settings(r.settings),
+        settings: Settings(r.settings.iter().collect()),
         findings: r.findings,
     };
     // Serializing our own records to a String cannot fail (no I/O, no non-string keys).
@@ -337,9 +374,24 @@ mod tests {
             ("n", Fact::Count(3)),
             ("x", Fact::Number(f64::NAN)),
             ("t", Fact::Text("a\"b".into())),
+            ("client", Fact::Addr("10.0.0.2".parse().unwrap())),
+            ("server", Fact::Endpoint("[::1]:80".parse().unwrap())),
         ];
-        let json = serde_json::to_string(&Pairs(&facts)).unwrap();
-        assert_eq!(json, r#"{"n":3,"x":null,"t":"a\"b"}"#);
+        let json = serde_json::to_string(&Facts(&facts)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"n":3,"x":null,"t":"a\"b","client_addr":"10.0.0.2","server_addr":"::1","server_port":80}"#
+        );
         serde_json::from_str::<serde_json::Value>(&json).unwrap();
+    }
+
+    #[test]
+    fn settings_are_numbers_where_they_are() {
+        let v = |text: &str| serde_json::to_string(&SettingValue(text)).unwrap();
+        assert_eq!(v("60"), "60");
+        assert_eq!(v("32768\t60999"), "[32768,60999]");
+        assert_eq!(v("-1"), "-1");
+        assert_eq!(v("reno cubic"), "\"reno cubic\"");
+        assert_eq!(v(""), "\"\"");
     }
 }

@@ -55,6 +55,8 @@ fn wrap(text: &str, indent: usize, width: usize) -> String {
 
 /// A finished diagnosis, ready to print.
 pub struct Report<'a> {
+    /// When the window ended (the end snapshot).
+    pub time: jiff::Timestamp,
     pub findings: &'a [Finding],
     pub sockets: &'a [DiagSocket],
     pub settings: &'a Settings,
@@ -241,6 +243,7 @@ mod tests {
         settings: &'a Settings,
     ) -> Report<'a> {
         Report {
+            time: jiff::Timestamp::UNIX_EPOCH,
             findings,
             sockets: &[],
             settings,

@@ -216,8 +216,8 @@ pub fn transitions(events: &[Value]) -> Vec<String> {
         .map(|e| {
             format!(
                 "{}->{}",
-                e["old"].as_str().unwrap(),
-                e["new"].as_str().unwrap()
+                e["from"].as_str().unwrap(),
+                e["to"].as_str().unwrap()
             )
         })
         .collect()
@@ -235,7 +235,7 @@ pub fn socket_where(
 pub fn seen(events: &[Value], old: &str, new: &str) -> usize {
     events
         .iter()
-        .filter(|e| e["old"] == old && e["new"] == new)
+        .filter(|e| e["from"] == old && e["to"] == new)
         .count()
 }
 

@@ -135,7 +135,7 @@ mod tests {
         assert!(
             f[0].top[0]
                 .labels
-                .contains(&("local", Fact::Text("[::1]:8080".into())))
+                .contains(&("local", Fact::Endpoint("[::1]:8080".parse().unwrap())))
         );
         assert!(
             f[0].statement.ends_with("local [::1]:8080"),

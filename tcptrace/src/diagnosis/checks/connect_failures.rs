@@ -49,13 +49,13 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, th: &Thresholds) -> Option<Finding> {
     }
     let mut dest: Vec<_> = dest.into_iter().collect();
     dest.sort_by_key(|(_, c)| std::cmp::Reverse(c.iter().sum::<u64>()));
-    let (by_owner, _) = end_groups(ctx, failed.iter().copied(), None);
+    let (by_owner, _) = end_groups(ctx, failed.iter().copied(), None, &[]);
     let mut top: Vec<Group> = dest
         .iter()
         .take(TOP)
         .map(|(addr, c)| Group {
             labels: vec![
-                ("destination", Fact::Text(addr.to_string())),
+                ("remote", Fact::Endpoint(*addr)),
                 ("refused", Fact::Count(c[0])),
                 ("timed_out", Fact::Count(c[1])),
                 ("abandoned", Fact::Count(c[2])),

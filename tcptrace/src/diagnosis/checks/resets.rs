@@ -28,12 +28,14 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, th: &Thresholds) -> Option<Finding> {
     let (mut top, worst_sent) = end_groups(
         ctx,
         sent.iter().copied(),
-        Some(("aborted_local", |e| e.local)),
+        Some(("local", |e| e.local)),
+        &[("kind", Fact::Text("aborted_here".into()))],
     );
     let (top_received, worst_received) = end_groups(
         ctx,
         received.iter().copied(),
-        Some(("reset_by_peer", |e| e.remote)),
+        Some(("remote", |e| e.remote)),
+        &[("kind", Fact::Text("reset_by_peer".into()))],
     );
     top.extend(top_received);
     let mut most = Vec::new();

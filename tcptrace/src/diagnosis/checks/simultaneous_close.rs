@@ -20,7 +20,12 @@ pub(crate) fn check(ctx: &mut Ctx<'_>) -> Option<Finding> {
         return None;
     }
     let n = both.len() as u64;
-    let (top, worst) = end_groups(ctx, both.iter().copied(), Some(("remote", |e| e.remote)));
+    let (top, worst) = end_groups(
+        ctx,
+        both.iter().copied(),
+        Some(("remote", |e| e.remote)),
+        &[],
+    );
     Some(Finding {
         kind: Kind::SimultaneousClose,
         severity: Severity::Info,

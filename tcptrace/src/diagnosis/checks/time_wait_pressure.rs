@@ -64,8 +64,8 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, th: &Thresholds) -> Option<Finding> {
         .take(TOP)
         .map(|((client, server, server_first), n)| Group {
             labels: vec![
-                ("client", Fact::Text(client.to_string())),
-                ("server", Fact::Text(server.to_string())),
+                ("client", Fact::Addr(*client)),
+                ("server", Fact::Endpoint(*server)),
                 (
                     "closed_first",
                     Fact::Text(if *server_first { "server" } else { "client" }.into()),
@@ -173,7 +173,7 @@ mod tests {
         );
         assert!(
             g.labels
-                .contains(&("server", Fact::Text("10.0.0.1:80".into())))
+                .contains(&("server", Fact::Endpoint("10.0.0.1:80".parse().unwrap())))
         );
         assert!(
             f[0].statement.contains("40.0% of the 1000-port"),
