@@ -264,7 +264,7 @@ mod tests {
         assert_eq!(v["healthy"], false);
         assert_eq!(v["worst"], "critical");
         assert_eq!(v["exit_code"], 2);
-        assert_eq!(v["settings"]["net.ipv4.tcp_fin_timeout"], "60");
+        assert_eq!(v["settings"]["net.ipv4.tcp_fin_timeout"], 60);
         assert_eq!(v["summary"]["ends_not_kept"], 0);
         assert_eq!(v["summary"]["connections_evicted"], 0);
         let f = &v["findings"][0];
