@@ -15,6 +15,7 @@ use crate::kernel::loader::Sizes;
 use crate::model::filter::{Cidr, Filter};
 use crate::model::tcp::TcpState;
 use crate::output::OutputFormat;
+use crate::output::time::TimeFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -242,6 +243,10 @@ pub struct OutputArgs {
     /// Do not print the table header.
     #[arg(long)]
     pub no_header: bool,
+
+    /// How the table shows times (JSON is always RFC 3339 UTC).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = TimeFormat::Time)]
+    pub time_format: TimeFormat,
 
     /// Stop after this many seconds (fractions allowed).
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]

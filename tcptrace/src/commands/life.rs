@@ -47,6 +47,11 @@ pub struct LifeArgs {
     #[arg(long)]
     pub listeners: bool,
 
+    /// Every column at full width (the table otherwise fits $COLUMNS, the terminal, or 100
+    /// columns, leaving out the time, TIME_WAIT and handshake columns when it must).
+    #[arg(short, long)]
+    pub wide: bool,
+
     #[command(flatten)]
     pub filter: FilterArgs,
 
@@ -61,6 +66,7 @@ struct LifeSink<W: Write> {
     lines: Lines<W>,
     format: OutputFormat,
     clock: WallClock,
+    rows: table::ConnectionTable,
     listeners: bool,
     filter: Filter,
     printed: u64,
@@ -78,9 +84,7 @@ impl<W: Write> LifeSink<W> {
                 continue;
             }
             match self.format {
-                OutputFormat::Table => {
-                    table::connection_line(&self.clock, &c, &mut self.lines.line)
-                }
+                OutputFormat::Table => self.rows.line(&c, &mut self.lines.line),
                 OutputFormat::Json => json::connection(&self.clock, &c, &mut self.lines.line)?,
             }
             self.printed += 1;
@@ -136,7 +140,12 @@ pub fn run(args: LifeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     let shutdown = Shutdown::register(&runtime)?;
     eprintln!("tcptrace: tracing connections (Ctrl-C to stop)");
-    let header = table::connection_header();
+    let rows = table::ConnectionTable::new(
+        WallClock::now(),
+        args.out.time_format,
+        (!args.wide).then(table::terminal_width),
+    );
+    let header = rows.header();
     let Some(lines) = stdout_with_header(args.out.header(&header), args.out.count) else {
         return Ok(ExitCode::SUCCESS);
     };
@@ -151,6 +160,7 @@ pub fn run(args: LifeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
         lines,
         format: args.out.output,
         clock: WallClock::now(),
+        rows,
         listeners: args.listeners,
         filter,
         printed: 0,

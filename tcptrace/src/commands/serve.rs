@@ -14,7 +14,7 @@ use clap::Args;
 use tokio::sync::Notify;
 
 use crate::cli::{FilterArgs, KernelArgs, LogArgs, ThresholdArgs, parse_duration};
-use crate::commands::tail::TailSink;
+use crate::commands::tail::{Format, TailSink};
 use crate::commands::{Shutdown, runtime, warn_lost_kernel_log};
 use crate::diagnosis::window::Window;
 use crate::host::{inet_diag, netns};
@@ -22,6 +22,8 @@ use crate::kernel::loader::Tracer;
 use crate::model::sockets::SocketTable;
 use crate::output::http::{self, Site};
 use crate::output::metrics::{Metrics, MetricsSink, window_capacity};
+use crate::output::table::{self, TransitionTable};
+use crate::output::time::{TimeFormat, WallClock};
 use crate::output::{Lines, OutputFormat};
 use crate::pipeline::{Pipeline, RunOptions, Snapshots, StopReason};
 
@@ -50,6 +52,10 @@ pub struct ServeArgs {
     /// Also print every transition to stdout, as `tail` does.
     #[arg(long)]
     pub tail: bool,
+
+    /// How --tail prints: a table, or one JSON object per line as `tail -o json`.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = OutputFormat::Table, requires = "tail")]
+    pub tail_format: OutputFormat,
 
     /// Where doctor's findings start; serve evaluates them at every reconcile and exports
     /// them as tcptrace_finding{kind,severity}.
@@ -115,7 +121,17 @@ pub fn run(args: ServeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     ));
     if args.tail {
         let lines = Lines::new(std::io::LineWriter::new(std::io::stdout()), None);
-        let tail = TailSink::new(lines, OutputFormat::Table, false).only(filter);
+        let format = match args.tail_format {
+            OutputFormat::Table => Format::Table(TransitionTable::new(
+                WallClock::now(),
+                TimeFormat::Time,
+                Some(table::terminal_width()),
+            )),
+            OutputFormat::Json => Format::Json {
+                clock: WallClock::now(),
+            },
+        };
+        let tail = TailSink::new(lines, format).only(filter);
         pipeline.subscribe(Box::new(tail));
     }
 

@@ -12,8 +12,9 @@ use crate::model::cgroup::CgroupInfo;
 use crate::model::filter::Filter;
 use crate::model::tcp::TcpState;
 use crate::model::transition::Transition;
+use crate::output::table::{self, TransitionTable};
 use crate::output::time::WallClock;
-use crate::output::{Lines, OutputFormat, json, stdout_with_header, table};
+use crate::output::{Lines, OutputFormat, json, stdout_with_header};
 use crate::pipeline::{Flow, Pipeline, RunOptions, Sink, StopReason};
 
 #[derive(Debug, Args)]
@@ -21,7 +22,8 @@ pub struct TailArgs {
     #[command(flatten)]
     pub out: OutputArgs,
 
-    /// Table with the socket's network namespace, container and cgroup.
+    /// Everything at full width, with the socket's network namespace, container and cgroup
+    /// (the table otherwise fits $COLUMNS, the terminal, or 100 columns).
     #[arg(short, long)]
     pub wide: bool,
 
@@ -32,23 +34,25 @@ pub struct TailArgs {
     pub kernel: KernelArgs,
 }
 
+/// How `tail` writes each transition.
+pub enum Format {
+    Table(TransitionTable),
+    Json { clock: WallClock },
+}
+
 /// Writes each transition as a table or JSON line.
 pub struct TailSink<W: Write> {
     lines: Lines<W>,
-    format: OutputFormat,
-    wide: bool,
-    clock: WallClock,
+    format: Format,
     /// Transitions to show when the pipeline delivers whole sockets (`serve --tail`).
     only: Option<Filter>,
 }
 
 impl<W: Write> TailSink<W> {
-    pub fn new(lines: Lines<W>, format: OutputFormat, wide: bool) -> Self {
+    pub fn new(lines: Lines<W>, format: Format) -> Self {
         Self {
             lines,
             format,
-            wide,
-            clock: WallClock::now(),
             only: None,
         }
     }
@@ -66,11 +70,9 @@ impl<W: Write> Sink for TailSink<W> {
             return Ok(Flow::Continue);
         }
         let line = &mut self.lines.line;
-        match self.format {
-            OutputFormat::Table => {
-                table::transition_line(&self.clock, t, self.wide.then_some(cgroup), line)
-            }
-            OutputFormat::Json => json::transition(&self.clock, t, cgroup, line)?,
+        match &self.format {
+            Format::Table(table) => table.line(t, cgroup, line),
+            Format::Json { clock } => json::transition(clock, t, cgroup, line)?,
         }
         self.lines.emit()
     }
@@ -89,11 +91,25 @@ pub fn run(args: TailArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     let shutdown = Shutdown::register(&runtime)?;
     eprintln!("tcptrace: tracing TCP state transitions (Ctrl-C to stop)");
-    let header = table::transition_header(args.wide);
+    let width = (!args.wide).then(table::terminal_width);
+    let format = match args.out.output {
+        OutputFormat::Table => Format::Table(TransitionTable::new(
+            WallClock::now(),
+            args.out.time_format,
+            width,
+        )),
+        OutputFormat::Json => Format::Json {
+            clock: WallClock::now(),
+        },
+    };
+    let header = match &format {
+        Format::Table(table) => table.header(),
+        Format::Json { .. } => String::new(),
+    };
     let Some(lines) = stdout_with_header(args.out.header(&header), args.out.count) else {
         return Ok(ExitCode::SUCCESS);
     };
-    let sink = TailSink::new(lines, args.out.output, args.wide);
+    let sink = TailSink::new(lines, format);
     let mut pipeline = Pipeline::new(&filter);
     if args.wide || args.out.output == OutputFormat::Json {
         pipeline.resolve_cgroups();

@@ -10,3 +10,4 @@ pub mod owners;
 pub mod process;
 pub mod snapshot;
 pub mod stack;
+pub mod terminal;

@@ -71,6 +71,48 @@ impl fmt::Display for TimeOfDay {
     }
 }
 
+/// How tables show time (`--time-format`); JSON always uses RFC 3339 UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TimeFormat {
+    /// Local time of day, e.g. 08:06:25.735809 (milliseconds when the table is narrow).
+    #[default]
+    Time,
+    /// Local date, time and UTC offset, e.g. 2026-11-30T08:06:25.735809+01:00.
+    Date,
+    /// UTC, as in JSON: 2026-11-30T07:06:25.735809Z.
+    Utc,
+}
+
+impl TimeFormat {
+    /// Characters a time takes (with microseconds).
+    pub fn width(self) -> usize {
+        match self {
+            Self::Time => 15,
+            Self::Date => 32,
+            Self::Utc => 27,
+        }
+    }
+
+    /// Kernel timestamp `mono_ns` in this format; the time of day to milliseconds unless
+    /// `micros`.
+    pub fn show(self, clock: &WallClock, mono_ns: u64, micros: bool) -> String {
+        match self {
+            Self::Time if micros => clock.time_of_day(mono_ns).to_string(),
+            Self::Time => {
+                let mut s = clock.time_of_day(mono_ns).to_string();
+                s.truncate(12);
+                s
+            }
+            Self::Date => {
+                let ts = clock.timestamp(mono_ns);
+                let offset = clock.tz.to_offset(ts);
+                format!("{:.6}", ts.display_with_offset(offset))
+            }
+            Self::Utc => clock.rfc3339(mono_ns).to_string(),
+        }
+    }
+}
+
 /// An instant shown as RFC 3339 UTC with microseconds; a string in JSON.
 #[derive(Debug, Clone, Copy)]
 pub struct Rfc3339(pub Timestamp);
@@ -114,6 +156,25 @@ mod tests {
         );
         let before = WallClock::fixed(-1_000, TimeZone::UTC);
         assert_eq!(before.rfc3339(0).to_string(), "1969-12-31T23:59:59.999999Z");
+    }
+
+    #[test]
+    fn table_time_formats() {
+        let c = clock();
+        let ns = 5_000_123_456;
+        assert_eq!(TimeFormat::Time.show(&c, ns, true), "08:00:05.000123");
+        assert_eq!(TimeFormat::Time.show(&c, ns, false), "08:00:05.000");
+        assert_eq!(
+            TimeFormat::Date.show(&c, ns, true),
+            "2026-11-21T08:00:05.000123+01:00"
+        );
+        assert_eq!(
+            TimeFormat::Utc.show(&c, ns, true),
+            "2026-11-21T07:00:05.000123Z"
+        );
+        for f in [TimeFormat::Time, TimeFormat::Date, TimeFormat::Utc] {
+            assert_eq!(f.show(&c, ns, true).len(), f.width(), "{f:?}");
+        }
     }
 
     #[test]
