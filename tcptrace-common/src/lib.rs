@@ -41,6 +41,7 @@ pub const CONFIG_GLOBAL: &str = "CONFIG";
 /// Map names in the eBPF object.
 pub const EVENTS_MAP: &str = "EVENTS";
 pub const SOCKETS_MAP: &str = "SOCKETS";
+pub const LISTENERS_MAP: &str = "LISTENERS";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const PORT_FILTER_MAP: &str = "PORT_FILTER";
 /// Name of the program attached to `tp_btf/inet_sock_set_state`.
@@ -63,7 +64,7 @@ pub const SYNTHETIC_ID: u64 = 1 << 63;
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 /// Default capacity of the per-socket LRU map.
 pub const DEFAULT_MAX_SOCKETS: u32 = 65_536;
-/// Capacity of the listener map (one entry per listening netns/port).
+/// Capacity of the listener map (one entry per listening socket).
 pub const MAX_LISTENERS: u32 = 16_384;
 /// How many `--pid` values the kernel-side filter holds.
 pub const MAX_PID_FILTER: usize = 8;
@@ -181,6 +182,22 @@ pub struct SockOffsets {
     /// 1 when `cgroup` is the pre-5.15 `sk_cgrp_data.val`: a `struct cgroup *` when its low two
     /// bits are clear and it is not 0, else the root cgroup (`sock_cgroup_ptr()`).
     pub cgroup_tagged: u32,
+    /// `sk->__sk_common.skc_state` (u8).
+    pub state: u32,
+    /// `sk->__sk_common.skc_bind_node` (a `struct hlist_node`: `next`, then `pprev`). A server
+    /// child is a copy of its listener (`sk_clone_lock()` copies this member), so until
+    /// `__inet_inherit_port()` links the child in, the child's `pprev` still points at the
+    /// slot that points at the listener's node: the way from a child to the very listener it
+    /// came from. [`SockOffsets::ABSENT`] when unknown.
+    pub bind_node: u32,
+    /// `((struct inet_connection_sock *)sk)->icsk_accept_queue.rskq_accept_tail`: the request
+    /// most recently queued for accept() (`inet_csk_reqsk_queue_add()`).
+    pub accept_tail: u32,
+    /// `request_sock.sk`: the child a queued request completed into.
+    pub req_sk: u32,
+    /// `tcp_request_sock.snt_synack` (u64, microseconds of CLOCK_MONOTONIC): when the first
+    /// SYN-ACK was sent (`tcp_make_synack()` sets it once).
+    pub snt_synack: u32,
 }
 
 impl SockOffsets {
@@ -206,6 +223,11 @@ impl SockOffsets {
         inet_sport: Self::ABSENT,
         cookie: Self::ABSENT,
         cgroup_tagged: 0,
+        state: Self::ABSENT,
+        bind_node: Self::ABSENT,
+        accept_tail: Self::ABSENT,
+        req_sk: Self::ABSENT,
+        snt_synack: Self::ABSENT,
     };
 }
 
@@ -294,16 +316,23 @@ pub struct SockEntry {
     pub _pad: u16,
     pub flags: u32,
     pub _pad2: u32,
+    /// For a server child: the id of the listener it came from ([`ListenerEntry::id`]), 0 when
+    /// unknown. The agent names the child's owner after that listener's current holder.
+    pub listener: u64,
 }
 
-/// Key of the listener map: server child sockets inherit the owner of the listener with the
-/// same namespace and local port.
+/// A listening socket in the `LISTENERS` map, keyed by its cookie (or, for a listener whose
+/// cookie was never generated on a kernel without the cookie helper, by its address: cookies
+/// count up from 1 and never reach kernel addresses).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ListenKey {
-    pub netns: u32,
-    pub port: u16,
-    pub _pad: u16,
+pub struct ListenerEntry {
+    /// The process its children are attributed to until their own process acts on them:
+    /// captured at listen(), or written by the agent for listeners older than it (the holder
+    /// `/proc/PID/fd` names) and when the holder changes (a handed-off listener).
+    pub owner: Owner,
+    /// The listener's id in transitions ([`RawTransition::cookie`] of its `-> LISTEN`).
+    pub id: u64,
 }
 
 /// One state transition, as written to the ring buffer by the kernel program.
@@ -333,6 +362,13 @@ pub struct RawTransition {
     pub cpu_pid_tgid: u64,
     /// cgroup v2 id of the socket, 0 when unknown.
     pub cgroup: u64,
+    /// For a server child: the id of the listener it came from, 0 when unknown.
+    pub listener: u64,
+    /// On a server child's `SYN_RECV -> ESTABLISHED`: CLOCK_MONOTONIC ns when its request sent
+    /// the first SYN-ACK (`tcp_rsk(req)->snt_synack`, set by `tcp_make_synack()`), so the
+    /// handshake as the server saw it is `ts_ns - request_ns`. 0 when unknown (another
+    /// transition, a SYN cookie, or a request the program could not find).
+    pub request_ns: u64,
     /// The socket's owner (`pid_tgid == 0` when unknown).
     pub owner: Owner,
     /// Local address: IPv4 in the first 4 bytes, or IPv6 (network order).
@@ -357,9 +393,10 @@ pub struct RawTransition {
 /// Size of one ring-buffer record.
 pub const RAW_TRANSITION_SIZE: usize = size_of::<RawTransition>();
 
-const _: () = assert!(RAW_TRANSITION_SIZE == 136);
-const _: () = assert!(size_of::<Config>() == 128);
-const _: () = assert!(size_of::<SockEntry>() == 72);
+const _: () = assert!(RAW_TRANSITION_SIZE == 152);
+const _: () = assert!(size_of::<Config>() == 148);
+const _: () = assert!(size_of::<SockEntry>() == 80);
+const _: () = assert!(size_of::<ListenerEntry>() == 40);
 
 // All these types are `#[repr(C)]`, `Copy`, contain only integers and integer arrays, and have
 // no implicit padding (checked by the size assertions above): any bit pattern is a valid value.
@@ -374,7 +411,7 @@ mod pod {
     // SAFETY: see above.
     unsafe impl aya::Pod for super::RawTransition {}
     // SAFETY: see above.
-    unsafe impl aya::Pod for super::ListenKey {}
+    unsafe impl aya::Pod for super::ListenerEntry {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::Owner {}
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use tcptrace_common::{
-    Config, DEFAULT_MAX_SOCKETS, DEFAULT_RING_BYTES, ListenKey, MAX_LISTENERS, Owner, PortSet,
+    Config, DEFAULT_MAX_SOCKETS, DEFAULT_RING_BYTES, ListenerEntry, MAX_LISTENERS, PortSet,
     SockEntry, counter, port_filter,
 };
 
@@ -25,15 +25,28 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 pub static SOCKETS: LruHashMap<u64, SockEntry> =
     LruHashMap::with_max_entries(DEFAULT_MAX_SOCKETS, 0);
 
-/// (netns, port) of each listening socket -> its owner, for the children it accepts.
+/// Each listening socket, by its cookie (or address, see `ListenerEntry`) -> its owner and id,
+/// for the children it accepts. Written here at listen() and by the agent for listeners older
+/// than it or handed to another process.
 #[map(name = "LISTENERS")]
-pub static LISTENERS: LruHashMap<ListenKey, Owner> = LruHashMap::with_max_entries(MAX_LISTENERS, 0);
+pub static LISTENERS: LruHashMap<u64, ListenerEntry> =
+    LruHashMap::with_max_entries(MAX_LISTENERS, 0);
+
+/// A server child between LISTEN -> SYN_RECV and its next transition.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct HeldChild {
+    pub sock: SockEntry,
+    /// The kernel address of the listener it came from (0 when unknown): its accept queue
+    /// holds the child's request at SYN_RECV -> ESTABLISHED.
+    pub listener_addr: u64,
+}
 
 /// Server children between LISTEN -> SYN_RECV and their next transition, by socket address
 /// (see `sockets::hold_child`). Normally they stay microseconds: the child is created by the
 /// handshake's final ACK and moves on in the same softirq.
 #[map(name = "CHILDREN")]
-pub static CHILDREN: LruHashMap<u64, SockEntry> =
+pub static CHILDREN: LruHashMap<u64, HeldChild> =
     LruHashMap::with_max_entries(MAX_HELD_CHILDREN, 0);
 
 /// Children held at once: only a burst of handshakes completing on many CPUs in the same
@@ -54,7 +67,7 @@ pub static PORT_FILTER: Array<PortSet> = Array::with_max_entries(port_filter::CO
 
 /// The configuration in read-only data. Fields are read through a pointer the compiler cannot
 /// see through, so it never folds in the compile-time defaults (userspace rewrites them before
-/// load), and the 128-byte struct is never copied onto the 512-byte BPF stack.
+/// load), and the 148-byte struct is never copied onto the 512-byte BPF stack.
 #[inline(always)]
 pub fn config() -> &'static Config {
     // SAFETY: a volatile read of the address of a static: always valid.

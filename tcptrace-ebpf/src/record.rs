@@ -34,6 +34,8 @@ pub fn emit(config: &Config, t: &Transition, sock: &SockEntry, in_old_ns: u64) -
         (&raw mut (*e).in_old_ns).write(in_old_ns);
         (&raw mut (*e).cpu_pid_tgid).write(t.cpu_pid_tgid);
         (&raw mut (*e).cgroup).write(sock.cgroup);
+        (&raw mut (*e).listener).write(sock.listener);
+        (&raw mut (*e).request_ns).write(t.request_ns);
         (&raw mut (*e).owner).write(sock.owner);
         (&raw mut (*e).saddr).write([0; 16]);
         (&raw mut (*e).daddr).write([0; 16]);

@@ -6,7 +6,7 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::{
     bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated::bpf_get_socket_cookie,
 };
-use tcptrace_common::{AF_INET6, IPPROTO_TCP, SockOffsets, counter};
+use tcptrace_common::{AF_INET6, IPPROTO_TCP, SockOffsets, counter, tcp_state};
 
 /// `cgrp_dfl_root.cgrp.kn->id`: kernfs numbers the root directory 1.
 const ROOT_CGROUP_ID: u64 = 1;
@@ -53,6 +53,58 @@ impl Sock {
             return None;
         }
         read::<u64>(self.0, off.cookie).ok().filter(|&c| c != 0)
+    }
+
+    /// The listener a server child was cloned from, at the child's `LISTEN -> SYN_RECV` (in
+    /// `inet_csk_clone_lock()`, before `__inet_inherit_port()` links the child into the bind
+    /// table): the child's copy of the listener's `skc_bind_node.pprev` points at the slot
+    /// holding the listener's node. Checked to be a socket that listens on the child's port in
+    /// the child's namespace; `None` when anything does not fit. This tells apart listeners
+    /// that share a port (SO_REUSEPORT, or different addresses), which a (namespace, port) key
+    /// cannot. Only a socket bound to the same port in the same instant could be mistaken for
+    /// it (it would have been inserted ahead of the listener in the bucket).
+    #[inline(always)]
+    pub fn listener(self, off: &SockOffsets, lport: u16, netns: u32) -> Option<Sock> {
+        if off.bind_node == SockOffsets::ABSENT || off.state == SockOffsets::ABSENT {
+            return None;
+        }
+        // struct hlist_node { struct hlist_node *next, **pprev; }
+        let pprev = read::<*const u8>(self.0, off.bind_node + 8).ok()?;
+        if pprev.is_null() {
+            return None;
+        }
+        let node = read::<*const u8>(pprev, 0).ok()?;
+        if node.is_null() {
+            return None;
+        }
+        let listener = Sock(node.wrapping_sub(off.bind_node as usize));
+        let state = read::<u8>(listener.0, off.state).ok()?;
+        let port = read::<u16>(listener.0, off.num).ok()?;
+        (state == tcp_state::LISTEN && port == lport && listener.netns(off) == netns)
+            .then_some(listener)
+    }
+
+    /// When the request that became `child` sent its first SYN-ACK (CLOCK_MONOTONIC ns), read
+    /// at the child's `SYN_RECV -> ESTABLISHED` from this listener's accept queue, where
+    /// `inet_csk_reqsk_queue_add()` appended the request just before (`req->sk == child`
+    /// proves it is that one). 0 when unknown: the request was already accepted, another
+    /// request was queued meanwhile, or a SYN cookie rebuilt it without a time.
+    #[inline(always)]
+    pub fn request_sent_ns(self, off: &SockOffsets, child: Sock) -> u64 {
+        if off.accept_tail == SockOffsets::ABSENT
+            || off.req_sk == SockOffsets::ABSENT
+            || off.snt_synack == SockOffsets::ABSENT
+        {
+            return 0;
+        }
+        let Ok(req) = read::<*const u8>(self.0, off.accept_tail) else {
+            return 0;
+        };
+        if req.is_null() || read::<*const u8>(req, off.req_sk).ok() != Some(child.0) {
+            return 0;
+        }
+        // Monotonic microseconds stay far below 2^54 for centuries: no overflow.
+        read::<u64>(req, off.snt_synack).map_or(0, |us| us.wrapping_mul(1000))
     }
 
     /// Whether `sk->sk_protocol` is TCP (the tracepoint fires for every inet protocol).

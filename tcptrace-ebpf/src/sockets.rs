@@ -2,13 +2,13 @@
 //! owners, server children held back at LISTEN -> SYN_RECV, listener owners, RST marks.
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_smp_processor_id};
-use tcptrace_common::{DWELL_UNKNOWN, ListenKey, Owner, SYNTHETIC_ID, SockEntry, flags};
+use tcptrace_common::{DWELL_UNKNOWN, ListenerEntry, Owner, SYNTHETIC_ID, SockEntry, flags};
 
 use crate::log::klog;
-use crate::maps::{CHILDREN, LISTENERS, NEXT_ID, SOCKETS, bump, config};
+use crate::maps::{CHILDREN, HeldChild, LISTENERS, NEXT_ID, SOCKETS, bump, config};
 use crate::record;
 use crate::sock::Sock;
-use crate::transition::{CLOSE, LISTEN, SYN_RECV, Transition, state_name};
+use crate::transition::{CLOSE, ESTABLISHED, LISTEN, SYN_RECV, Transition, state_name};
 
 /// The `SOCKETS` key: the socket cookie, or the socket's address. An address is reused as soon
 /// as the socket is freed, which is safe only because every life of a socket starts with a
@@ -51,33 +51,61 @@ fn capture(t: &Transition) -> Owner {
     }
 }
 
+/// The `LISTENERS` key of listener `sk`: its cookie once one was generated (always, where
+/// the cookie helper exists: the program asked for it at listen(); the agent's INET_DIAG dump
+/// generates it for older listeners), else its address.
+#[inline(always)]
+fn listener_key(sk: Sock) -> u64 {
+    sk.generated_cookie(&config().offsets)
+        .unwrap_or_else(|| sk.addr())
+}
+
 /// LISTEN -> SYN_RECV: a server child, created by `inet_csk_clone_lock()` in softirq. On some
 /// kernels (6.1) the state is set before the child gets its own cookie (`sk_cookie` is still
 /// the listener's, copied by `sk_clone_lock()`), remote port and addresses, so the transition
-/// is held back by socket address, with the listener's owner, and reported at the child's
-/// next transition (`start`).
+/// is held back by socket address, with the owner of the very listener it came from (see
+/// `Sock::listener`), and reported at the child's next transition (`start`).
 #[inline(always)]
 pub fn hold_child(t: &Transition) {
     let off = &config().offsets;
-    let mut child = SockEntry {
-        entered_ns: t.now,
-        lport: t.lport,
-        netns: t.sk.netns(off),
-        cgroup: t.sk.cgroup(off),
-        ..SockEntry::default()
+    let mut held = HeldChild {
+        sock: SockEntry {
+            entered_ns: t.now,
+            lport: t.lport,
+            netns: t.sk.netns(off),
+            cgroup: t.sk.cgroup(off),
+            ..SockEntry::default()
+        },
+        listener_addr: 0,
     };
-    let key = ListenKey {
-        netns: child.netns,
-        port: t.lport,
-        _pad: 0,
-    };
-    if let Some(owner) = LISTENERS.get_ptr(key) {
-        // SAFETY: a live map value of plain data, copied out.
-        child.owner = unsafe { *owner };
-        child.flags |= flags::OWNER_INHERITED;
+    if let Some(listener) = t.sk.listener(off, t.lport, held.sock.netns) {
+        held.listener_addr = listener.addr();
+        // By cookie first (listeners the agent registered), then by address (listeners the
+        // no-cookie program saw born before anything generated their cookie).
+        let entry = LISTENERS
+            .get_ptr(listener_key(listener))
+            .or_else(|| LISTENERS.get_ptr(listener.addr()));
+        match entry {
+            Some(entry) => {
+                // SAFETY: a live map value of plain data, copied out.
+                let entry: ListenerEntry = unsafe { *entry };
+                held.sock.owner = entry.owner;
+                held.sock.listener = entry.id;
+                held.sock.flags |= flags::OWNER_INHERITED;
+            }
+            None => {
+                held.sock.listener = listener.generated_cookie(off).unwrap_or(0);
+            }
+        }
+    } else {
+        klog!(
+            Debug,
+            "no listener found for a server child on port {}",
+            t.lport
+        );
     }
     // An LRU map evicts the coldest entry instead of failing when full.
-    if CHILDREN.insert(t.sk.addr(), child, 0).is_err() {
+    if CHILDREN.insert(t.sk.addr(), held, 0).is_err() {
         klog!(Warn, "cannot hold a server child on port {}", t.lport);
     }
 }
@@ -110,9 +138,10 @@ pub fn advance(t: &Transition, e: &mut SockEntry) -> u64 {
 
 /// Starts the entry of a socket first seen now into `fresh` (kept in `SOCKETS` unless it is
 /// closing); returns the time it spent in the old state, unknown unless it is a server child
-/// held back at LISTEN -> SYN_RECV, whose held transition is emitted first.
+/// held back at LISTEN -> SYN_RECV, whose held transition is emitted first (and whose
+/// `SYN_RECV -> ESTABLISHED` gets its request's first SYN-ACK time in `t.request_ns`).
 #[inline(always)]
-pub fn start<const COOKIE: bool>(t: &Transition, key: u64, fresh: &mut SockEntry) -> u64 {
+pub fn start<const COOKIE: bool>(t: &mut Transition, key: u64, fresh: &mut SockEntry) -> u64 {
     let config = config();
     let off = &config.offsets;
     let child = if t.old == SYN_RECV {
@@ -125,19 +154,26 @@ pub fn start<const COOKIE: bool>(t: &Transition, key: u64, fresh: &mut SockEntry
         // The server child held back at LISTEN -> SYN_RECV: report that transition now that
         // the child has its own cookie, ports and peer address.
         // SAFETY: a live map value of plain data, copied out before the entry is removed.
-        *fresh = unsafe { *child };
+        let held: HeldChild = unsafe { *child };
+        *fresh = held.sock;
         let _ = CHILDREN.remove(t.sk.addr());
+        if t.new == ESTABLISHED
+            && let Some(listener) = Sock::new(held.listener_addr as *const u8)
+        {
+            t.request_ns = listener.request_sent_ns(off, t.sk);
+        }
         fresh.id = new_id::<COOKIE>(key, t.sk);
         if t.lport != 0 {
             fresh.lport = t.lport;
         }
-        let held = Transition {
+        let born = Transition {
             now: fresh.entered_ns,
             old: LISTEN,
             new: SYN_RECV,
+            request_ns: 0,
             ..*t
         };
-        if let Err(index) = record::emit(config, &held, fresh, DWELL_UNKNOWN) {
+        if let Err(index) = record::emit(config, &born, fresh, DWELL_UNKNOWN) {
             bump(index);
         }
         dwell = t.now.wrapping_sub(fresh.entered_ns);
@@ -175,21 +211,18 @@ pub fn start<const COOKIE: bool>(t: &Transition, key: u64, fresh: &mut SockEntry
 }
 
 /// Keeps `LISTENERS` current: a socket entering LISTEN registers its owner for the children
-/// its port will accept; one leaving it for CLOSE unregisters.
+/// it will accept; one leaving it for CLOSE unregisters.
 #[inline(always)]
 pub fn track_listener(t: &Transition, sock: &SockEntry) {
-    if t.new != LISTEN && t.old != LISTEN {
-        return;
-    }
-    let key = ListenKey {
-        netns: sock.netns,
-        port: sock.lport,
-        _pad: 0,
-    };
     if t.new == LISTEN {
-        let _ = LISTENERS.insert(key, sock.owner, 0);
-    } else if t.new == CLOSE {
-        let _ = LISTENERS.remove(key);
+        let entry = ListenerEntry {
+            owner: sock.owner,
+            id: sock.id,
+        };
+        let _ = LISTENERS.insert(listener_key(t.sk), entry, 0);
+    } else if t.old == LISTEN && t.new == CLOSE {
+        let _ = LISTENERS.remove(listener_key(t.sk));
+        let _ = LISTENERS.remove(t.sk.addr());
     }
 }
 
@@ -203,7 +236,8 @@ pub fn mark<const COOKIE: bool>(sk: *const u8, flag: u32) {
     let entry = match SOCKETS.get_ptr_mut(key::<COOKIE>(sk)) {
         Some(entry) => entry,
         None => match CHILDREN.get_ptr_mut(sk.addr()) {
-            Some(entry) => entry,
+            // SAFETY: a live map value; only the address of a field is taken.
+            Some(held) => unsafe { &raw mut (*held).sock },
             None => return,
         },
     };

@@ -57,6 +57,8 @@ pub struct Transition {
     pub rport: u16,
     /// `bpf_get_current_pid_tgid()`: the task on the CPU.
     pub cpu_pid_tgid: u64,
+    /// See `RawTransition::request_ns`; set by `sockets::start`.
+    pub request_ns: u64,
 }
 
 impl Transition {
@@ -82,6 +84,7 @@ impl Transition {
             lport: sk.local_port(off)?,
             rport: sk.remote_port(off)?,
             cpu_pid_tgid: bpf_get_current_pid_tgid(),
+            request_ns: 0,
         }))
     }
 
@@ -115,7 +118,7 @@ pub fn handle<const COOKIE: bool>(sk: *const u8, old: i32, new: i32) -> Result<(
     let Some(sk) = Sock::new(sk) else {
         return Ok(());
     };
-    let Some(t) = Transition::read(sk, old, new)? else {
+    let Some(mut t) = Transition::read(sk, old, new)? else {
         return Ok(());
     };
     if (old, new) == (LISTEN, SYN_RECV) {
@@ -132,7 +135,7 @@ pub fn handle<const COOKIE: bool>(sk: *const u8, old: i32, new: i32) -> Result<(
             // are plain data.
             sockets::advance(&t, unsafe { &mut *entry })
         }
-        None => sockets::start::<COOKIE>(&t, key, &mut fresh),
+        None => sockets::start::<COOKIE>(&mut t, key, &mut fresh),
     };
     let sock: &SockEntry = match existing {
         // SAFETY: as above; only read from here on.

@@ -138,7 +138,7 @@ tcptrace serve --lport 443 --tail                only port 443, and print transi
 Columns: TIME (when the story ended), PID/COMM (the owner), LOCAL/REMOTE, ROLE (client, server, \
 unknown when first seen mid-life), HS_MS (handshake), LIFE_MS (open to close, TIME_WAIT \
 excluded), CLOSED_BY (local: this socket sent the first FIN; remote; both: simultaneous close), \
-END (fin, refused, timeout, handshake_aborted, rst_received, aborted), TW_MS (TIME_WAIT after \
+END (fin, refused, timeout, ports_exhausted, handshake_aborted, rst_received, aborted), TW_MS (TIME_WAIT after \
 an active close, measured with INET_DIAG snapshots; a FIN_WAIT2 suffix marks an orphaned \
 socket that waited for the peer's FIN).\n\n\
 A connection closed actively is printed when its TIME_WAIT ends (60 s later) unless \
@@ -340,6 +340,12 @@ pub struct FilterArgs {
 }
 
 impl FilterArgs {
+    /// The namespaces snapshots cover for `filter` (this one's result): the one asked for,
+    /// else every namespace.
+    pub fn scope(&self, filter: &Filter) -> anyhow::Result<crate::host::snapshot::Scope> {
+        crate::host::snapshot::Scope::of(filter.netns, self.netns_path.as_deref())
+    }
+
     /// The filter, with paths resolved; errors name the flag.
     pub fn to_filter(&self) -> anyhow::Result<Filter> {
         if self.pids.len() > tcptrace_common::MAX_PID_FILTER {

@@ -1,34 +1,54 @@
-//! The agent's data flow: kernel ring -> decode -> agent-side filter -> sinks, plus the
-//! periodic ticks and INET_DIAG snapshots the sinks reconcile against.
+//! The agent's data flow: kernel ring -> decode -> owners -> agent-side filter -> sinks, plus
+//! the periodic ticks and the snapshots the sinks reconcile against.
 //!
 //! The reader is a tokio task woken by the ring buffer's epoll readiness (and a short drain
 //! timer); each wake-up drains every available record, then tells the sinks the batch ended
-//! (where they flush output).
+//! (where they flush output). Snapshots of the traced namespaces and looks at `/proc` for
+//! listener holders run on blocking threads, so a dump of hundreds of thousands of sockets
+//! never stops the reading of the ring; the sinks compare once the dump is in.
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
+use tokio::task::JoinHandle;
 
 use crate::host::cgroup::CgroupResolver;
 use crate::host::clock::monotonic_ns;
-use crate::host::inet_diag;
+use crate::host::netns;
+use crate::host::owners::SocketOwners;
+use crate::host::process::PidWatch;
+use crate::host::snapshot::{self, Request, Scope};
+use crate::host::stack::TcpCounters;
 use crate::kernel::decode;
-use crate::kernel::loader::{Identity, KernelCounters, Tracer};
+use crate::kernel::loader::{Identity, KernelCounters, ListenerMap, Tracer};
 use crate::kernel::ring::{RING_POLL, Ring};
 use crate::model::cgroup::CgroupInfo;
 use crate::model::filter::Filter;
-use crate::model::snapshot::DiagSocket;
+use crate::model::owners::{ListenerUpdate, OwnerBook};
+use crate::model::snapshot::{DiagSocket, Snapshot};
 use crate::model::socket_ids::SocketIds;
+use crate::model::tcp::TcpState;
 use crate::model::transition::Transition;
 
+/// How often listener holders are checked for being due a look.
+const OWNER_TICK: Duration = Duration::from_secs(1);
+/// The kernel's count of closes that found the TIME_WAIT table full.
+const TIME_WAIT_OVERFLOW: &str = "TcpExt.TCPTimeWaitOverflow";
+
 /// What sinks see on each periodic tick.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct Tick {
     pub now_ns: u64,
     pub stats: Stats,
     pub kernel: KernelCounters,
+    /// Per namespace (inode), how often its TIME_WAIT table was full since the last tick
+    /// (only with [`RunOptions::time_wait_overflows`], and only namespaces where TIME_WAITs
+    /// were inferred).
+    pub time_wait_overflows: Vec<(u32, u64)>,
 }
 
 /// Whether the pipeline should keep going after a sink call.
@@ -54,11 +74,11 @@ pub trait Sink {
     fn tick(&mut self, _tick: &Tick) {}
 
     /// A snapshot is about to be taken: transitions delivered from now until
-    /// [`Sink::snapshot`] happened after it.
+    /// [`Sink::snapshot`] may be newer than it.
     fn begin_snapshot(&mut self) {}
 
-    /// An INET_DIAG snapshot taken at `taken_ns`; the first one of a run is the seed.
-    fn snapshot(&mut self, _sockets: &[DiagSocket], _taken_ns: u64) {}
+    /// A snapshot (its ids those of transitions); the first one of a run is the seed.
+    fn snapshot(&mut self, _snapshot: &Snapshot) {}
 
     /// The run is over (kernel monotonic `now_ns`): nothing the sink holds back may be lost
     /// silently. Not called when the run ended with an error.
@@ -84,8 +104,8 @@ impl<S: Sink + ?Sized> Sink for &mut S {
         (**self).begin_snapshot();
     }
 
-    fn snapshot(&mut self, sockets: &[DiagSocket], taken_ns: u64) {
-        (**self).snapshot(sockets, taken_ns);
+    fn snapshot(&mut self, snapshot: &Snapshot) {
+        (**self).snapshot(snapshot);
     }
 
     fn finish(&mut self, now_ns: u64) -> io::Result<()> {
@@ -93,7 +113,7 @@ impl<S: Sink + ?Sized> Sink for &mut S {
     }
 }
 
-/// When [`Pipeline::run`] takes INET_DIAG snapshots.
+/// When [`Pipeline::run`] takes snapshots.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Snapshots {
     #[default]
@@ -110,7 +130,14 @@ pub struct RunOptions<'a> {
     pub snapshots: Snapshots,
     /// Ask each snapshot for the sockets' idle times (`tcp_info`).
     pub snapshot_idle: bool,
+    /// Read each snapshotted namespace's TCP counters and settings.
+    pub snapshot_stack: bool,
+    /// At each tick, read the TIME_WAIT overflow count of the namespaces where TIME_WAITs were
+    /// inferred ([`Tick::time_wait_overflows`]).
+    pub time_wait_overflows: bool,
     pub tracer: Option<&'a Tracer>,
+    /// The kernel's listener map, kept current with listener holders.
+    pub listeners: Option<ListenerMap>,
 }
 
 /// What the agent itself counted.
@@ -124,7 +151,7 @@ pub struct Stats {
     pub filtered: u64,
     /// Transitions handed to the sinks.
     pub delivered: u64,
-    /// INET_DIAG snapshots taken, and how many failed.
+    /// Snapshots taken, and how many failed.
     pub snapshots: u64,
     pub snapshot_errors: u64,
     /// Kernel log messages received (0 when kernel logging is off).
@@ -141,29 +168,48 @@ pub enum StopReason {
     OutputClosed,
 }
 
+/// A look at the listeners and their holders, taken on a blocking thread.
+type Look = (anyhow::Result<Snapshot>, SocketOwners);
+
 /// Sinks may borrow (`'s`): a command can hand in `&mut` its own sink and read it afterwards.
 pub struct Pipeline<'s> {
     filter: Option<Filter>,
     /// Applied to snapshot sockets as they are parsed, when the filter names endpoints.
     snapshot_filter: Option<Filter>,
-    /// Sockets the last snapshot kept: the next one's size when /proc/net/sockstat is unreadable.
-    snapshot_len: usize,
+    /// The namespaces snapshots cover.
+    scope: Scope,
     cgroups: Option<CgroupResolver>,
     /// Set when transition ids are not socket cookies: snapshots are matched by address.
     ids: Option<SocketIds>,
+    owners: OwnerBook,
+    pids: PidWatch,
+    /// Namespaces where TIME_WAITs were inferred since the last tick, when asked for.
+    time_wait_namespaces: Option<HashSet<u32>>,
+    /// Each namespace's TIME_WAIT overflow count when last read.
+    time_wait_overflows_seen: HashMap<u32, u64>,
+    /// A path into each namespace snapshots covered (the agent's own has none).
+    paths: HashMap<u32, PathBuf>,
+    own_netns: Option<u32>,
     sinks: Vec<Box<dyn Sink + Send + 's>>,
     pub stats: Stats,
 }
 
 impl<'s> Pipeline<'s> {
-    /// `filter` is applied in the agent only when it has parts the kernel cannot apply.
-    pub fn new(filter: &Filter) -> Self {
+    /// `filter` is applied in the agent only when it has parts the kernel cannot apply;
+    /// snapshots (and looks for socket holders) cover `scope`.
+    pub fn new(filter: &Filter, scope: Scope) -> Self {
         Self {
             filter: filter.has_agent_part().then(|| filter.clone()),
             snapshot_filter: filter.constrains_endpoints().then(|| filter.clone()),
-            snapshot_len: 0,
+            scope,
             cgroups: filter.needs_cgroup().then(CgroupResolver::new),
             ids: None,
+            owners: OwnerBook::default(),
+            pids: PidWatch::default(),
+            time_wait_namespaces: None,
+            time_wait_overflows_seen: HashMap::new(),
+            paths: HashMap::new(),
+            own_netns: netns::own(),
             sinks: Vec::new(),
             stats: Stats::default(),
         }
@@ -173,19 +219,27 @@ impl<'s> Pipeline<'s> {
         self.sinks.push(sink);
     }
 
-    /// Tells the pipeline what transition ids are on this kernel; snapshots it takes (of the
-    /// namespace `snapshot_netns`) then carry the same ids.
-    pub fn identity(&mut self, identity: Identity, snapshot_netns: Option<u32>) {
+    /// Tells the pipeline what transition ids are on this kernel; snapshots it takes then
+    /// carry the same ids.
+    pub fn identity(&mut self, identity: Identity) {
         self.ids = match identity {
             Identity::Cookie => None,
-            Identity::Numbered => Some(SocketIds::new(snapshot_netns)),
+            Identity::Numbered => Some(SocketIds::new()),
         };
     }
 
-    /// Gives the sockets of a snapshot taken at `taken_ns` the ids transitions use.
-    pub fn match_ids(&mut self, sockets: &mut [DiagSocket], taken_ns: u64) {
+    /// Gives the sockets of a snapshot the ids transitions use.
+    pub fn match_ids(&mut self, snapshot: &mut Snapshot) {
         if let Some(ids) = &mut self.ids {
-            ids.translate(sockets, taken_ns);
+            ids.translate(snapshot);
+        }
+    }
+
+    /// The ids transitions use for some sockets of a partial dump.
+    fn ids_of(&self, sockets: &[DiagSocket]) -> Vec<u64> {
+        match &self.ids {
+            Some(ids) => ids.ids(sockets),
+            None => sockets.iter().map(|s| s.cookie).collect(),
         }
     }
 
@@ -198,7 +252,7 @@ impl<'s> Pipeline<'s> {
     /// Handles one raw record.
     pub fn record(&mut self, bytes: &[u8]) -> io::Result<Flow> {
         self.stats.received += 1;
-        let t = match decode::decode(bytes) {
+        let mut t = match decode::decode(bytes) {
             Ok(t) => t,
             Err(_) => {
                 self.stats.decode_errors += 1;
@@ -207,6 +261,15 @@ impl<'s> Pipeline<'s> {
         };
         if let Some(ids) = &mut self.ids {
             ids.observe(&t);
+        }
+        self.owners.resolve(&mut t, &mut self.pids);
+        if let Some(namespaces) = &mut self.time_wait_namespaces
+            && matches!(
+                (t.old, t.new),
+                (TcpState::FinWait2 | TcpState::Closing, TcpState::Close)
+            )
+        {
+            namespaces.insert(t.netns.unwrap_or(0));
         }
         let info = match (&mut self.cgroups, t.cgroup) {
             (Some(resolver), Some(id)) => resolver.resolve(id),
@@ -259,48 +322,147 @@ impl<'s> Pipeline<'s> {
             now_ns: monotonic_ns(),
             stats: self.stats,
             kernel: tracer.map(Tracer::counters).unwrap_or_default(),
+            time_wait_overflows: self.read_time_wait_overflows(),
         };
         for sink in &mut self.sinks {
             sink.tick(&tick);
         }
     }
 
-    /// Dumps the sockets the filter's endpoint parts accept (sinks judge states and owners
-    /// themselves; a socket's endpoints hold for its whole life, so no sink misses one it
-    /// tracks). The list is sized up front from the kernel's socket count: a list grown by
-    /// doubling holds up to twice what it needs, at 100k sockets megabytes (room reserved but
-    /// not filled, as when a filter keeps few sockets, is never touched and costs no memory).
-    fn dump(&self, idle: bool) -> io::Result<Vec<DiagSocket>> {
-        let expected = inet_diag::tcp_socket_count().unwrap_or(self.snapshot_len);
-        // Room for sockets opened meanwhile, and request sockets, which the count leaves out.
-        let capacity = expected + expected / 16 + 64;
-        let filter = self.snapshot_filter.as_ref();
-        inet_diag::dump_tcp_where(idle, capacity, &mut |s| {
-            filter.is_none_or(|f| f.matches_endpoints(&s.endpoints))
-        })
+    /// How much each namespace's TIME_WAIT overflow count grew since it was last read, for
+    /// the namespaces where TIME_WAITs were inferred since the last tick.
+    fn read_time_wait_overflows(&mut self) -> Vec<(u32, u64)> {
+        let Some(namespaces) = &mut self.time_wait_namespaces else {
+            return Vec::new();
+        };
+        let mut grew = Vec::new();
+        for netns in namespaces.drain() {
+            let path = if Some(netns) == self.own_netns {
+                None
+            } else {
+                match self.paths.get(&netns) {
+                    Some(path) => Some(path.as_path()),
+                    // No snapshot has entered it yet: nothing to compare with.
+                    None => continue,
+                }
+            };
+            let Ok(counters) = TcpCounters::read_in(path) else {
+                continue;
+            };
+            let now = counters.get(TIME_WAIT_OVERFLOW);
+            match self.time_wait_overflows_seen.insert(netns, now) {
+                Some(before) if now > before => grew.push((netns, now - before)),
+                _ => {}
+            }
+        }
+        grew
     }
 
-    /// Takes a snapshot, then drains the ring so that every transition up to now is applied
-    /// before the sinks compare: what happened during the dump is then known to be newer.
-    fn snapshot(&mut self, ring: &mut Ring, idle: bool) -> io::Result<Flow> {
+    /// The holders of every socket that exists now, read before the first record: the owners
+    /// of sockets and listeners older than the trace.
+    fn seed_owners(&mut self, listeners: Option<&mut ListenerMap>) {
+        let started = std::time::Instant::now();
+        let now_ns = monotonic_ns();
+        let dump = snapshot::take(&self.scope, Request::SOCKETS);
+        let owners = SocketOwners::scan();
+        match dump {
+            Ok(snapshot) => {
+                let ids = self.ids_of(&snapshot.sockets);
+                let updates =
+                    self.owners
+                        .seed(&snapshot.sockets, &ids, &owners, now_ns, &mut self.pids);
+                register(listeners, &updates, now_ns);
+                log::debug!(
+                    "socket owners: {} listeners and {} other sockets held by a process, in {} \
+                     namespaces, found in {:.1} ms",
+                    self.owners.listeners(),
+                    self.owners.older_sockets(),
+                    snapshot.namespaces.len(),
+                    started.elapsed().as_secs_f64() * 1e3
+                );
+            }
+            Err(e) => log::warn!("cannot list the sockets that exist already: {e:#}"),
+        }
+    }
+
+    /// Takes in a look at the listeners' holders.
+    fn looked(&mut self, look: Look, listeners: Option<&mut ListenerMap>) {
+        let (dump, owners) = look;
+        let now_ns = monotonic_ns();
+        match dump {
+            Ok(snapshot) => {
+                let ids = self.ids_of(&snapshot.sockets);
+                let updates =
+                    self.owners
+                        .looked(&snapshot.sockets, &ids, &owners, now_ns, &mut self.pids);
+                register(listeners, &updates, now_ns);
+            }
+            Err(e) => log::debug!("cannot list the listeners: {e:#}"),
+        }
+    }
+
+    /// Starts a snapshot of the scope on a blocking thread.
+    fn start_snapshot(&mut self, idle: bool, stack: bool) -> JoinHandle<anyhow::Result<Snapshot>> {
         for sink in &mut self.sinks {
             sink.begin_snapshot();
         }
-        let taken_ns = monotonic_ns();
-        let dump = self.dump(idle);
+        let scope = self.scope.clone();
+        let filter = self.snapshot_filter.clone();
+        tokio::task::spawn_blocking(move || {
+            let keep = filter
+                .as_ref()
+                .map(|f| move |s: &DiagSocket| f.matches_endpoints(&s.endpoints));
+            snapshot::take(
+                &scope,
+                Request {
+                    idle,
+                    stack,
+                    listeners_only: false,
+                    keep: keep
+                        .as_ref()
+                        .map(|k| k as &(dyn Fn(&DiagSocket) -> bool + Sync)),
+                },
+            )
+        })
+    }
+
+    /// A snapshot is in: drains the ring so every transition up to now is applied before the
+    /// sinks compare (what happened during the dump is then known to be newer), then hands it
+    /// to them.
+    fn finish_snapshot(
+        &mut self,
+        ring: &mut Ring,
+        dump: anyhow::Result<Snapshot>,
+    ) -> io::Result<Flow> {
         let flow = self.drain(ring)?;
         match dump {
             // A failed dump says nothing about which sockets exist: the sinks keep their view
             // (an empty list would read as "every socket closed").
             Err(e) => {
-                log::warn!("INET_DIAG snapshot failed: {e}");
+                log::warn!("snapshot failed: {e:#}");
                 self.stats.snapshot_errors += 1;
             }
-            Ok(mut sockets) => {
-                self.snapshot_len = sockets.len();
-                self.match_ids(&mut sockets, taken_ns);
+            Ok(mut snapshot) => {
+                if snapshot.failed > 0 {
+                    log::debug!(
+                        "{} namespaces could not be dumped (gone meanwhile?)",
+                        snapshot.failed
+                    );
+                }
+                for ns in &snapshot.namespaces {
+                    let Some(inode) = ns.inode else { continue };
+                    if let Some(path) = &ns.path {
+                        self.paths.insert(inode, path.clone());
+                    }
+                    if let Some(stack) = &ns.stack {
+                        self.time_wait_overflows_seen
+                            .entry(inode)
+                            .or_insert_with(|| stack.counters.get(TIME_WAIT_OVERFLOW));
+                    }
+                }
+                self.match_ids(&mut snapshot);
                 for sink in &mut self.sinks {
-                    sink.snapshot(&sockets, taken_ns);
+                    sink.snapshot(&snapshot);
                 }
                 self.stats.snapshots += 1;
             }
@@ -316,28 +478,49 @@ impl<'s> Pipeline<'s> {
         stop: impl Future<Output = ()>,
         options: RunOptions<'_>,
     ) -> io::Result<StopReason> {
+        let RunOptions {
+            tick: tick_every,
+            snapshots,
+            snapshot_idle,
+            snapshot_stack,
+            time_wait_overflows,
+            tracer,
+            listeners: mut listener_map,
+        } = options;
+        if time_wait_overflows {
+            self.time_wait_namespaces = Some(HashSet::new());
+        }
         let mut ring: AsyncFd<Ring> = ring.into_async()?;
+        let mut exits = self.pids.take_exits();
+        self.seed_owners(listener_map.as_mut());
         tokio::pin!(stop);
         let far = Duration::from_secs(365 * 24 * 3600);
-        let mut tick = tokio::time::interval(options.tick.unwrap_or(far));
+        let mut tick = tokio::time::interval(tick_every.unwrap_or(far));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let every = match options.snapshots {
+        let every = match snapshots {
             Snapshots::Every(interval) => Some(interval),
             Snapshots::Never => None,
         };
-        let mut snapshot = tokio::time::interval(every.unwrap_or(far));
-        snapshot.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Intervals fire at once; consume the first snapshot tick here as the seed.
-        snapshot.tick().await;
-        if options.snapshots != Snapshots::Never
-            && self.snapshot(ring.get_mut(), options.snapshot_idle)? == Flow::Stop
-        {
-            return Ok(StopReason::SinkDone);
-        }
+        let mut snapshot_timer = tokio::time::interval(every.unwrap_or(far));
+        snapshot_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Intervals fire at once; the first snapshot (the seed) starts now.
+        snapshot_timer.tick().await;
+        let mut snapshot_job = every.map(|_| self.start_snapshot(snapshot_idle, snapshot_stack));
+        let mut look_job: Option<JoinHandle<Look>> = None;
+        let mut owner_timer = tokio::time::interval(OWNER_TICK);
+        owner_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut poll = tokio::time::interval(RING_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             tokio::select! {
+                // Exits first: a record read after an exit is judged knowing it.
+                biased;
+                Some((pid, at_ns)) = async { exits.as_mut().expect("guarded").recv().await },
+                    if exits.is_some() =>
+                {
+                    self.pids.exited(pid, at_ns);
+                    self.owners.exited(pid, at_ns);
+                }
                 _ = poll.tick() => {
                     match self.drain(ring.get_mut()) {
                         Ok(Flow::Continue) => {}
@@ -345,14 +528,37 @@ impl<'s> Pipeline<'s> {
                         Err(e) => break Err(e),
                     }
                 }
-                _ = tick.tick(), if options.tick.is_some() => {
-                    self.tick(options.tracer);
+                _ = tick.tick(), if tick_every.is_some() => {
+                    self.tick(tracer);
                 }
-                _ = snapshot.tick(), if every.is_some() => {
-                    match self.snapshot(ring.get_mut(), options.snapshot_idle) {
+                _ = snapshot_timer.tick(), if every.is_some() && snapshot_job.is_none() => {
+                    snapshot_job = Some(self.start_snapshot(snapshot_idle, snapshot_stack));
+                }
+                dump = async { snapshot_job.as_mut().expect("guarded").await },
+                    if snapshot_job.is_some() =>
+                {
+                    snapshot_job = None;
+                    let dump = dump.unwrap_or_else(|e| Err(anyhow::anyhow!("snapshot thread: {e}")));
+                    match self.finish_snapshot(ring.get_mut(), dump) {
                         Ok(Flow::Continue) => {}
                         Ok(Flow::Stop) => break Ok(StopReason::SinkDone),
                         Err(e) => break Err(e),
+                    }
+                }
+                _ = owner_timer.tick() => {
+                    let now_ns = monotonic_ns();
+                    self.owners.expire(now_ns);
+                    if look_job.is_none() && self.owners.look_due(now_ns) {
+                        let scope = self.scope.clone();
+                        look_job = Some(tokio::task::spawn_blocking(move || {
+                            (snapshot::take(&scope, Request::LISTENERS), SocketOwners::scan())
+                        }));
+                    }
+                }
+                look = async { look_job.as_mut().expect("guarded").await }, if look_job.is_some() => {
+                    look_job = None;
+                    if let Ok(look) = look {
+                        self.looked(look, listener_map.as_mut());
                     }
                 }
                 guard = ring.readable_mut() => {
@@ -392,6 +598,15 @@ impl<'s> Pipeline<'s> {
     }
 }
 
+/// Writes holder changes into the kernel's listener map.
+fn register(map: Option<&mut ListenerMap>, updates: &[ListenerUpdate], now_ns: u64) {
+    if let Some(map) = map {
+        for u in updates {
+            map.set(u.cookie, u.id, &u.holder, now_ns);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,7 +641,7 @@ mod tests {
             addrs: vec!["10.0.0.0/8".parse().unwrap()],
             ..Default::default()
         };
-        let mut p = Pipeline::new(&filter);
+        let mut p = Pipeline::new(&filter, Scope::Own);
         let seen = Arc::new(Mutex::new(Vec::new()));
         p.subscribe(Box::new(Collect {
             seen: seen.clone(),
@@ -460,7 +675,7 @@ mod tests {
             lports: vec![1],
             ..Default::default()
         };
-        let mut p = Pipeline::new(&filter);
+        let mut p = Pipeline::new(&filter, Scope::Own);
         p.record(&bytes(&raw_v4())).unwrap();
         assert_eq!(p.stats.filtered, 0);
         assert_eq!(p.stats.delivered, 1);

@@ -3,7 +3,7 @@
 use tcptrace_common::{AF_INET, DWELL_UNKNOWN, RawTransition, flags};
 
 use crate::kernel::decode::from_raw;
-use crate::model::snapshot::{DiagSocket, Timer};
+use crate::model::snapshot::{DiagSocket, Snapshot, Timer};
 use crate::model::tcp::{Endpoints, TcpState};
 use crate::model::transition::Transition;
 
@@ -24,6 +24,8 @@ pub fn raw_v4() -> RawTransition {
         in_old_ns: 61_250,
         cpu_pid_tgid: (14u64 << 32) | 14,
         cgroup: 7777,
+        listener: 0,
+        request_ns: 0,
         owner: tcptrace_common::Owner {
             pid_tgid: (1234u64 << 32) | 1240,
             captured_ns: 4_000_000_000,
@@ -84,6 +86,14 @@ impl Step {
         self
     }
 
+    /// A server child of listener `listener` whose request sent its first SYN-ACK at
+    /// `request_ns` (0: unknown).
+    pub fn child_of(mut self, listener: u64, request_ns: u64) -> Self {
+        self.0.listener = listener;
+        self.0.request_ns = request_ns;
+        self
+    }
+
     /// Local and remote ports.
     pub fn ports(mut self, local: u16, remote: u16) -> Self {
         self.0.sport = local;
@@ -97,7 +107,7 @@ impl Step {
 }
 
 /// A snapshot socket `local` -> `remote` in `state`, with inode `cookie` (0 for sockets
-/// without a file); TIME_WAIT sockets carry the TIME_WAIT timer.
+/// without a file), in [`raw_v4`]'s namespace; TIME_WAIT sockets carry the TIME_WAIT timer.
 pub fn diag(cookie: u64, state: TcpState, local: &str, remote: &str) -> DiagSocket {
     let l: std::net::SocketAddr = local.parse().expect("local ip:port");
     let r: std::net::SocketAddr = remote.parse().expect("remote ip:port");
@@ -128,5 +138,11 @@ pub fn diag(cookie: u64, state: TcpState, local: &str, remote: &str) -> DiagSock
         rqueue: 0,
         wqueue: 0,
         idle: None,
+        netns: Some(4026531840),
     }
+}
+
+/// A snapshot of [`raw_v4`]'s namespace holding `sockets`, taken at `taken_ns`.
+pub fn snap(sockets: &[DiagSocket], taken_ns: u64) -> Snapshot {
+    Snapshot::of(Some(4026531840), sockets.to_vec(), taken_ns)
 }

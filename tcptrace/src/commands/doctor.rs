@@ -10,9 +10,8 @@ use clap::{Args, ValueEnum};
 use crate::cli::{FilterArgs, KernelArgs, LogArgs, ThresholdArgs, parse_duration};
 use crate::commands::{Shutdown, runtime, warn_lost_kernel_log};
 use crate::diagnosis::evidence::{LazyOwners, human};
-use crate::diagnosis::window::{View, Window};
-use crate::host::netns;
-use crate::host::snapshot::NamespaceSnapshot;
+use crate::diagnosis::window::Window;
+use crate::host::snapshot::{self, Request};
 use crate::kernel::loader::Tracer;
 use crate::output::json;
 use crate::output::report::{Report, explain};
@@ -54,76 +53,66 @@ pub struct DoctorArgs {
     pub kernel: KernelArgs,
 }
 
-fn view(s: &NamespaceSnapshot) -> View<'_> {
-    View {
-        sockets: &s.sockets,
-        taken_ns: s.taken_ns,
-        counters: &s.counters,
-        settings: &s.settings,
-    }
-}
-
 pub fn run(args: DoctorArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     if args.explain {
         print!("{}", explain());
         return Ok(ExitCode::SUCCESS);
     }
     let filter = args.filter.to_filter()?;
-    let netns_path = match (&args.filter.netns_path, filter.netns) {
-        (Some(p), _) => Some(p.clone()),
-        (None, Some(inode)) if Some(inode) != netns::own() => {
-            Some(netns::path_of(inode).with_context(|| {
-                format!("no process is in network namespace {inode}; pass --netns-path instead")
-            })?)
-        }
-        _ => None,
-    };
+    // The namespace asked for, else every namespace on the host, each judged on its own.
+    let scope = args.filter.scope(&filter)?;
     // Findings judge whole connections: every transition of the selected sockets arrives.
     let sockets = filter.socket_level();
-    let (tracer, ring) = Tracer::start(&sockets.kernel(), args.kernel.sizes(log))?;
+    let (mut tracer, ring) = Tracer::start(&sockets.kernel(), args.kernel.sizes(log))?;
     let runtime = runtime()?;
     let shutdown = Shutdown::register(&runtime)?;
-    let mut window = Window::new(
-        OBSERVED_SOCKETS,
-        filter.clone(),
-        args.thresholds.to_thresholds(),
-        filter.netns.or_else(netns::own),
-    );
-    let start = NamespaceSnapshot::take(netns_path.as_deref(), false)?;
-    window.restart(&view(&start));
+    let mut window = Window::new(OBSERVED_SOCKETS, filter, args.thresholds.to_thresholds());
+    let stack = Request {
+        stack: true,
+        ..Request::SOCKETS
+    };
+    let mut start = snapshot::take(&scope, stack)?;
+    let mut pipeline = Pipeline::new(&sockets, scope.clone());
+    pipeline.identity(tracer.identity());
+    pipeline.match_ids(&mut start);
+    window.restart(&start);
     eprintln!(
-        "tcptrace: watching TCP for {} (Ctrl-C to stop early)",
+        "tcptrace: watching TCP in {} for {} (Ctrl-C to stop early)",
+        namespaces(&start),
         human(args.duration)
     );
-    let mut pipeline = Pipeline::new(&sockets);
-    pipeline.identity(tracer.identity(), filter.netns.or_else(netns::own));
     pipeline.subscribe(Box::new(&mut window));
+    let options = RunOptions {
+        listeners: tracer.take_listeners(),
+        ..RunOptions::default()
+    };
     runtime
-        .block_on(pipeline.run(
-            ring,
-            shutdown.wait(Some(args.duration)),
-            RunOptions::default(),
-        ))
+        .block_on(pipeline.run(ring, shutdown.wait(Some(args.duration)), options))
         .context("reading transitions failed")?;
-    let mut end = NamespaceSnapshot::take(netns_path.as_deref(), true)?;
-    pipeline.match_ids(&mut end.sockets, end.taken_ns);
+    let mut end = snapshot::take(
+        &scope,
+        Request {
+            idle: true,
+            ..stack
+        },
+    )?;
+    pipeline.match_ids(&mut end);
     let stats = pipeline.stats;
     drop(pipeline);
     let kernel = tracer.counters();
     warn_lost_kernel_log(&stats, &kernel);
 
     let evaluation = window
-        .evaluate(&view(&end), &mut LazyOwners::default())
+        .evaluate(&end, &mut LazyOwners::default())
         .context("the diagnosis window was never started")?;
     let report = Report {
         time: WallClock::now().timestamp(end.taken_ns),
         findings: &evaluation.findings,
         sockets: &evaluation.sockets,
-        settings: &end.settings,
+        namespaces: &end.namespaces,
         obs: window.observations(),
         kernel,
         window_s: (end.taken_ns.saturating_sub(start.taken_ns)) as f64 / 1e9,
-        netns: filter.netns.or_else(netns::own),
     };
     let text = match args.output {
         DoctorFormat::Text => report.text(),
@@ -138,4 +127,12 @@ pub fn run(args: DoctorArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
         return Err(anyhow::Error::new(e).context("cannot write the report"));
     }
     Ok(ExitCode::from(report.exit_code()))
+}
+
+/// "netns blue", or "12 network namespaces".
+fn namespaces(s: &crate::model::snapshot::Snapshot) -> String {
+    match s.namespaces.as_slice() {
+        [one] => format!("network namespace {}", one.name),
+        all => format!("{} network namespaces", all.len()),
+    }
 }

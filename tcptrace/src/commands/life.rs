@@ -8,12 +8,12 @@ use clap::Args;
 
 use crate::cli::{FilterArgs, KernelArgs, LogArgs, OutputArgs, parse_duration};
 use crate::commands::{Shutdown, refuse_unseen_states, runtime, warn_lost_kernel_log};
-use crate::host::{inet_diag, netns};
+use crate::host::snapshot::{self, Request};
 use crate::kernel::loader::Tracer;
 use crate::model::cgroup::CgroupInfo;
 use crate::model::connections::{ConnectionTable, Role};
 use crate::model::filter::Filter;
-use crate::model::snapshot::DiagSocket;
+use crate::model::snapshot::Snapshot;
 use crate::model::tcp::TcpState;
 use crate::model::transition::Transition;
 use crate::output::time::WallClock;
@@ -113,8 +113,8 @@ impl<W: Write> Sink for LifeSink<W> {
         let _ = self.lines.flush();
     }
 
-    fn snapshot(&mut self, sockets: &[DiagSocket], taken_ns: u64) {
-        self.table.snapshot(sockets, taken_ns);
+    fn snapshot(&mut self, snapshot: &Snapshot) {
+        self.table.snapshot(snapshot);
         let _ = self.emit();
         let _ = self.lines.flush();
     }
@@ -136,7 +136,8 @@ pub fn run(args: LifeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     // Whole connections: the kernel and the pipeline keep every transition of the sockets the
     // filter's socket-level parts select; states and owners are judged per story.
     let sockets = filter.socket_level();
-    let (tracer, ring) = Tracer::start(&sockets.kernel(), args.kernel.sizes(log))?;
+    let scope = args.filter.scope(&filter)?;
+    let (mut tracer, ring) = Tracer::start(&sockets.kernel(), args.kernel.sizes(log))?;
     let runtime = runtime()?;
     let shutdown = Shutdown::register(&runtime)?;
     eprintln!("tcptrace: tracing connections (Ctrl-C to stop)");
@@ -151,10 +152,12 @@ pub fn run(args: LifeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     };
     let mut table = ConnectionTable::new(args.max_connections as usize);
     table.wait_time_wait = args.time_wait;
-    table.netns = netns::own();
     // Attached first, then listed: a listener is in the list or its CLOSE -> LISTEN is in the
     // ring, so the roles of sockets older than tcptrace are known from their first transition.
-    table.learn_listeners(&inet_diag::dump_listeners().unwrap_or_default());
+    match snapshot::take(&scope, Request::LISTENERS) {
+        Ok(listeners) => table.learn_listeners(&listeners),
+        Err(e) => log::warn!("cannot list the listeners: {e:#}"),
+    }
     let mut sink = LifeSink {
         table,
         lines,
@@ -167,8 +170,8 @@ pub fn run(args: LifeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
         cut_short: 0,
         open_at_exit: 0,
     };
-    let mut pipeline = Pipeline::new(&sockets);
-    pipeline.identity(tracer.identity(), netns::own());
+    let mut pipeline = Pipeline::new(&sockets, scope);
+    pipeline.identity(tracer.identity());
     pipeline.subscribe(Box::new(&mut sink));
     // With --time-wait, snapshots confirm and end each TIME_WAIT.
     let snapshots = if args.time_wait {
@@ -185,8 +188,9 @@ pub fn run(args: LifeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
                 RunOptions {
                     tick: Some(Duration::from_secs(1)),
                     snapshots,
-                    snapshot_idle: false,
+                    listeners: tracer.take_listeners(),
                     tracer: Some(&tracer),
+                    ..RunOptions::default()
                 },
             )
             .await

@@ -17,7 +17,7 @@ use crate::cli::{FilterArgs, KernelArgs, LogArgs, ThresholdArgs, parse_duration}
 use crate::commands::tail::{Format, TailSink};
 use crate::commands::{Shutdown, runtime, warn_lost_kernel_log};
 use crate::diagnosis::window::Window;
-use crate::host::{inet_diag, netns};
+use crate::host::snapshot::{self, Request};
 use crate::kernel::loader::Tracer;
 use crate::model::sockets::SocketTable;
 use crate::output::http::{self, Site};
@@ -48,6 +48,12 @@ pub struct ServeArgs {
     /// tcptrace_tracked_sockets_overflow_total and picked up by the next snapshot if room).
     #[arg(long, value_name = "N", default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
     pub max_tracked_sockets: u64,
+
+    /// Also export the socket gauges of the N network namespaces with the most sockets as
+    /// tcptrace_namespace_sockets{netns,namespace,state} (the rest summed under netns="other"):
+    /// up to 10 series per namespace. 0 (the default) exports only the host-wide gauges.
+    #[arg(long = "metrics.namespace-limit", value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub namespace_limit: u64,
 
     /// Also print every transition to stdout, as `tail` does.
     #[arg(long)]
@@ -100,22 +106,26 @@ pub fn run(args: ServeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     // Connection metrics judge whole connections: the kernel and the pipeline keep every
     // transition of the selected sockets, and the sinks apply states and owners.
     let sockets = filter.socket_level();
-    let (tracer, ring) = Tracer::start(&sockets.kernel(), args.kernel.sizes(log))?;
+    let scope = args.filter.scope(&filter)?;
+    let (mut tracer, ring) = Tracer::start(&sockets.kernel(), args.kernel.sizes(log))?;
+    let listeners = tracer.take_listeners();
 
-    let metrics = Metrics::new();
+    let metrics = Metrics::new(args.namespace_limit);
     let tracked = args.max_tracked_sockets as usize;
-    let table = SocketTable::new(tracked, netns::own(), filter.clone());
-    let mut pipeline = Pipeline::new(&sockets);
-    pipeline.identity(tracer.identity(), netns::own());
+    let table = SocketTable::new(tracked, filter.clone());
+    let mut pipeline = Pipeline::new(&sockets, scope.clone());
+    pipeline.identity(tracer.identity());
     let (seeded_tx, seeded_rx) = std::sync::mpsc::channel();
     let mut window = Window::new(
         window_capacity(tracked),
         filter.clone(),
         args.thresholds.to_thresholds(),
-        netns::own(),
     );
     // Attached first, then listed: see `life`.
-    window.learn_listeners(&inet_diag::dump_listeners().unwrap_or_default());
+    match snapshot::take(&scope, Request::LISTENERS) {
+        Ok(listening) => window.learn_listeners(&listening),
+        Err(e) => log::warn!("cannot list the listeners: {e:#}"),
+    }
     pipeline.subscribe(Box::new(
         MetricsSink::new(metrics.clone(), table, window).notify_seeded(seeded_tx),
     ));
@@ -150,7 +160,10 @@ pub fn run(args: ServeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
                         tick: Some(Duration::from_secs(1)),
                         snapshots: Snapshots::Every(reconcile),
                         snapshot_idle: true,
+                        snapshot_stack: true,
+                        time_wait_overflows: true,
                         tracer: Some(&tracer),
+                        listeners,
                     },
                 ))
                 .map_err(anyhow::Error::from)

@@ -86,7 +86,8 @@ impl<W: Write> Sink for TailSink<W> {
 pub fn run(args: TailArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let filter = args.filter.to_filter()?;
     refuse_unseen_states(&filter, &[TcpState::TimeWait, TcpState::NewSynRecv])?;
-    let (tracer, ring) = Tracer::start(&filter.kernel(), args.kernel.sizes(log))?;
+    let scope = args.filter.scope(&filter)?;
+    let (mut tracer, ring) = Tracer::start(&filter.kernel(), args.kernel.sizes(log))?;
 
     let runtime = runtime()?;
     let shutdown = Shutdown::register(&runtime)?;
@@ -110,14 +111,19 @@ pub fn run(args: TailArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let sink = TailSink::new(lines, format);
-    let mut pipeline = Pipeline::new(&filter);
+    let mut pipeline = Pipeline::new(&filter, scope);
+    pipeline.identity(tracer.identity());
     if args.wide || args.out.output == OutputFormat::Json {
         pipeline.resolve_cgroups();
     }
     pipeline.subscribe(Box::new(sink));
 
     let stop = shutdown.wait(args.out.duration);
-    let reason = runtime.block_on(pipeline.run(ring, stop, RunOptions::default()));
+    let options = RunOptions {
+        listeners: tracer.take_listeners(),
+        ..RunOptions::default()
+    };
+    let reason = runtime.block_on(pipeline.run(ring, stop, options));
     let reason = match reason {
         Ok(r) => r,
         Err(e) => return Err(anyhow::Error::new(e).context("reading transitions failed")),

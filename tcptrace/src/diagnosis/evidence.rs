@@ -51,7 +51,16 @@ pub(crate) struct Ctx<'a> {
     pub window_s: f64,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// The window's connection ends in this scene's namespace.
+    pub fn ends(&self) -> impl Iterator<Item = &'a Ended> + use<'a> {
+        let netns = self.scene.netns;
+        self.obs
+            .ended
+            .iter()
+            .filter(move |e| netns.is_none() || e.netns.is_none() || e.netns == netns)
+    }
+
     pub fn owner(&mut self, s: &DiagSocket) -> Option<ProcessName> {
         self.obs
             .owner_of(s.cookie)

@@ -58,6 +58,7 @@ pub enum Kind {
     TimeWaitPressure,
     FinWait2Stuck,
     SynFlood,
+    AcceptQueueOverflow,
     ConnectFailures,
     Resets,
     SimultaneousClose,
@@ -65,11 +66,12 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::CloseWaitLeak,
         Self::TimeWaitPressure,
         Self::FinWait2Stuck,
         Self::SynFlood,
+        Self::AcceptQueueOverflow,
         Self::ConnectFailures,
         Self::Resets,
         Self::SimultaneousClose,
@@ -88,6 +90,7 @@ impl Kind {
             Self::TimeWaitPressure => checks::time_wait_pressure::EXPLAIN,
             Self::FinWait2Stuck => checks::fin_wait2_stuck::EXPLAIN,
             Self::SynFlood => checks::syn_flood::EXPLAIN,
+            Self::AcceptQueueOverflow => checks::accept_queue_overflow::EXPLAIN,
             Self::ConnectFailures => checks::connect_failures::EXPLAIN,
             Self::Resets => checks::resets::EXPLAIN,
             Self::SimultaneousClose => checks::simultaneous_close::EXPLAIN,
@@ -212,6 +215,10 @@ pub struct Example {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {
     pub kind: Kind,
+    /// The network namespace it is in (its inode), `None` when unknown.
+    pub netns: Option<u32>,
+    /// That namespace as a person names it (`host`, an `ip netns` name, `pid N (comm)`).
+    pub namespace: Option<String>,
     pub severity: Severity,
     pub statement: String,
     /// Sockets or connections concerned (the value of the `tcptrace_finding` gauge).
@@ -241,6 +248,7 @@ pub fn diagnose(
         checks::close_wait_leak::check(&mut ctx, th),
         checks::time_wait_pressure::check(&mut ctx, th),
         checks::fin_wait2_stuck::check(&mut ctx, th),
+        checks::accept_queue_overflow::check(&mut ctx),
         checks::connect_failures::check(&mut ctx, th),
         checks::resets::check(&mut ctx, th),
         checks::simultaneous_close::check(&mut ctx),

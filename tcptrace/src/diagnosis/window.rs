@@ -3,6 +3,7 @@
 //! per reconcile interval, each starting where the last ended. Both use [`Window`].
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 
@@ -14,7 +15,7 @@ use crate::model::CookieMap;
 use crate::model::cgroup::CgroupInfo;
 use crate::model::connections::{CloseTracker, ClosedBy, Connection, End, Role};
 use crate::model::filter::Filter;
-use crate::model::snapshot::DiagSocket;
+use crate::model::snapshot::{DiagSocket, Snapshot, Stack};
 use crate::model::tcp::TcpState;
 use crate::model::transition::{Task, Transition};
 use crate::pipeline::{Flow, Sink};
@@ -31,6 +32,7 @@ pub(crate) struct Ended {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub owner: Option<Task>,
+    pub netns: Option<u32>,
 }
 
 /// What the transitions of a window told: the live connections (when each entered its state,
@@ -74,6 +76,7 @@ impl Observations {
                         End::Refused
                             | End::Timeout
                             | End::HandshakeAborted
+                            | End::PortsExhausted
                             | End::Aborted
                             | End::RstReceived
                     )
@@ -87,6 +90,7 @@ impl Observations {
                         local: c.endpoints.local(),
                         remote: c.endpoints.remote(),
                         owner: c.owner,
+                        netns: c.netns,
                     });
                 } else {
                     self.ended_overflow += 1;
@@ -96,10 +100,10 @@ impl Observations {
         closed
     }
 
-    /// Learns what a snapshot of namespace `netns` tells about the connections to come: its
-    /// listeners (a socket first seen later on a listening port is a server).
-    pub fn learn(&mut self, netns: Option<u32>, sockets: &[DiagSocket]) {
-        self.connections.snapshot(netns, sockets);
+    /// Learns what a snapshot tells about the connections to come: its listeners (a socket
+    /// first seen later on a listening port is a server).
+    pub fn learn(&mut self, snapshot: &Snapshot) {
+        self.connections.snapshot(snapshot);
     }
 
     /// Connections dropped from the bounded table before they finished.
@@ -156,9 +160,11 @@ impl Baseline {
     }
 }
 
-/// Everything [`diagnose`] looks at, as of the end of the window.
+/// Everything [`diagnose`] looks at in one namespace, as of the end of the window.
 pub struct Scene<'a> {
-    /// The snapshot taken at the end of the window.
+    /// The namespace (its inode), `None` when unknown.
+    pub netns: Option<u32>,
+    /// Its sockets in the snapshot taken at the end of the window.
     pub sockets: &'a [DiagSocket],
     pub taken_ns: u64,
     pub counters: &'a TcpCounters,
@@ -166,50 +172,38 @@ pub struct Scene<'a> {
     pub baseline: &'a Baseline,
 }
 
-/// A snapshot of one network namespace as the diagnosis reads it: its sockets, TCP counters and
-/// settings, taken together.
-#[derive(Debug, Clone, Copy)]
-pub struct View<'a> {
-    pub sockets: &'a [DiagSocket],
-    pub taken_ns: u64,
-    pub counters: &'a TcpCounters,
-    pub settings: &'a Settings,
-}
-
 /// What the end of a window found.
 #[derive(Debug)]
 pub struct Evaluation<'s> {
-    /// Most severe first.
+    /// Most severe first, each naming its namespace.
     pub findings: Vec<Finding>,
     /// The end snapshot's sockets the filter kept.
     pub sockets: Cow<'s, [DiagSocket]>,
 }
 
-/// Observations between two snapshots, and the findings they add up to.
+/// Observations between two snapshots, and the findings they add up to, namespace by
+/// namespace.
 pub struct Window {
     obs: Observations,
-    baseline: Option<Baseline>,
+    /// Per namespace, from the snapshot that started the window.
+    baselines: HashMap<Option<u32>, Baseline>,
+    started_ns: Option<u64>,
     filter: Filter,
     thresholds: Thresholds,
-    /// The network namespace the snapshots describe.
-    netns: Option<u32>,
 }
 
+static NO_STACK: std::sync::LazyLock<Stack> = std::sync::LazyLock::new(Stack::default);
+
 impl Window {
-    /// A window over namespace `netns` remembering at most `capacity` live connections,
-    /// judging what `filter` keeps by `thresholds`.
-    pub fn new(
-        capacity: usize,
-        filter: Filter,
-        thresholds: Thresholds,
-        netns: Option<u32>,
-    ) -> Self {
+    /// A window remembering at most `capacity` live connections, judging what `filter` keeps
+    /// by `thresholds`.
+    pub fn new(capacity: usize, filter: Filter, thresholds: Thresholds) -> Self {
         Self {
             obs: Observations::new(capacity),
-            baseline: None,
+            baselines: HashMap::new(),
+            started_ns: None,
             filter,
             thresholds,
-            netns,
         }
     }
 
@@ -221,9 +215,9 @@ impl Window {
             .filter(|c| self.filter.matches_story(c))
     }
 
-    /// Learns the listening ports of the window's namespace from a list of its sockets.
-    pub fn learn_listeners(&mut self, sockets: &[DiagSocket]) {
-        self.obs.learn(self.netns, sockets);
+    /// Learns the listening ports a snapshot shows.
+    pub fn learn_listeners(&mut self, snapshot: &Snapshot) {
+        self.obs.learn(snapshot);
     }
 
     /// What the window judges by.
@@ -235,36 +229,73 @@ impl Window {
         &self.obs
     }
 
-    /// The findings of the window that ends at `end`; `None` before [`Window::restart`] ever
-    /// started one.
+    /// The findings of the window that ends at `end`, in every namespace it covers; `None`
+    /// before [`Window::restart`] ever started one. A namespace the window's start did not
+    /// cover is judged from the end alone (no counter grew in it, no state aged).
     pub fn evaluate<'s>(
         &self,
-        end: &View<'s>,
+        end: &'s Snapshot,
         owners: &mut dyn OwnerLookup,
     ) -> Option<Evaluation<'s>> {
-        let baseline = self.baseline.as_ref()?;
-        let sockets = filter_sockets(&self.filter, end.sockets, &self.obs, owners);
-        let scene = Scene {
-            sockets: &sockets,
-            taken_ns: end.taken_ns,
-            counters: end.counters,
-            settings: end.settings,
-            baseline,
-        };
-        let findings = diagnose(&scene, &self.obs, owners, &self.thresholds);
+        let started_ns = self.started_ns?;
+        let sockets = filter_sockets(&self.filter, &end.sockets, &self.obs, owners);
+        let mut findings = Vec::new();
+        // Filtering keeps the snapshot's order, so each namespace's sockets stay together.
+        let mut at = 0;
+        for ns in &end.namespaces {
+            let len = sockets[at..]
+                .iter()
+                .take_while(|s| s.netns == ns.inode)
+                .count();
+            let mine = &sockets[at..at + len];
+            at += len;
+            let stack = ns.stack.as_ref().unwrap_or(&NO_STACK);
+            let fresh;
+            let baseline = match self.baselines.get(&ns.inode) {
+                Some(b) => b,
+                None => {
+                    fresh = Baseline {
+                        taken_ns: started_ns,
+                        counters: stack.counters.clone(),
+                        states: CookieMap::default(),
+                    };
+                    &fresh
+                }
+            };
+            let scene = Scene {
+                netns: ns.inode,
+                sockets: mine,
+                taken_ns: end.taken_ns,
+                counters: &stack.counters,
+                settings: &stack.settings,
+                baseline,
+            };
+            for mut f in diagnose(&scene, &self.obs, owners, &self.thresholds) {
+                f.netns = ns.inode;
+                f.namespace = Some(ns.name.clone());
+                findings.push(f);
+            }
+        }
+        findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(b.count.cmp(&a.count)));
         Some(Evaluation { findings, sockets })
     }
 
-    /// Starts the next window at `start`: its counters and the states whose ages matter
-    /// become the baseline (the filter need not apply: the baseline is only looked up by the
-    /// cookies of sockets the end snapshot keeps), and the window's ends and counts reset.
-    pub fn restart(&mut self, start: &View<'_>) {
-        self.baseline = Some(Baseline::new(
-            start.sockets,
-            start.taken_ns,
-            start.counters.clone(),
-        ));
-        self.obs.learn(self.netns, start.sockets);
+    /// Starts the next window at `start`: each namespace's counters and the states whose ages
+    /// matter become its baseline (the filter need not apply: the baseline is only looked up by
+    /// the cookies of sockets the end snapshot keeps), and the window's ends and counts reset.
+    pub fn restart(&mut self, start: &Snapshot) {
+        self.baselines.clear();
+        for (ns, sockets) in start.by_namespace() {
+            let counters = ns
+                .stack
+                .as_ref()
+                .map(|s| s.counters.clone())
+                .unwrap_or_default();
+            self.baselines
+                .insert(ns.inode, Baseline::new(sockets, start.taken_ns, counters));
+        }
+        self.started_ns = Some(start.taken_ns);
+        self.obs.learn(start);
         self.obs.new_window();
     }
 }

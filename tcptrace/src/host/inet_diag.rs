@@ -177,6 +177,7 @@ fn socket(msg: &InetDiagMsg, attrs: &[u8]) -> Option<DiagSocket> {
         rqueue: msg.rqueue,
         wqueue: msg.wqueue,
         idle: tcp_info(attrs),
+        netns: None,
     })
 }
 
@@ -218,12 +219,23 @@ pub fn dump_tcp_with_idle() -> io::Result<Vec<DiagSocket>> {
 
 /// Dumps the TCP sockets `keep` accepts, with idle times if `info`, into a list with room for
 /// `capacity` sockets up front. Sockets `keep` refuses are never stored, and a right-sized list
-/// never reallocates: at 100k sockets (88 bytes each) both decide the agent's peak memory.
+/// never reallocates: at 100k sockets (96 bytes each) both decide the agent's peak memory.
 pub fn dump_tcp_where(
     info: bool,
     capacity: usize,
     keep: &mut dyn FnMut(&DiagSocket) -> bool,
 ) -> io::Result<Vec<DiagSocket>> {
+    let mut sockets = Vec::with_capacity(capacity);
+    dump_tcp_into(&mut sockets, info, keep)?;
+    Ok(sockets)
+}
+
+/// As [`dump_tcp_where`], appending to `sockets` (of which a failed dump may leave a part).
+pub fn dump_tcp_into(
+    sockets: &mut Vec<DiagSocket>,
+    info: bool,
+    keep: &mut dyn FnMut(&DiagSocket) -> bool,
+) -> io::Result<()> {
     // SAFETY: plain socket(2) call; the fd is owned immediately below.
     let fd = unsafe {
         libc::socket(
@@ -237,7 +249,6 @@ pub fn dump_tcp_where(
     }
     // SAFETY: fd is a fresh, valid descriptor nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut sockets = Vec::with_capacity(capacity);
     let mut buf = vec![0u8; 64 * 1024];
     for (seq, family) in [(1u32, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
         send_request(&fd, seq, family, info)?;
@@ -251,12 +262,12 @@ pub fn dump_tcp_where(
                 }
                 return Err(err);
             }
-            if n == 0 || parse_messages(&buf[..n as usize], &mut sockets, keep)? {
+            if n == 0 || parse_messages(&buf[..n as usize], sockets, keep)? {
                 break;
             }
         }
     }
-    Ok(sockets)
+    Ok(())
 }
 
 /// About how many TCP sockets a dump of this network namespace returns: the `inuse` and

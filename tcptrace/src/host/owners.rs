@@ -1,5 +1,12 @@
-//! Which process holds a socket, from `/proc/PID/fd` (what `ss -p` does): the fallback owner
-//! for sockets that existed before tcptrace started, whose owner no transition told.
+//! Which process holds a socket, from `/proc/PID/fd` (what `ss -p` does): the owner of sockets
+//! that existed before tcptrace started, and of listeners whose holder changed (a listener
+//! handed to a worker, or inherited across fork) where no transition says so.
+//!
+//! Several processes often hold one socket: nginx keeps every listener open in its master and
+//! in the worker that accepts from it, systemd keeps the sockets it activates a service with,
+//! a forked child keeps its parent's descriptors. tcptrace names the holder furthest down the
+//! process tree (a holder no other holder descends from), the one doing the work, and of
+//! several such the lowest pid.
 
 use std::collections::HashMap;
 
@@ -10,11 +17,143 @@ pub struct ProcessName {
     pub comm: String,
 }
 
-/// Socket inode -> the process holding it (the lowest pid when several share it, e.g. after
-/// fork).
+/// Socket inode -> the process tcptrace names as holding it. Each process is stored once (a
+/// host holds hundreds of thousands of sockets, in far fewer processes).
 #[derive(Debug, Default)]
 pub struct SocketOwners {
-    by_inode: HashMap<u32, ProcessName>,
+    by_inode: HashMap<u32, u32>,
+    processes: Vec<ProcessName>,
+}
+
+/// A process seen during a scan: its name and parent (`/proc/PID/stat`).
+struct Seen {
+    comm: String,
+    ppid: u32,
+}
+
+/// How far up the process tree a holder's ancestors are followed (deeper trees are rare; a
+/// cycle is impossible but a bound keeps a racing scan finite).
+const MAX_DEPTH: usize = 64;
+
+impl SocketOwners {
+    /// Scans every process's descriptors. Processes that exit meanwhile or deny access are
+    /// skipped.
+    pub fn scan() -> Self {
+        let mut holders: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut seen: HashMap<u32, Seen> = HashMap::new();
+        let Ok(processes) = procfs::process::all_processes() else {
+            return Self::default();
+        };
+        for process in processes.flatten() {
+            let Ok(fds) = process.fd() else {
+                continue;
+            };
+            let pid = process.pid() as u32;
+            let mut holds = false;
+            for fd in fds.flatten() {
+                if let procfs::process::FDTarget::Socket(inode) = fd.target {
+                    holders.entry(inode as u32).or_default().push(pid);
+                    holds = true;
+                }
+            }
+            if holds && let Ok(stat) = process.stat() {
+                seen.insert(
+                    pid,
+                    Seen {
+                        comm: stat.comm,
+                        ppid: stat.ppid as u32,
+                    },
+                );
+            }
+        }
+        let mut owners = Self::default();
+        let mut index: HashMap<u32, u32> = HashMap::new();
+        owners.by_inode.reserve(holders.len());
+        for (inode, pids) in holders {
+            let pid = preferred(&pids, &mut |pid| parent(&mut seen, pid));
+            let Some(p) = seen.get(&pid) else { continue };
+            let i = *index.entry(pid).or_insert_with(|| {
+                owners.processes.push(ProcessName {
+                    pid,
+                    comm: p.comm.clone(),
+                });
+                (owners.processes.len() - 1) as u32
+            });
+            owners.by_inode.insert(inode, i);
+        }
+        owners
+    }
+
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (u32, ProcessName)>) -> Self {
+        let mut owners = Self::default();
+        for (inode, p) in pairs {
+            owners.processes.push(p);
+            owners
+                .by_inode
+                .insert(inode, (owners.processes.len() - 1) as u32);
+        }
+        owners
+    }
+
+    pub fn get(&self, inode: u32) -> Option<&ProcessName> {
+        let i = *(inode != 0).then(|| self.by_inode.get(&inode)).flatten()?;
+        self.processes.get(i as usize)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_inode.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_inode.is_empty()
+    }
+}
+
+/// The parent of `pid`, reading `/proc/PID/stat` for processes the scan has not seen (those
+/// between two holders); `None` at the top or when the process is gone.
+fn parent(seen: &mut HashMap<u32, Seen>, pid: u32) -> Option<u32> {
+    if let Some(p) = seen.get(&pid) {
+        return (p.ppid != 0).then_some(p.ppid);
+    }
+    let stat = procfs::process::Process::new(pid as i32)
+        .ok()?
+        .stat()
+        .ok()?;
+    let ppid = stat.ppid as u32;
+    seen.insert(
+        pid,
+        Seen {
+            comm: stat.comm,
+            ppid,
+        },
+    );
+    (ppid != 0).then_some(ppid)
+}
+
+/// Of the processes holding one socket, the one furthest down the process tree: a holder none
+/// of the others descends from, the lowest such pid. `pids` is never empty.
+fn preferred(pids: &[u32], parent: &mut dyn FnMut(u32) -> Option<u32>) -> u32 {
+    let lowest = pids.iter().copied().min().unwrap_or(0);
+    if pids.len() < 2 {
+        return lowest;
+    }
+    // Every holder that is an ancestor of another holder is passed over.
+    let mut ancestors = std::collections::HashSet::new();
+    for &pid in pids {
+        let mut at = pid;
+        for _ in 0..MAX_DEPTH {
+            let Some(up) = parent(at) else { break };
+            if pids.contains(&up) {
+                ancestors.insert(up);
+            }
+            at = up;
+        }
+    }
+    pids.iter()
+        .copied()
+        .filter(|pid| !ancestors.contains(pid))
+        .min()
+        .unwrap_or(lowest)
 }
 
 /// The inode in a `socket:[12345]` fd link.
@@ -23,64 +162,6 @@ pub fn socket_inode(link: &str) -> Option<u32> {
         .strip_suffix(']')?
         .parse()
         .ok()
-}
-
-impl SocketOwners {
-    /// Scans every process's fds. Processes that exit meanwhile or deny access are skipped.
-    pub fn scan() -> Self {
-        let mut by_inode: HashMap<u32, ProcessName> = HashMap::new();
-        let Ok(procs) = std::fs::read_dir("/proc") else {
-            return Self { by_inode };
-        };
-        for entry in procs.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-                continue;
-            };
-            let mut comm = None;
-            for fd in fds.flatten() {
-                let Some(inode) = std::fs::read_link(fd.path())
-                    .ok()
-                    .and_then(|l| l.to_str().and_then(socket_inode))
-                else {
-                    continue;
-                };
-                let comm = comm
-                    .get_or_insert_with(|| {
-                        std::fs::read_to_string(entry.path().join("comm"))
-                            .map(|c| c.trim_end().to_owned())
-                            .unwrap_or_default()
-                    })
-                    .clone();
-                let name = ProcessName { pid, comm };
-                by_inode
-                    .entry(inode)
-                    .and_modify(|p| {
-                        if pid < p.pid {
-                            *p = name.clone();
-                        }
-                    })
-                    .or_insert(name);
-            }
-        }
-        Self { by_inode }
-    }
-
-    pub fn from_pairs(pairs: impl IntoIterator<Item = (u32, ProcessName)>) -> Self {
-        Self {
-            by_inode: pairs.into_iter().collect(),
-        }
-    }
-
-    pub fn get(&self, inode: u32) -> Option<&ProcessName> {
-        (inode != 0).then(|| self.by_inode.get(&inode)).flatten()
-    }
 }
 
 #[cfg(test)]
@@ -92,6 +173,34 @@ mod tests {
         assert_eq!(socket_inode("socket:[4026]"), Some(4026));
         assert_eq!(socket_inode("pipe:[4026]"), None);
         assert_eq!(socket_inode("socket:[x]"), None);
+    }
+
+    #[test]
+    fn the_holder_furthest_down_the_tree_is_named() {
+        // 1 (systemd) -> 100 (nginx master) -> 101, 102 (workers); 1 -> 200 (launcher)
+        // -> 300 (a shell) -> 301 (worker).
+        let tree: HashMap<u32, u32> = [(100, 1), (101, 100), (102, 100), (200, 1), (300, 200)]
+            .into_iter()
+            .chain([(301, 300)])
+            .collect();
+        let mut parent = |pid: u32| tree.get(&pid).copied();
+        assert_eq!(
+            preferred(&[100, 101], &mut parent),
+            101,
+            "master and worker"
+        );
+        assert_eq!(preferred(&[102, 100, 101], &mut parent), 101, "two workers");
+        assert_eq!(
+            preferred(&[1, 301], &mut parent),
+            301,
+            "through a non-holder"
+        );
+        assert_eq!(
+            preferred(&[200, 100], &mut parent),
+            100,
+            "unrelated: lowest"
+        );
+        assert_eq!(preferred(&[7], &mut parent), 7);
     }
 
     #[test]

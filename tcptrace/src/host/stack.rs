@@ -124,6 +124,11 @@ impl TcpCounters {
         self.values.get(name).copied().unwrap_or(0)
     }
 
+    /// Reads the counters of the namespace at `path` (here when `None`).
+    pub fn read_in(path: Option<&std::path::Path>) -> std::io::Result<Self> {
+        crate::host::netns::run_in(path, Self::read)
+    }
+
     /// How much `name` grew since `earlier` (0 if it did not, or is unknown).
     pub fn delta(&self, earlier: &Self, name: &str) -> u64 {
         self.get(name).saturating_sub(earlier.get(name))

@@ -381,6 +381,12 @@ impl<'a> Btf<'a> {
             inet_sport: self.optional_field("inet_sock", "inet_sport")?,
             cookie: optional("__sk_common.skc_cookie")?,
             cgroup_tagged: u32::from(cgroup_tagged),
+            state: optional("__sk_common.skc_state")?,
+            bind_node: optional("__sk_common.skc_bind_node")?,
+            accept_tail: self
+                .optional_field("inet_connection_sock", "icsk_accept_queue.rskq_accept_tail")?,
+            req_sk: self.optional_field("request_sock", "sk")?,
+            snt_synack: self.optional_field("tcp_request_sock", "snt_synack")?,
         })
     }
 
@@ -637,6 +643,16 @@ mod tests {
         assert_ne!(off.kn_id, SockOffsets::ABSENT, "kernfs_node.id");
         // struct inet_sock starts with its struct sock.
         assert!(off.inet_sport != SockOffsets::ABSENT && off.inet_sport > off.family);
+        // What finds a child's listener and its request's SYN-ACK time.
+        assert_eq!(off.state, off.family + 2, "skc_state follows skc_family");
+        assert!(off.bind_node != SockOffsets::ABSENT && off.bind_node < off.cookie);
+        assert!(off.accept_tail != SockOffsets::ABSENT && off.accept_tail > off.inet_sport);
+        assert_ne!(off.req_sk, SockOffsets::ABSENT, "request_sock.sk");
+        assert_ne!(
+            off.snt_synack,
+            SockOffsets::ABSENT,
+            "tcp_request_sock.snt_synack"
+        );
     }
 
     #[test]

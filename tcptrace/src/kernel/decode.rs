@@ -49,6 +49,8 @@ pub fn from_raw(raw: &RawTransition) -> Result<Transition, DecodeError> {
         netns: (raw.netns != 0).then_some(raw.netns),
         cgroup: (raw.cgroup != 0).then_some(raw.cgroup),
         rst_received: raw.flags & flags::RST_RECEIVED != 0,
+        listener: (raw.listener != 0).then_some(raw.listener),
+        request_ns: (raw.request_ns != 0).then_some(raw.request_ns),
     })
 }
 
@@ -70,6 +72,8 @@ mod tests {
         b.extend_from_slice(&61_250u64.to_le_bytes()); // in_old_ns
         b.extend_from_slice(&((14u64 << 32) | 14).to_le_bytes()); // cpu_pid_tgid
         b.extend_from_slice(&7777u64.to_le_bytes()); // cgroup
+        b.extend_from_slice(&0u64.to_le_bytes()); // listener
+        b.extend_from_slice(&0u64.to_le_bytes()); // request_ns
         b.extend_from_slice(&((1234u64 << 32) | 1240).to_le_bytes()); // owner.pid_tgid
         b.extend_from_slice(&4_000_000_000u64.to_le_bytes()); // owner.captured_ns
         b.extend_from_slice(b"curl\0\0\0\0\0\0\0\0\0\0\0\0"); // owner.comm
@@ -158,6 +162,20 @@ mod tests {
         assert!(from_raw(&raw).unwrap().owner.unwrap().inherited);
         raw.in_old_ns = 0;
         assert_eq!(from_raw(&raw).unwrap().in_old_ns, Some(0));
+    }
+
+    #[test]
+    fn listener_and_request_time_of_a_server_child() {
+        let mut raw = raw_v4();
+        assert_eq!(from_raw(&raw).unwrap().listener, None);
+        raw.listener = 99;
+        raw.request_ns = raw.ts_ns - 1_000_000_000;
+        let t = from_raw(&raw).unwrap();
+        assert_eq!(t.listener, Some(99));
+        assert_eq!(t.server_handshake_ns(), Some(1_000_000_000));
+        // A request time after the transition is nonsense, not a negative handshake.
+        raw.request_ns = raw.ts_ns + 1;
+        assert_eq!(from_raw(&raw).unwrap().server_handshake_ns(), None);
     }
 
     #[test]

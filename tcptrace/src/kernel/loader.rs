@@ -4,15 +4,16 @@
 use std::io;
 use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 
-use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, ProgramError};
 use aya::{Ebpf, EbpfLoader};
 use tcptrace_common::{
-    CONFIG_GLOBAL, COUNTERS_MAP, Config, EVENTS_MAP, PORT_FILTER_MAP, PROGRAM_NAME,
-    PROGRAM_NAME_NO_COOKIE, PortSet, RESET_PROGRAM, RESET_PROGRAM_NO_COOKIE, SOCKETS_MAP,
-    TRACEPOINT, counter,
+    CONFIG_GLOBAL, COUNTERS_MAP, Config, EVENTS_MAP, LISTENERS_MAP, ListenerEntry, Owner,
+    PORT_FILTER_MAP, PROGRAM_NAME, PROGRAM_NAME_NO_COOKIE, PortSet, RESET_PROGRAM,
+    RESET_PROGRAM_NO_COOKIE, SOCKETS_MAP, TRACEPOINT, counter,
 };
 
+use crate::host::owners::ProcessName;
 use crate::host::process;
 use crate::kernel::btf;
 use crate::kernel::error::{LoadError, aya_err, is_eperm, program_error, refuses_cookie_helper};
@@ -44,11 +45,43 @@ pub enum Identity {
     Numbered,
 }
 
+/// The kernel program's listener map (`LISTENERS`): the owner it gives the children of each
+/// listener. The agent writes the holders of listeners older than it, and of listeners that
+/// changed hands.
+pub struct ListenerMap {
+    map: BpfHashMap<MapData, u64, ListenerEntry>,
+}
+
+impl ListenerMap {
+    /// Names `holder` the owner of the children of the listener with INET_DIAG cookie
+    /// `cookie` (id `id` in transitions), from now on (`now_ns`, kernel monotonic). A full map
+    /// evicts its coldest entry; an error is only logged (children then keep the owner
+    /// captured at listen(), which the agent corrects).
+    pub fn set(&mut self, cookie: u64, id: u64, holder: &ProcessName, now_ns: u64) {
+        let mut comm = [0u8; 16];
+        let n = holder.comm.len().min(15);
+        comm[..n].copy_from_slice(&holder.comm.as_bytes()[..n]);
+        let pid = u64::from(holder.pid);
+        let entry = ListenerEntry {
+            owner: Owner {
+                pid_tgid: (pid << 32) | pid,
+                captured_ns: now_ns,
+                comm,
+            },
+            id,
+        };
+        if let Err(e) = self.map.insert(cookie, entry, 0) {
+            log::debug!("cannot register the holder of listener {cookie:#x}: {e}");
+        }
+    }
+}
+
 /// The loaded, attached programs and the maps the agent reads.
 pub struct Tracer {
     /// Owns the programs and their links; dropping it detaches everything.
     _ebpf: Ebpf,
     ring: Option<Ring>,
+    listeners: Option<ListenerMap>,
     counters: PerCpuArray<MapData, u64>,
     prog_fd: RawFd,
     identity: Identity,
@@ -234,6 +267,10 @@ impl Tracer {
                 .ok_or_else(|| aya_err("find map")(EVENTS_MAP.into()))?,
         )
         .map_err(|e| aya_err("open the ring buffer")(e.into()))?;
+        let listeners = ebpf
+            .take_map(LISTENERS_MAP)
+            .and_then(|m| BpfHashMap::try_from(m).ok())
+            .map(|map| ListenerMap { map });
         let counters = PerCpuArray::try_from(
             ebpf.take_map(COUNTERS_MAP)
                 .ok_or_else(|| aya_err("find map")(COUNTERS_MAP.into()))?,
@@ -250,6 +287,7 @@ impl Tracer {
         Ok(Self {
             _ebpf: ebpf,
             ring: Some(Ring::new(events, log)),
+            listeners,
             counters,
             prog_fd,
             identity,
@@ -269,6 +307,11 @@ impl Tracer {
             .take()
             .ok_or_else(|| aya_err("take the ring buffer")("already taken".into()))?;
         Ok((tracer, ring))
+    }
+
+    /// The listener map, for the reader to keep current (once; `None` after).
+    pub fn take_listeners(&mut self) -> Option<ListenerMap> {
+        self.listeners.take()
     }
 
     pub fn counters(&self) -> KernelCounters {

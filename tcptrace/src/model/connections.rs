@@ -14,6 +14,9 @@
 //!   - `refused`: `SYN_SENT -> CLOSE` after a RST (exact: `tcp:tcp_receive_reset` marks it).
 //!   - `timeout`: `SYN_SENT -> CLOSE` without a RST after at least 1 s (`TCP_TIMEOUT_INIT`,
 //!     the first SYN retransmission), or `FIN_WAIT1 -> CLOSE` without a RST.
+//!   - `ports_exhausted`: `SYN_SENT -> CLOSE` before a local port was chosen: connect() found
+//!     no free local port for the destination (EADDRNOTAVAIL from `inet_hash_connect()`) and
+//!     sent no SYN (the kernel counts no `ActiveOpens` either).
 //!   - `handshake_aborted`: `SYN_SENT -> CLOSE` without a RST within 1 s (the application
 //!     closed a pending connect), or `SYN_RECV -> CLOSE`/`SYN_RECV -> FIN_WAIT1`.
 //!   - `rst_received`: any other `-> CLOSE` after a RST from the peer.
@@ -30,7 +33,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::model::CookieMap;
-use crate::model::snapshot::DiagSocket;
+use crate::model::snapshot::{DiagSocket, Snapshot};
 use crate::model::tcp::{Endpoints, SYN_RETRANSMIT_NS, TIME_WAIT_NS, TcpState};
 use crate::model::transition::{Task, Transition};
 /// How long past its expected end an unconfirmed TIME_WAIT waits for a snapshot.
@@ -73,6 +76,8 @@ pub enum End {
     Fin,
     Refused,
     Timeout,
+    /// connect() found no free local port (EADDRNOTAVAIL): no SYN was sent.
+    PortsExhausted,
     HandshakeAborted,
     RstReceived,
     Aborted,
@@ -122,13 +127,17 @@ impl Listeners {
         }
     }
 
-    /// Replaces what is known of namespace `netns` with the listeners of its snapshot.
-    pub fn snapshot(&mut self, netns: Option<u32>, sockets: &[DiagSocket]) {
-        self.ports.retain(|(ns, _), _| *ns != netns);
-        for s in sockets.iter().filter(|s| s.state == TcpState::Listen) {
+    /// Replaces what is known of the namespaces a snapshot covers with their listeners.
+    pub fn snapshot(&mut self, snapshot: &Snapshot) {
+        self.ports.retain(|(ns, _), _| !snapshot.covers(*ns));
+        for s in snapshot
+            .sockets
+            .iter()
+            .filter(|s| s.state == TcpState::Listen)
+        {
             *self
                 .ports
-                .entry((netns, s.endpoints.local_port))
+                .entry((s.netns, s.endpoints.local_port))
                 .or_default() += 1;
         }
     }
@@ -273,9 +282,11 @@ impl Connection {
         self.state_since_ns = t.ts_ns;
         use TcpState::*;
         match (t.old, t.new) {
-            (SynSent | SynRecv, Established) => {
-                self.handshake_ns = t.in_old_ns.or(Some(t.ts_ns.saturating_sub(self.opened_ns)))
-            }
+            // A client's handshake is its SYN_SENT; a server child's SYN_RECV lasts
+            // microseconds (the final ACK creates it), so its handshake runs from its request's
+            // first SYN-ACK, when the kernel program found it. Unknown otherwise, never 0.
+            (SynSent, Established) => self.handshake_ns = t.in_old_ns,
+            (SynRecv, Established) => self.handshake_ns = t.server_handshake_ns(),
             (Established, FinWait1) | (SynRecv, FinWait1) => {
                 self.established_ns = t.in_old_ns;
                 self.closed_by = ClosedBy::Local;
@@ -308,6 +319,7 @@ impl Connection {
             LastAck if !t.rst_received => End::Fin,
             Listen => End::Closed,
             SynSent if t.rst_received => End::Refused,
+            SynSent if self.endpoints.local_port == 0 => End::PortsExhausted,
             SynSent if dwell.is_some_and(|d| d >= SYN_RETRANSMIT_NS) => End::Timeout,
             SynSent | SynRecv => End::HandshakeAborted,
             _ if t.rst_received => End::RstReceived,
@@ -341,8 +353,6 @@ pub struct ConnectionTable {
     /// Hold closed connections back until their TIME_WAIT ends, to report it (else they are
     /// finished at once, with the TIME_WAIT that follows not yet measured).
     pub wait_time_wait: bool,
-    /// The network namespace snapshots describe; TIME_WAITs elsewhere end by the 60 s rule.
-    pub netns: Option<u32>,
     pub evicted: u64,
     listeners: Listeners,
 }
@@ -357,7 +367,6 @@ impl ConnectionTable {
             finished: VecDeque::new(),
             time_wait: CookieMap::default(),
             wait_time_wait: false,
-            netns: None,
             evicted: 0,
             listeners: Listeners::default(),
         }
@@ -416,24 +425,24 @@ impl ConnectionTable {
         self.evicted += make_room(&mut self.live, &mut self.order, self.capacity);
     }
 
-    /// Learns the listening ports of namespace [`Self::netns`] from a list of its sockets.
-    pub fn learn_listeners(&mut self, sockets: &[DiagSocket]) {
-        self.listeners.snapshot(self.netns, sockets);
+    /// Learns the listeners of a snapshot (of listeners only, or of every socket).
+    pub fn learn_listeners(&mut self, snapshot: &Snapshot) {
+        self.listeners.snapshot(snapshot);
     }
 
-    /// Learns the listeners of this snapshot (taken at `taken_ns` in [`Self::netns`]) and
-    /// confirms, or ends, the TIME_WAITs it can speak for.
-    pub fn snapshot(&mut self, sockets: &[DiagSocket], taken_ns: u64) {
-        self.listeners.snapshot(self.netns, sockets);
-        let by_cookie: CookieMap<&DiagSocket> = sockets
+    /// Learns the listeners of a snapshot and confirms, or ends, the TIME_WAITs it can speak
+    /// for (those of the namespaces it covers); TIME_WAITs elsewhere end by the 60 s rule.
+    pub fn snapshot(&mut self, snapshot: &Snapshot) {
+        self.listeners.snapshot(snapshot);
+        let taken_ns = snapshot.taken_ns;
+        let by_cookie: CookieMap<&DiagSocket> = snapshot
+            .sockets
             .iter()
             .filter(|s| s.is_timewait())
             .map(|s| (s.cookie, s))
             .collect();
-        let netns = self.netns;
         self.end_time_waits(|c, tw| {
-            let elsewhere = matches!((netns, c.netns), (Some(a), Some(b)) if a != b);
-            if elsewhere || taken_ns <= tw.entered_ns {
+            if !snapshot.covers(c.netns) || taken_ns <= tw.entered_ns {
                 return None; // taken before the socket became a timewait socket
             }
             match by_cookie.get(&c.cookie) {
@@ -589,9 +598,9 @@ impl CloseTracker {
         }
     }
 
-    /// Learns the listeners of a snapshot of namespace `netns`.
-    pub fn snapshot(&mut self, netns: Option<u32>, sockets: &[DiagSocket]) {
-        self.listeners.snapshot(netns, sockets);
+    /// Learns the listeners of a snapshot.
+    pub fn snapshot(&mut self, snapshot: &Snapshot) {
+        self.listeners.snapshot(snapshot);
     }
 
     pub fn live(&self, cookie: u64) -> Option<&Brief> {
@@ -681,11 +690,11 @@ mod tests {
         assert!(t.next_finished().is_none(), "waits for TIME_WAIT");
         let mut diag = crate::testing::diag(1, TimeWait, "127.0.0.1:1", "127.0.0.1:2");
         diag.expires_ms = 59_000;
-        t.snapshot(&[diag], 4000 * MS); // taken before TIME_WAIT began: ignored
-        t.snapshot(&[diag], 5042 * MS);
+        t.snapshot(&crate::testing::snap(&[diag], 4000 * MS)); // taken before TIME_WAIT began: ignored
+        t.snapshot(&crate::testing::snap(&[diag], 5042 * MS));
         assert!(t.next_finished().is_none());
         diag.cookie = 99;
-        t.snapshot(&[diag], 6042 * MS); // gone: ended
+        t.snapshot(&crate::testing::snap(&[diag], 6042 * MS)); // gone: ended
         let c = story(&mut t);
         assert_eq!(c.role, Role::Client);
         assert!(c.from_start);
@@ -921,7 +930,6 @@ mod tests {
     fn snapshots_do_not_end_time_waits_of_other_namespaces() {
         let mut t = ConnectionTable::new(100);
         t.wait_time_wait = true;
-        t.netns = Some(1); // the test transitions carry netns 4026531840
         feed(
             &mut t,
             11,
@@ -932,10 +940,10 @@ mod tests {
             ],
             false,
         );
-        t.snapshot(&[], 1000 * MS);
+        // The test transitions carry netns 4026531840.
+        t.snapshot(&Snapshot::of(Some(1), Vec::new(), 1000 * MS));
         assert!(t.next_finished().is_none());
-        t.netns = Some(4026531840);
-        t.snapshot(&[], 1000 * MS);
+        t.snapshot(&crate::testing::snap(&[], 1000 * MS));
         assert_eq!(story(&mut t).time_wait_ns(), Some(998 * MS));
     }
 

@@ -156,6 +156,15 @@ impl Filter {
         }
     }
 
+    /// True when the filter keeps every socket of the namespace(s) it covers.
+    pub fn is_whole_namespace(&self) -> bool {
+        *self
+            == Self {
+                netns: self.netns,
+                ..Self::default()
+            }
+    }
+
     /// True when some part of the filter can only be applied in the agent.
     pub fn has_agent_part(&self) -> bool {
         !self.addrs.is_empty()

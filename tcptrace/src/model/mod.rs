@@ -1,9 +1,10 @@
 //! What tcptrace knows about sockets, independent of where it learned it: TCP states and
-//! endpoints, transitions, filters, the live socket table, connection stories, socket ids.
+//! endpoints, transitions, filters, the live socket table, connection stories, socket ids, owners.
 
 pub mod cgroup;
 pub mod connections;
 pub mod filter;
+pub mod owners;
 pub mod snapshot;
 pub mod socket_ids;
 pub mod sockets;

@@ -1,6 +1,10 @@
 //! A socket as a snapshot (INET_DIAG, what `ss` uses) reports it: every TCP socket that exists,
 //! including TIME_WAIT and half-open request sockets, which the tracepoint never reports.
 
+use std::ops::Range;
+use std::path::PathBuf;
+
+use crate::host::stack::{Settings, TcpCounters};
 use crate::model::tcp::{Endpoints, TcpState};
 
 /// Idle times from `struct tcp_info` (`tcp_get_info()`): milliseconds since this socket last
@@ -70,11 +74,87 @@ pub struct DiagSocket {
     pub wqueue: u32,
     /// From `tcp_info`, when the dump asked for it and the socket is a full socket.
     pub idle: Option<Idle>,
+    /// Inode of the network namespace the socket was dumped in, `None` when unknown.
+    pub netns: Option<u32>,
 }
 
 impl DiagSocket {
     /// A timewait socket: TIME_WAIT proper, or an orphan in the FIN_WAIT2 substate.
     pub fn is_timewait(&self) -> bool {
         self.state == TcpState::TimeWait || self.timer == Timer::TimeWait
+    }
+}
+
+/// The TCP counters and settings of one namespace, read with its sockets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stack {
+    pub counters: TcpCounters,
+    pub settings: Settings,
+}
+
+/// One network namespace a snapshot covers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Namespace {
+    /// Its inode (as `readlink /proc/PID/ns/net` and the kernel program report it), `None`
+    /// when unknown.
+    pub inode: Option<u32>,
+    /// What a person calls it: `host` (the namespace of PID 1), the name `ip netns` gave it,
+    /// or a process in it (`pid 4242 (nginx)`).
+    pub name: String,
+    /// A path that leads into it (`None`: the agent's own namespace).
+    pub path: Option<PathBuf>,
+    /// Its sockets: `Snapshot::sockets[sockets]`.
+    pub sockets: Range<usize>,
+    /// Its counters and settings, when the snapshot asked for them.
+    pub stack: Option<Stack>,
+}
+
+/// The TCP sockets of one or more network namespaces, dumped one namespace after the other
+/// from `taken_ns` on. Transitions newer than `taken_ns` may or may not be reflected in it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// Grouped by namespace, in the order of `namespaces`.
+    pub sockets: Vec<DiagSocket>,
+    /// Kernel monotonic ns when the first namespace's dump began.
+    pub taken_ns: u64,
+    /// The namespaces it covers: it says nothing about sockets of any other.
+    pub namespaces: Vec<Namespace>,
+    /// Namespaces that could not be dumped (gone meanwhile, or refused).
+    pub failed: usize,
+}
+
+impl Snapshot {
+    /// A snapshot of one namespace `inode` holding `sockets` (tests, and single dumps).
+    pub fn of(inode: Option<u32>, sockets: Vec<DiagSocket>, taken_ns: u64) -> Self {
+        let namespace = Namespace {
+            inode,
+            name: inode.map_or_else(|| "this namespace".to_owned(), |i| format!("netns {i}")),
+            path: None,
+            sockets: 0..sockets.len(),
+            stack: None,
+        };
+        Self {
+            sockets,
+            taken_ns,
+            namespaces: vec![namespace],
+            failed: 0,
+        }
+    }
+
+    /// Whether it speaks for the sockets of namespace `netns` (a socket of unknown namespace
+    /// is judged by every snapshot).
+    pub fn covers(&self, netns: Option<u32>) -> bool {
+        netns.is_none()
+            || self
+                .namespaces
+                .iter()
+                .any(|n| n.inode == netns || n.inode.is_none())
+    }
+
+    /// Each namespace with its sockets.
+    pub fn by_namespace(&self) -> impl Iterator<Item = (&Namespace, &[DiagSocket])> {
+        self.namespaces
+            .iter()
+            .map(|n| (n, self.sockets.get(n.sockets.clone()).unwrap_or_default()))
     }
 }

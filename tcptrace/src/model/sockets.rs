@@ -7,13 +7,19 @@
 //! sockets never fire the tracepoint, and the kernel may skip program runs (recursion misses).
 //! So TIME_WAIT is *inferred* from those transitions, and a snapshot periodically confirms or
 //! corrects every entry.
+//!
+//! A namespace's TIME_WAIT table is bounded (`net.ipv4.tcp_max_tw_buckets`): when it is full,
+//! `tcp_time_wait()` creates no timewait socket and counts `TCPTimeWaitOverflow` instead, while
+//! the transition is the same. So the TIME_WAIT count never exceeds the namespace's limit, and
+//! the kernel's overflow count takes back as many inferred entries (see
+//! [`SocketTable::time_wait_overflowed`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::num::NonZeroU64;
 
 use crate::model::filter::Filter;
-use crate::model::snapshot::{DiagSocket, Timer};
+use crate::model::snapshot::{DiagSocket, Snapshot, Timer};
 use crate::model::tcp::{STATE_SLOTS, TIME_WAIT_NS, TcpState};
 use crate::model::transition::Transition;
 use crate::model::{CookieHasher, CookieMap};
@@ -34,8 +40,11 @@ pub enum Origin {
 pub struct Tracked {
     pub state: TcpState,
     pub origin: Origin,
-    /// Snapshot generation that last saw this socket.
-    generation: u32,
+    /// Snapshot generation that last saw this socket (it only has to differ from the
+    /// current one: an entry is either seen by a snapshot or removed by it).
+    generation: u16,
+    /// Network namespace inode, 0 when unknown.
+    netns: u32,
     /// When the socket entered `state` (kernel monotonic ns): exact from a transition; for a
     /// socket only snapshots have seen in this state, a lower bound ([`entered_by`]).
     since: MaybeNs,
@@ -96,11 +105,17 @@ pub struct ReconcileReport {
 pub struct SocketTable {
     map: CookieMap<Tracked>,
     counts: [u64; STATE_SLOTS],
+    /// The same per network namespace (inode, 0 for unknown).
+    by_netns: HashMap<u32, [u64; STATE_SLOTS]>,
+    /// Each namespace's `net.ipv4.tcp_max_tw_buckets`, from snapshots.
+    time_wait_limits: HashMap<u32, u64>,
+    /// TIME_WAITs inferred since the last [`SocketTable::time_wait_overflowed`], oldest first.
+    recent_time_waits: Vec<(u32, u64)>,
+    /// Overflows not yet matched with an inferred TIME_WAIT, per namespace.
+    overflow_debt: HashMap<u32, u64>,
     capacity: usize,
-    /// Only sockets of this network namespace are tracked (snapshots cover one namespace).
-    netns: Option<u32>,
     filter: Filter,
-    generation: u32,
+    generation: u16,
     /// Cookies closed by events while a reconcile is in progress: a snapshot taken before the
     /// close must not resurrect them.
     closed_during_reconcile: Option<HashSet<u64, BuildHasherDefault<CookieHasher>>>,
@@ -109,14 +124,17 @@ pub struct SocketTable {
 }
 
 impl SocketTable {
-    pub fn new(capacity: usize, netns: Option<u32>, filter: Filter) -> Self {
+    pub fn new(capacity: usize, filter: Filter) -> Self {
         // Not reserved up front: entries land in random buckets, so a reserved table would be
         // resident in full at once; growth is amortized (a few reallocations per doubling).
         Self {
             map: CookieMap::default(),
             counts: [0; STATE_SLOTS],
+            by_netns: HashMap::new(),
+            time_wait_limits: HashMap::new(),
+            recent_time_waits: Vec::new(),
+            overflow_debt: HashMap::new(),
             capacity,
-            netns,
             filter,
             generation: 0,
             closed_during_reconcile: None,
@@ -140,19 +158,63 @@ impl SocketTable {
         self.map.get(&cookie)
     }
 
-    /// Sockets per state, indexed by the kernel state number.
+    /// Sockets in `state`. TIME_WAIT never counts more in a namespace than its
+    /// `tcp_max_tw_buckets` lets the kernel hold.
     pub fn count(&self, state: TcpState) -> u64 {
-        self.counts[state.slot()]
+        if state != TcpState::TimeWait || self.time_wait_limits.is_empty() {
+            return self.counts[state.slot()];
+        }
+        self.by_netns
+            .iter()
+            .map(|(ns, counts)| self.capped(*ns, state, counts[state.slot()]))
+            .sum()
+    }
+
+    /// Sockets in `state` in namespace `netns` (0: sockets of unknown namespace).
+    pub fn count_in(&self, netns: u32, state: TcpState) -> u64 {
+        self.by_netns
+            .get(&netns)
+            .map_or(0, |counts| self.capped(netns, state, counts[state.slot()]))
+    }
+
+    /// The namespaces with sockets, by how many sockets each has (most first).
+    pub fn namespaces(&self) -> Vec<(u32, u64)> {
+        let mut all: Vec<(u32, u64)> = self
+            .by_netns
+            .iter()
+            .map(|(ns, counts)| (*ns, counts.iter().sum()))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        all
+    }
+
+    fn capped(&self, netns: u32, state: TcpState, count: u64) -> u64 {
+        match (state, self.time_wait_limits.get(&netns)) {
+            (TcpState::TimeWait, Some(&limit)) => count.min(limit),
+            _ => count,
+        }
     }
 
     fn keeps_state(&self, state: TcpState) -> bool {
         self.filter.states.is_empty() || self.filter.states.contains(&state)
     }
 
+    /// Moves one socket of namespace `netns` into (`add`) or out of state `slot`.
+    fn account(&mut self, netns: u32, slot: usize, add: bool) {
+        let ns = self.by_netns.entry(netns).or_insert([0; STATE_SLOTS]);
+        if add {
+            self.counts[slot] += 1;
+            ns[slot] += 1;
+        } else {
+            self.counts[slot] = self.counts[slot].saturating_sub(1);
+            ns[slot] = ns[slot].saturating_sub(1);
+        }
+    }
+
     fn remove(&mut self, cookie: u64) -> Option<Tracked> {
         let old = self.map.remove(&cookie)?;
-        let slot = &mut self.counts[old.state.slot()];
-        *slot = slot.saturating_sub(1);
+        self.account(old.netns, old.state.slot(), false);
         Some(old)
     }
 
@@ -164,9 +226,9 @@ impl SocketTable {
         }
         match self.map.get_mut(&cookie) {
             Some(old) => {
-                let slot = &mut self.counts[old.state.slot()];
-                *slot = slot.saturating_sub(1);
+                let before = *old;
                 *old = entry;
+                self.account(before.netns, before.state.slot(), false);
             }
             None => {
                 if self.map.len() >= self.capacity {
@@ -176,16 +238,12 @@ impl SocketTable {
                 self.map.insert(cookie, entry);
             }
         }
-        self.counts[entry.state.slot()] += 1;
+        self.account(entry.netns, entry.state.slot(), true);
     }
 
     /// Applies one transition.
     pub fn apply(&mut self, t: &Transition) {
-        if let (Some(mine), Some(theirs)) = (self.netns, t.netns)
-            && mine != theirs
-        {
-            return;
-        }
+        let netns = t.netns.unwrap_or(0);
         let entry = |state, origin, expires_ns| Tracked {
             state,
             since: maybe_ns(Some(t.ts_ns)),
@@ -193,6 +251,7 @@ impl SocketTable {
             origin,
             expires: maybe_ns(expires_ns),
             generation: self.generation,
+            netns,
         };
         match (t.old, t.new) {
             // tcp_time_wait(): the full socket becomes a timewait socket and reports CLOSE.
@@ -203,6 +262,9 @@ impl SocketTable {
                     Some(t.ts_ns + TIME_WAIT_NS),
                 );
                 self.put(t.cookie, tw);
+                if self.filter.is_whole_namespace() {
+                    self.recent_time_waits.push((netns, t.cookie));
+                }
             }
             (_, TcpState::Close) => {
                 self.remove(t.cookie);
@@ -219,17 +281,55 @@ impl SocketTable {
 
     /// Drops timewait entries whose timer has run out. Returns how many.
     pub fn expire(&mut self, now_ns: u64) -> usize {
-        let before = self.map.len();
-        let counts = &mut self.counts;
-        self.map.retain(|_, e| {
-            let keep = e.expires_ns().is_none_or(|at| at > now_ns);
-            if !keep {
-                let slot = &mut counts[e.state.slot()];
-                *slot = slot.saturating_sub(1);
+        let expired: Vec<u64> = self
+            .map
+            .iter()
+            .filter(|(_, e)| e.expires_ns().is_some_and(|at| at <= now_ns))
+            .map(|(c, _)| *c)
+            .collect();
+        for cookie in &expired {
+            self.remove(*cookie);
+        }
+        expired.len()
+    }
+
+    /// The kernel found its TIME_WAIT table full `overflows` times in namespace `netns` since
+    /// the last call (`TcpExt.TCPTimeWaitOverflow` grew by that much): that many closes made
+    /// no timewait socket, so as many TIME_WAITs inferred since are taken back (which ones is
+    /// unknowable; the count is what matters). Only a table that tracks every socket of the
+    /// namespace can do so (a filtered one cannot tell whose closes overflowed).
+    pub fn time_wait_overflowed(&mut self, netns: u32, overflows: u64) {
+        if overflows == 0 || !self.filter.is_whole_namespace() {
+            return;
+        }
+        let mut debt = self.overflow_debt.remove(&netns).unwrap_or(0) + overflows;
+        let mut i = self.recent_time_waits.len();
+        while debt > 0 && i > 0 {
+            i -= 1;
+            let (ns, cookie) = self.recent_time_waits[i];
+            if ns != netns {
+                continue;
             }
-            keep
-        });
-        before - self.map.len()
+            self.recent_time_waits.swap_remove(i);
+            if self
+                .map
+                .get(&cookie)
+                .is_some_and(|e| e.origin == Origin::Inferred)
+            {
+                self.remove(cookie);
+                debt -= 1;
+            }
+        }
+        if debt > 0 {
+            // Closes applied after the counter was read: settled at the next call, once.
+            self.overflow_debt.insert(netns, debt.min(overflows));
+        }
+    }
+
+    /// Starts a new overflow interval: TIME_WAITs inferred before now can no longer be taken
+    /// back (the namespaces whose counter did not grow kept theirs).
+    pub fn time_wait_interval(&mut self) {
+        self.recent_time_waits.clear();
     }
 
     /// Starts a reconcile: from now until [`SocketTable::reconcile`], closes are remembered.
@@ -237,15 +337,20 @@ impl SocketTable {
         self.closed_during_reconcile = Some(HashSet::default());
     }
 
-    /// Compares the table with a snapshot taken at `taken_ns` (before the events since then
-    /// were applied) and makes the table agree with the kernel. `seed` is the first snapshot:
-    /// everything it adds is expected, not a correction.
-    pub fn reconcile(
-        &mut self,
-        snapshot: &[DiagSocket],
-        taken_ns: u64,
-        seed: bool,
-    ) -> ReconcileReport {
+    /// Compares the table with a snapshot (taken before the events since then were applied)
+    /// and makes the table agree with the kernel in the namespaces the snapshot covers. `seed`
+    /// is the first snapshot: everything it adds is expected, not a correction.
+    pub fn reconcile(&mut self, snapshot: &Snapshot, seed: bool) -> ReconcileReport {
+        let taken_ns = snapshot.taken_ns;
+        for ns in &snapshot.namespaces {
+            let limit = ns
+                .stack
+                .as_ref()
+                .and_then(|s| s.settings.number("net.ipv4.tcp_max_tw_buckets"));
+            if let (Some(inode), Some(limit)) = (ns.inode, limit) {
+                self.time_wait_limits.insert(inode, limit);
+            }
+        }
         let closed = self.closed_during_reconcile.take().unwrap_or_default();
         self.generation = self.generation.wrapping_add(1);
         let generation = self.generation;
@@ -253,7 +358,7 @@ impl SocketTable {
         // With owner or cgroup filters a snapshot cannot say whether an unknown socket
         // qualifies: it then only updates sockets already tracked from transitions.
         let may_add = self.filter.judges_snapshots();
-        for s in snapshot {
+        for s in &snapshot.sockets {
             if !self.filter.matches_socket(&s.endpoints, s.state) {
                 continue;
             }
@@ -320,16 +425,22 @@ impl SocketTable {
                             origin: Origin::Snapshot,
                             expires: maybe_ns(expires_ns),
                             generation,
+                            netns: s.netns.unwrap_or(0),
                         },
                     );
                 }
             }
         }
-        // Entries the snapshot did not see, and that no event touched since it was taken.
+        // Entries of the namespaces it covers the snapshot did not see, and that no event
+        // touched since it was taken.
         let gone: Vec<(u64, Origin)> = self
             .map
             .iter()
-            .filter(|(_, e)| e.generation != generation && e.updated_ns < taken_ns)
+            .filter(|(_, e)| {
+                e.generation != generation
+                    && e.updated_ns < taken_ns
+                    && snapshot.covers((e.netns != 0).then_some(e.netns))
+            })
             .map(|(c, e)| (*c, e.origin))
             .collect();
         for (cookie, origin) in gone {
@@ -364,7 +475,7 @@ impl SocketTable {
 mod tests {
     use super::*;
     use crate::model::snapshot::Idle;
-    use crate::testing::step;
+    use crate::testing::{snap, step};
 
     const S: u64 = 1_000_000_000;
 
@@ -382,7 +493,7 @@ mod tests {
     }
 
     fn table() -> SocketTable {
-        SocketTable::new(1000, None, Filter::default())
+        SocketTable::new(1000, Filter::default())
     }
 
     use TcpState::*;
@@ -451,14 +562,16 @@ mod tests {
             last_ack_recv_ms: 40_000,
         });
         let r = tab.reconcile(
-            &[
-                diag(1, Established),
-                diag(2, TimeWait),
-                diag(3, Listen),
-                diag(4, SynRecv),
-                leak,
-            ],
-            100 * S,
+            &snap(
+                &[
+                    diag(1, Established),
+                    diag(2, TimeWait),
+                    diag(3, Listen),
+                    diag(4, SynRecv),
+                    leak,
+                ],
+                100 * S,
+            ),
             true,
         );
         assert_eq!(
@@ -487,7 +600,10 @@ mod tests {
         assert_eq!(oldest[Established.slot()], Some(100 * S));
         // A later snapshot keeps the earliest bound.
         tab.begin_reconcile();
-        tab.reconcile(&[diag(1, Established), diag(5, CloseWait)], 150 * S, false);
+        tab.reconcile(
+            &snap(&[diag(1, Established), diag(5, CloseWait)], 150 * S),
+            false,
+        );
         assert_eq!(tab.get(1).unwrap().since_ns(), Some(100 * S));
         assert_eq!(tab.get(5).unwrap().since_ns(), Some(60 * S));
     }
@@ -509,15 +625,17 @@ mod tests {
         fw2.timer = Timer::TimeWait;
         fw2.expires_ms = 50_000;
         let r = tab.reconcile(
-            &[
-                diag(2, Established),
-                diag(3, LastAck),
-                fw2,
-                diag(5, SynSent),
-                diag(6, SynRecv),     // half-open request socket
-                diag(7, Established), // opened while an event was lost
-            ],
-            10 * S,
+            &snap(
+                &[
+                    diag(2, Established),
+                    diag(3, LastAck),
+                    fw2,
+                    diag(5, SynSent),
+                    diag(6, SynRecv),     // half-open request socket
+                    diag(7, Established), // opened while an event was lost
+                ],
+                10 * S,
+            ),
             false,
         );
         // 1 missing, 3 wrong state, 7 unknown.
@@ -545,8 +663,10 @@ mod tests {
         // The next snapshot no longer has the request socket: it vanishes quietly.
         tab.begin_reconcile();
         let r = tab.reconcile(
-            &[diag(2, FinWait1), diag(3, LastAck), diag(7, Established)],
-            20 * S,
+            &snap(
+                &[diag(2, FinWait1), diag(3, LastAck), diag(7, Established)],
+                20 * S,
+            ),
             false,
         );
         assert_eq!(r.corrections, 0, "{r:?}");
@@ -554,20 +674,16 @@ mod tests {
     }
 
     #[test]
-    fn state_filter_and_netns_and_capacity() {
+    fn state_filter_and_capacity() {
         let filter = Filter {
             states: vec![CloseWait],
             ..Default::default()
         };
-        let mut tab = SocketTable::new(2, Some(4026531840), filter);
+        let mut tab = SocketTable::new(2, filter);
         tab.apply(&t(1, Established, CloseWait, S));
         assert_eq!(tab.count(CloseWait), 1);
         tab.apply(&t(1, CloseWait, LastAck, S));
         assert!(tab.is_empty(), "left the filtered states");
-        let mut other_ns = t(2, Established, CloseWait, S);
-        other_ns.netns = Some(7);
-        tab.apply(&other_ns);
-        assert!(tab.is_empty(), "other namespace");
         for c in 10..13 {
             tab.apply(&t(c, Established, CloseWait, S));
         }
@@ -576,12 +692,68 @@ mod tests {
     }
 
     #[test]
+    fn namespaces_are_counted_apart_and_reconciled_only_where_covered() {
+        let mut tab = table();
+        tab.apply(&t(1, SynSent, Established, S));
+        let mut elsewhere = t(2, SynSent, Established, S);
+        elsewhere.netns = Some(7);
+        tab.apply(&elsewhere);
+        assert_eq!(tab.count(Established), 2);
+        assert_eq!(tab.count_in(7, Established), 1);
+        assert_eq!(tab.count_in(4026531840, Established), 1);
+        assert_eq!(tab.namespaces().len(), 2);
+        // A snapshot of namespace 7 alone says nothing of the other one's socket.
+        tab.begin_reconcile();
+        tab.reconcile(&Snapshot::of(Some(7), Vec::new(), 2 * S), false);
+        assert!(tab.get(1).is_some());
+        assert!(tab.get(2).is_none());
+        assert_eq!(tab.count_in(7, Established), 0);
+    }
+
+    #[test]
+    fn time_wait_never_exceeds_the_namespaces_table_and_overflows_take_inferences_back() {
+        use crate::host::stack::Settings;
+        let mut tab = table();
+        let mut seed = snap(&[], S);
+        seed.namespaces[0].stack = Some(crate::model::snapshot::Stack {
+            counters: Default::default(),
+            settings: Settings::from_pairs(&[("net.ipv4.tcp_max_tw_buckets", "3")]),
+        });
+        tab.begin_reconcile();
+        tab.reconcile(&seed, true);
+        for c in 1..=5 {
+            tab.apply(&t(c, FinWait2, Close, 2 * S));
+        }
+        assert_eq!(tab.count(TimeWait), 3, "the kernel holds at most 3");
+        assert_eq!(tab.count_in(4026531840, TimeWait), 3);
+        // The kernel says 2 of those closes found the table full.
+        tab.time_wait_overflowed(4026531840, 2);
+        assert_eq!(tab.len(), 3);
+        tab.time_wait_interval();
+        tab.apply(&t(6, FinWait2, Close, 3 * S));
+        // An overflow of a namespace with nothing inferred since waits, once, for its close.
+        tab.time_wait_overflowed(7, 1);
+        assert_eq!(tab.len(), 4);
+        // Filtered tables cannot tell whose closes overflowed.
+        let mut filtered = SocketTable::new(
+            10,
+            Filter {
+                ports: vec![80],
+                ..Default::default()
+            },
+        );
+        filtered.apply(&t(1, FinWait2, Close, S));
+        filtered.time_wait_overflowed(4026531840, 1);
+        assert_eq!(filtered.len(), 1);
+    }
+
+    #[test]
     fn counts_never_underflow() {
         let mut tab = table();
         tab.apply(&t(1, Established, Close, S));
         tab.expire(u64::MAX);
         tab.begin_reconcile();
-        tab.reconcile(&[], S, false);
+        tab.reconcile(&snap(&[], S), false);
         assert!(tab.counts.iter().all(|&c| c == 0));
     }
 }

@@ -99,6 +99,24 @@ pub struct Transition {
     pub cgroup: Option<u64>,
     /// The socket has received a RST so far in its life (`tcp:tcp_receive_reset`).
     pub rst_received: bool,
+    /// For a server child: the id of the listener it came from (the `cookie` of that
+    /// listener's transitions and snapshots), `None` when unknown.
+    pub listener: Option<u64>,
+    /// On a server child's `SYN_RECV -> ESTABLISHED`: kernel monotonic ns when the server sent
+    /// its first SYN-ACK for it (`tcp_rsk(req)->snt_synack`, set by `tcp_make_synack()`); the
+    /// server's handshake is `ts_ns` minus this. `None` when unknown.
+    pub request_ns: Option<u64>,
+}
+
+impl Transition {
+    /// How long the handshake took as the server saw it, from its first SYN-ACK to the
+    /// connection being established (`None` unless this is a server child's
+    /// `SYN_RECV -> ESTABLISHED` whose request the program found).
+    pub fn server_handshake_ns(&self) -> Option<u64> {
+        self.request_ns
+            .filter(|&sent| sent <= self.ts_ns)
+            .map(|sent| self.ts_ns - sent)
+    }
 }
 
 #[cfg(test)]

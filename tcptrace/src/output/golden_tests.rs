@@ -18,7 +18,7 @@ use crate::kernel::loader::KernelCounters;
 use crate::model::cgroup::CgroupInfo;
 use crate::model::connections::ConnectionTable;
 use crate::model::filter::Filter;
-use crate::model::snapshot::{DiagSocket, Idle, Timer};
+use crate::model::snapshot::{DiagSocket, Idle, Namespace, Stack, Timer};
 use crate::model::tcp::{Family, TcpState};
 use crate::output::json;
 use crate::output::report::Report;
@@ -136,7 +136,8 @@ fn tail_json_lines_match_the_golden_file() {
     golden("tail.jsonl", &all);
 }
 
-/// Feeds `(old, new, at_ms, rst)` steps for one socket, each dwell the time since the last.
+/// Feeds `(old, new, at_ms, rst)` steps for one socket, each dwell the time since the last; a
+/// server child's request sent its first SYN-ACK at 0 ms.
 fn feed(
     table: &mut ConnectionTable,
     raw: &RawTransition,
@@ -148,6 +149,9 @@ fn feed(
         r.in_old_ns = prev.map_or(DWELL_UNKNOWN, |p| (at - p) * MS);
         if rst {
             r.flags |= flags::RST_RECEIVED;
+        }
+        if (old, new) == (TcpState::SynRecv, TcpState::Established) {
+            r.request_ns = S;
         }
         prev = Some(at);
         table.apply(&raw_transition(&r));
@@ -162,7 +166,6 @@ fn diag(cookie: u64, state: TcpState, local: &str, remote: &str) -> DiagSocket {
 fn life_json_lines_match_the_golden_file() {
     use TcpState::*;
     let mut table = ConnectionTable::new(100);
-    table.netns = Some(4026531840);
     table.wait_time_wait = true;
     let base = raw_v4();
     let with = |cookie: u64| {
@@ -253,8 +256,8 @@ fn life_json_lines_match_the_golden_file() {
     let mut orphan = diag(8, FinWait2, "127.0.0.1:45678", "10.1.2.3:8080");
     orphan.timer = Timer::TimeWait;
     orphan.expires_ms = 30_000;
-    table.snapshot(&[tw, orphan], 2 * S);
-    table.snapshot(&[orphan], 3 * S);
+    table.snapshot(&crate::testing::snap(&[tw, orphan], 2 * S));
+    table.snapshot(&crate::testing::snap(&[orphan], 3 * S));
     table.expire(200 * S);
     // One more active close, still in TIME_WAIT when tracing stops.
     feed(
@@ -335,6 +338,7 @@ fn doctor_json_matches_the_golden_file() {
     ]);
     let baseline = Baseline::new(&[], 90 * S, before);
     let scene = Scene {
+        netns: Some(4026531840),
         sockets: &sockets,
         taken_ns: 100 * S,
         counters: &after,
@@ -348,12 +352,27 @@ fn doctor_json_matches_the_golden_file() {
             comm: "web\\1".into(),
         },
     )]);
-    let findings = diagnosis::diagnose(&scene, &obs, &mut owners, &Thresholds::default());
+    let mut findings = diagnosis::diagnose(&scene, &obs, &mut owners, &Thresholds::default());
+    // As the window names them.
+    for f in &mut findings {
+        f.netns = Some(4026531840);
+        f.namespace = Some("host".into());
+    }
+    let host = [Namespace {
+        inode: Some(4026531840),
+        name: "host".into(),
+        path: None,
+        sockets: 0..sockets.len(),
+        stack: Some(Stack {
+            counters: after.clone(),
+            settings: settings.clone(),
+        }),
+    }];
     let report = Report {
         time: clock().timestamp(100 * S),
         findings: &findings,
         sockets: &sockets,
-        settings: &settings,
+        namespaces: &host,
         obs: &obs,
         kernel: KernelCounters {
             ring_full: 1,
@@ -361,18 +380,23 @@ fn doctor_json_matches_the_golden_file() {
             ..KernelCounters::default()
         },
         window_s: 10.0,
-        netns: Some(4026531840),
     };
     let mut all = json::doctor(&report);
+    let blue = [Namespace {
+        inode: Some(4026532999),
+        name: "blue".into(),
+        path: None,
+        sockets: 0..0,
+        stack: None,
+    }];
     let healthy = Report {
         time: clock().timestamp(0),
         findings: &[],
         sockets: &[],
-        settings: &Settings::default(),
+        namespaces: &blue,
         obs: &Observations::new(1),
         kernel: KernelCounters::default(),
         window_s: 0.25,
-        netns: None,
     };
     let _ = write!(all, "{}", json::doctor(&healthy));
     golden("doctor.json", &all);

@@ -264,6 +264,8 @@ impl Serialize for Settings<'_> {
 #[derive(Serialize)]
 struct FindingRecord<'a> {
     kind: Kind,
+    netns: Option<u32>,
+    namespace: Option<&'a str>,
     severity: Severity,
     statement: &'a str,
     count: u64,
@@ -278,6 +280,8 @@ impl Serialize for Finding {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         FindingRecord {
             kind: self.kind,
+            netns: self.netns,
+            namespace: self.namespace.as_deref(),
             severity: self.severity,
             statement: &self.statement,
             count: self.count,
@@ -324,10 +328,19 @@ struct DoctorRecord<'a> {
     worst: Option<Severity>,
     exit_code: u8,
     window_s: Fixed3,
+    /// The namespace looked at, when it was one.
     netns: Option<u32>,
+    namespaces: Vec<NamespaceRecord<'a>>,
     summary: Summary,
     settings: Settings<'a>,
     findings: &'a [Finding],
+}
+
+#[derive(Serialize)]
+struct NamespaceRecord<'a> {
+    netns: Option<u32>,
+    name: &'a str,
+    sockets: usize,
 }
 
 /// `doctor -o json`: one object and a newline.
@@ -339,7 +352,16 @@ pub fn doctor(r: &Report<'_>) -> String {
         worst: r.worst(),
         exit_code: r.exit_code(),
         window_s: Fixed3(r.window_s),
-        netns: r.netns,
+        netns: r.netns().and_then(|n| n.inode),
+        namespaces: r
+            .namespaces
+            .iter()
+            .map(|n| NamespaceRecord {
+                netns: n.inode,
+                name: &n.name,
+                sockets: n.sockets.len(),
+            })
+            .collect(),
         summary: Summary {
             sockets: r.sockets.len(),
             states: StateCounts(r.state_counts()),
@@ -350,7 +372,7 @@ pub fn doctor(r: &Report<'_>) -> String {
             connections_evicted: obs.evicted(),
             ends_not_kept: obs.ended_overflow,
         },
-        settings: Settings(r.settings.iter().collect()),
+        settings: Settings(r.settings().iter().collect()),
         findings: r.findings,
     };
     // Serializing our own records to a String cannot fail (no I/O, no non-string keys).

@@ -14,13 +14,12 @@ use prometheus::{
 
 use crate::diagnosis::Finding;
 use crate::diagnosis::evidence::LazyOwners;
-use crate::diagnosis::window::{View, Window};
+use crate::diagnosis::window::Window;
 use crate::host::clock::monotonic_ns;
-use crate::host::stack::{Settings, TcpCounters};
 use crate::kernel::loader::KernelCounters;
 use crate::model::cgroup::CgroupInfo;
 use crate::model::connections::{Connection, Role};
-use crate::model::snapshot::DiagSocket;
+use crate::model::snapshot::Snapshot;
 use crate::model::sockets::SocketTable;
 use crate::model::tcp::{STATE_SLOTS, TcpState};
 use crate::model::transition::Transition;
@@ -60,6 +59,9 @@ pub struct Metrics {
     handshake_server: Histogram,
     connect_failures: IntCounter,
     sockets: IntGaugeVec,
+    /// Per namespace, when asked for (`--metrics.namespace-limit`): that many namespaces.
+    namespace_sockets: Option<(IntGaugeVec, usize)>,
+    time_wait_overflows: IntCounter,
     oldest: prometheus::GaugeVec,
     lost_ring_full: IntCounter,
     lost_recursion: IntCounter,
@@ -93,7 +95,8 @@ fn must<T>(r: prometheus::Result<T>) -> T {
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Self> {
+    /// Every metric; `namespace_limit` namespaces get socket gauges of their own (0: none).
+    pub fn new(namespace_limit: u64) -> Arc<Self> {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| registered(&registry, IntCounter::new(name, help));
         let duration_opts = |name: &str, help: &str| {
@@ -125,7 +128,7 @@ impl Metrics {
             HistogramVec::new(
                 duration_opts(
                     "tcptrace_handshake_duration_seconds",
-                    "TCP handshake time: SYN_SENT -> ESTABLISHED (client), SYN_RECV -> ESTABLISHED (server).",
+                    "TCP handshake time: SYN_SENT -> ESTABLISHED (client); the first SYN-ACK sent -> ESTABLISHED (server, when the kernel program found the connection's request).",
                 ),
                 &["role"],
             ),
@@ -135,11 +138,24 @@ impl Metrics {
             IntGaugeVec::new(
                 Opts::new(
                     "tcptrace_sockets",
-                    "TCP sockets currently in each state in the agent's network namespace (TIME_WAIT included).",
+                    "TCP sockets currently in each state in the traced network namespaces: every namespace on the host, or the one --netns/--netns-path names (TIME_WAIT included, never more than each namespace's tcp_max_tw_buckets).",
                 ),
                 &["state"],
             ),
         );
+        let namespace_sockets = (namespace_limit > 0).then(|| {
+            let gauges = registered(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tcptrace_namespace_sockets",
+                        "TCP sockets in each state per network namespace, for the namespaces with the most sockets (--metrics.namespace-limit); the rest are summed under netns=\"other\".",
+                    ),
+                    &["netns", "namespace", "state"],
+                ),
+            );
+            (gauges, namespace_limit as usize)
+        });
         let oldest = registered(
             &registry,
             prometheus::GaugeVec::new(
@@ -210,6 +226,11 @@ impl Metrics {
                 "Connects that failed: SYN_SENT -> CLOSE (refused, timed out, or aborted).",
             ),
             sockets,
+            namespace_sockets,
+            time_wait_overflows: counter(
+                "tcptrace_time_wait_overflows_total",
+                "Closes that found a namespace's TIME_WAIT table full (net.ipv4.tcp_max_tw_buckets) and so left no TIME_WAIT socket (the kernel's TcpExt.TCPTimeWaitOverflow, in namespaces where tcptrace saw such closes).",
+            ),
             oldest,
             lost_ring_full: lost.with_label_values(&["ring_full"]),
             lost_recursion: lost.with_label_values(&["recursion"]),
@@ -309,6 +330,10 @@ pub struct MetricsSink {
     last_snapshot_errors: u64,
     last_evicted: u64,
     last_sent: u64,
+    /// Namespace names from snapshots, for the per-namespace gauges.
+    names: std::collections::HashMap<u32, String>,
+    /// The per-namespace series last published, to remove those that went away.
+    published: Vec<(String, String)>,
 }
 
 impl MetricsSink {
@@ -329,6 +354,8 @@ impl MetricsSink {
             last_snapshot_errors: 0,
             last_evicted: 0,
             last_sent: 0,
+            names: std::collections::HashMap::new(),
+            published: Vec::new(),
         }
     }
 
@@ -349,19 +376,11 @@ impl MetricsSink {
 
     /// Ends the diagnosis window at this snapshot (exporting its findings) and starts the
     /// next one.
-    fn evaluate_findings(&mut self, sockets: &[DiagSocket], taken_ns: u64) {
-        let counters = TcpCounters::read();
-        let settings = Settings::read();
-        let view = View {
-            sockets,
-            taken_ns,
-            counters: &counters,
-            settings: &settings,
-        };
-        if let Some(evaluation) = self.window.evaluate(&view, &mut LazyOwners::default()) {
+    fn evaluate_findings(&mut self, snapshot: &Snapshot) {
+        if let Some(evaluation) = self.window.evaluate(snapshot, &mut LazyOwners::default()) {
             self.metrics.set_findings(&evaluation.findings);
         }
-        self.window.restart(&view);
+        self.window.restart(snapshot);
     }
 
     /// `tx` receives one message once the seed snapshot has been applied.
@@ -370,7 +389,7 @@ impl MetricsSink {
         self
     }
 
-    fn publish_gauges(&self, now_ns: u64) {
+    fn publish_gauges(&mut self, now_ns: u64) {
         let oldest = self.table.oldest(now_ns);
         for state in GAUGE_STATES {
             let count = self.table.count(state).min(i64::MAX as u64) as i64;
@@ -384,6 +403,51 @@ impl MetricsSink {
                 .with_label_values(&[state.label()])
                 .set(age);
         }
+        self.publish_namespaces();
+    }
+
+    /// The per-namespace gauges: the namespaces with the most sockets, the rest as "other".
+    fn publish_namespaces(&mut self) {
+        let Some((gauges, limit)) = &self.metrics.namespace_sockets else {
+            return;
+        };
+        let namespaces = self.table.namespaces();
+        let mut now: Vec<(String, String)> = Vec::new();
+        for &(netns, _) in namespaces.iter().take(*limit) {
+            let name = self.names.get(&netns).cloned().unwrap_or_default();
+            let inode = if netns == 0 {
+                "unknown".to_owned()
+            } else {
+                netns.to_string()
+            };
+            for state in GAUGE_STATES {
+                let count = self.table.count_in(netns, state).min(i64::MAX as u64) as i64;
+                gauges
+                    .with_label_values(&[&inode, &name, state.label()])
+                    .set(count);
+            }
+            now.push((inode, name));
+        }
+        if namespaces.len() > *limit {
+            for state in GAUGE_STATES {
+                let rest: u64 = namespaces[*limit..]
+                    .iter()
+                    .map(|&(netns, _)| self.table.count_in(netns, state))
+                    .sum();
+                gauges
+                    .with_label_values(&["other", "", state.label()])
+                    .set(rest.min(i64::MAX as u64) as i64);
+            }
+            now.push(("other".to_owned(), String::new()));
+        }
+        for (inode, name) in &self.published {
+            if !now.contains(&(inode.clone(), name.clone())) {
+                for state in GAUGE_STATES {
+                    let _ = gauges.remove_label_values(&[inode, name, state.label()]);
+                }
+            }
+        }
+        self.published = now;
     }
 }
 
@@ -429,11 +493,14 @@ impl Sink for MetricsSink {
             self.durations[old]
                 .get_or_insert_with(|| m.state_duration.with_label_values(&[t.old.label()]))
                 .observe(secs);
-            match (t.old, t.new) {
-                (TcpState::SynSent, TcpState::Established) => m.handshake_client.observe(secs),
-                (TcpState::SynRecv, TcpState::Established) => m.handshake_server.observe(secs),
-                _ => {}
+            if (t.old, t.new) == (TcpState::SynSent, TcpState::Established) {
+                m.handshake_client.observe(secs);
             }
+        }
+        // A server child's SYN_RECV lasts microseconds (it is created by the final ACK): its
+        // handshake runs from the request's first SYN-ACK.
+        if let Some(ns) = t.server_handshake_ns() {
+            m.handshake_server.observe(ns as f64 / 1e9);
         }
         if (t.old, t.new) == (TcpState::SynSent, TcpState::Close) {
             m.connect_failures.inc();
@@ -443,6 +510,11 @@ impl Sink for MetricsSink {
     }
 
     fn tick(&mut self, tick: &Tick) {
+        for &(netns, overflows) in &tick.time_wait_overflows {
+            self.table.time_wait_overflowed(netns, overflows);
+            self.metrics.time_wait_overflows.inc_by(overflows);
+        }
+        self.table.time_wait_interval();
         self.table.expire(tick.now_ns);
         self.publish_gauges(tick.now_ns);
         let m = &self.metrics;
@@ -484,15 +556,21 @@ impl Sink for MetricsSink {
         self.table.begin_reconcile();
     }
 
-    fn snapshot(&mut self, sockets: &[DiagSocket], taken_ns: u64) {
-        let report = self.table.reconcile(sockets, taken_ns, !self.seeded);
+    fn snapshot(&mut self, snapshot: &Snapshot) {
+        self.names.clear();
+        for ns in &snapshot.namespaces {
+            if let Some(inode) = ns.inode {
+                self.names.insert(inode, ns.name.clone());
+            }
+        }
+        let report = self.table.reconcile(snapshot, !self.seeded);
         self.seeded = true;
         self.metrics.reconciles.inc();
         self.metrics
             .reconcile_corrections
             .inc_by(report.corrections);
         self.publish_gauges(monotonic_ns());
-        self.evaluate_findings(sockets, taken_ns);
+        self.evaluate_findings(snapshot);
         if let Some(tx) = self.on_seeded.take() {
             let _ = tx.send(());
         }
@@ -513,8 +591,8 @@ mod tests {
     fn sink(metrics: &Arc<Metrics>) -> MetricsSink {
         MetricsSink::new(
             metrics.clone(),
-            SocketTable::new(100, None, Filter::default()),
-            Window::new(100, Filter::default(), Thresholds::default(), None),
+            SocketTable::new(100, Filter::default()),
+            Window::new(100, Filter::default(), Thresholds::default()),
         )
     }
 
@@ -524,12 +602,19 @@ mod tests {
 
     #[test]
     fn transitions_durations_handshakes_and_failures() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(0);
         let mut sink = sink(&metrics);
         use TcpState::*;
         sink.transition(&t(Close, SynSent, None), None).unwrap();
         sink.transition(&t(SynSent, Established, Some(40_000)), None)
             .unwrap();
+        // A server child: its SYN_RECV dwell (7 µs) is not its handshake; its request's first
+        // SYN-ACK, 1 s before, is where the handshake started.
+        let mut child = t(SynRecv, Established, Some(7_000));
+        child.ts_ns = 5_000_000_000;
+        child.request_ns = Some(4_000_000_000);
+        sink.transition(&child, None).unwrap();
+        // Without the request's time, no server observation at all (never 0).
         sink.transition(&t(SynRecv, Established, Some(7_000)), None)
             .unwrap();
         sink.transition(&t(SynSent, Close, Some(3_000_000_000)), None)
@@ -550,6 +635,7 @@ mod tests {
             "tcptrace_handshake_duration_seconds_bucket{role=\"client\",le=\"0.000025\"} 0"
         ));
         assert!(text.contains("tcptrace_handshake_duration_seconds_count{role=\"server\"} 1"));
+        assert!(text.contains("tcptrace_handshake_duration_seconds_sum{role=\"server\"} 1\n"));
         assert!(text.contains("tcptrace_connect_failures_total 1"));
         assert!(
             text.contains(
@@ -561,16 +647,18 @@ mod tests {
         // Unknown dwell is not observed: syn_sent has 2 observations (40 µs and 3 s).
         assert!(text.contains("tcptrace_state_duration_seconds_count{state=\"syn_sent\"} 2"));
         assert!(!text.contains("tcptrace_state_duration_seconds_count{state=\"close\"}"));
-        assert!(text.contains("tcptrace_events_processed_total 4"));
+        assert!(text.contains("tcptrace_events_processed_total 5"));
         assert!(text.contains("tcptrace_build_info{version=\""));
     }
 
     #[test]
     fn findings_are_exported_and_cleared() {
         use crate::diagnosis::{Kind, Severity};
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(0);
         let finding = |kind, severity, count| Finding {
             kind,
+            netns: None,
+            namespace: None,
             severity,
             statement: String::new(),
             count,
@@ -602,7 +690,7 @@ mod tests {
 
     #[test]
     fn gauges_losses_and_reconcile_counters() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(0);
         let mut sink = sink(&metrics);
         use TcpState::*;
         let mut est = t(SynSent, Established, Some(1));
@@ -617,6 +705,7 @@ mod tests {
                 sent: 9,
                 ..Default::default()
             },
+            time_wait_overflows: Vec::new(),
         };
         sink.tick(&tick);
         let text = scrape(&metrics);
@@ -636,10 +725,10 @@ mod tests {
 
         // Seed: no corrections; then a snapshot without the socket: one correction.
         sink.begin_snapshot();
-        sink.snapshot(&[], 500_000_000);
+        sink.snapshot(&crate::testing::snap(&[], 500_000_000));
         assert!(scrape(&metrics).contains("tcptrace_reconcile_corrections_total 0"));
         sink.begin_snapshot();
-        sink.snapshot(&[], 20_000_000_000);
+        sink.snapshot(&crate::testing::snap(&[], 20_000_000_000));
         let text = scrape(&metrics);
         assert!(
             text.contains("tcptrace_reconcile_corrections_total 1"),
@@ -651,7 +740,7 @@ mod tests {
 
     #[test]
     fn process_metrics_come_from_the_process_collector() {
-        let text = scrape(&Metrics::new());
+        let text = scrape(&Metrics::new(0));
         for name in [
             "process_cpu_seconds_total",
             "process_resident_memory_bytes",

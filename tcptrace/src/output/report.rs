@@ -7,7 +7,7 @@ use crate::diagnosis::window::Observations;
 use crate::diagnosis::{Finding, Kind, STATES_EXPLAINED, Severity};
 use crate::host::stack::Settings;
 use crate::kernel::loader::KernelCounters;
-use crate::model::snapshot::DiagSocket;
+use crate::model::snapshot::{DiagSocket, Namespace};
 use crate::model::tcp::TcpState;
 
 /// `doctor --explain`: the states and every finding, in words.
@@ -59,14 +59,42 @@ pub struct Report<'a> {
     pub time: jiff::Timestamp,
     pub findings: &'a [Finding],
     pub sockets: &'a [DiagSocket],
-    pub settings: &'a Settings,
+    /// The namespaces the snapshots covered.
+    pub namespaces: &'a [Namespace],
     pub obs: &'a Observations,
     pub kernel: KernelCounters,
     pub window_s: f64,
-    pub netns: Option<u32>,
 }
 
+static NO_SETTINGS: std::sync::LazyLock<Settings> = std::sync::LazyLock::new(Settings::default);
+
 impl Report<'_> {
+    /// The one namespace looked at, when it was one.
+    pub fn netns(&self) -> Option<&Namespace> {
+        match self.namespaces {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
+    /// The settings shown: those of the one namespace looked at, else the host's.
+    pub fn settings(&self) -> &Settings {
+        self.netns()
+            .or_else(|| self.namespaces.iter().find(|n| n.name == "host"))
+            .or(self.namespaces.first())
+            .and_then(|n| n.stack.as_ref())
+            .map_or(&NO_SETTINGS, |s| &s.settings)
+    }
+
+    /// What was looked at, in words: "the host" (every namespace) or one namespace.
+    fn scope(&self) -> String {
+        match self.netns() {
+            Some(ns) if ns.name != "host" => format!("network namespace {}", ns.name),
+            Some(_) => "the host".to_owned(),
+            None => format!("the host ({} network namespaces)", self.namespaces.len()),
+        }
+    }
+
     pub fn worst(&self) -> Option<Severity> {
         self.findings.iter().map(|f| f.severity).max()
     }
@@ -122,10 +150,9 @@ impl Report<'_> {
             .collect();
         let _ = writeln!(
             out,
-            "tcptrace doctor: watched {:.1} s{}: {} sockets ({}), {} transitions, {} connections closed{}",
+            "tcptrace doctor: watched {} for {:.1} s: {} sockets ({}), {} transitions, {} connections closed{}",
+            self.scope(),
             self.window_s,
-            self.netns
-                .map_or_else(String::new, |n| format!(" in netns {n}")),
             self.sockets.len(),
             if states.is_empty() {
                 "none".to_owned()
@@ -137,7 +164,7 @@ impl Report<'_> {
             self.incomplete()
         );
         if self.findings.iter().all(|f| f.severity == Severity::Info) {
-            out.push_str("\nNo problems found: the host looks healthy.\n");
+            let _ = writeln!(out, "\nNo problems found: {} looks healthy.", self.scope());
         }
         for f in self.findings {
             let _ = writeln!(
@@ -147,6 +174,14 @@ impl Report<'_> {
                 f.kind.name(),
                 f.statement
             );
+            if self.netns().is_none()
+                && let Some(ns) = &f.namespace
+            {
+                let inode = f
+                    .netns
+                    .map_or_else(String::new, |i| format!(" (netns {i})"));
+                let _ = writeln!(out, "  in        {ns}{inode}");
+            }
             let _ = writeln!(out, "  evidence  {}", key_values(&f.facts));
             for g in &f.top {
                 let oldest = g
@@ -210,6 +245,8 @@ mod tests {
     fn finding(severity: Severity) -> Finding {
         Finding {
             kind: Kind::CloseWaitLeak,
+            netns: None,
+            namespace: None,
             severity,
             statement: "3 socket(s) in \"CLOSE_WAIT\"".into(),
             count: 3,
@@ -237,20 +274,33 @@ mod tests {
         }
     }
 
+    /// A namespace named `name` whose settings are `settings`.
+    fn namespace(name: &str, inode: u32, settings: &Settings) -> Namespace {
+        Namespace {
+            inode: Some(inode),
+            name: name.into(),
+            path: None,
+            sockets: 0..0,
+            stack: Some(crate::model::snapshot::Stack {
+                counters: Default::default(),
+                settings: settings.clone(),
+            }),
+        }
+    }
+
     fn report<'a>(
         findings: &'a [Finding],
         obs: &'a Observations,
-        settings: &'a Settings,
+        namespaces: &'a [Namespace],
     ) -> Report<'a> {
         Report {
             time: jiff::Timestamp::UNIX_EPOCH,
             findings,
             sockets: &[],
-            settings,
+            namespaces,
             obs,
             kernel: KernelCounters::default(),
             window_s: 5.0,
-            netns: Some(4026531840),
         }
     }
 
@@ -259,7 +309,8 @@ mod tests {
         let obs = Observations::new(10);
         let settings = Settings::from_pairs(&[("net.ipv4.tcp_fin_timeout", "60")]);
         let findings = [finding(Severity::Critical), finding(Severity::Info)];
-        let r = report(&findings, &obs, &settings);
+        let host = [namespace("host", 4026531840, &settings)];
+        let r = report(&findings, &obs, &host);
         let v: serde_json::Value = serde_json::from_str(&crate::output::json::doctor(&r)).unwrap();
         assert_eq!(v["healthy"], false);
         assert_eq!(v["worst"], "critical");
@@ -281,7 +332,8 @@ mod tests {
     fn text_report_says_healthy_or_lists_findings_with_exit_code() {
         let obs = Observations::new(10);
         let settings = Settings::default();
-        let healthy = report(&[], &obs, &settings);
+        let host = [namespace("host", 4026531840, &settings)];
+        let healthy = report(&[], &obs, &host);
         assert_eq!(healthy.exit_code(), 0);
         let text = healthy.text();
         assert!(text.contains("the host looks healthy"), "{text}");
@@ -291,7 +343,7 @@ mod tests {
                 recursion_misses: 3,
                 ..KernelCounters::default()
             },
-            ..report(&[], &obs, &settings)
+            ..report(&[], &obs, &host)
         };
         assert!(
             lossy
@@ -303,7 +355,7 @@ mod tests {
             "{text}"
         );
         let findings = [finding(Severity::Warning)];
-        let sick = report(&findings, &obs, &settings);
+        let sick = report(&findings, &obs, &host);
         let text = sick.text();
         assert_eq!(sick.exit_code(), 1);
         assert!(!text.contains("healthy"), "{text}");
@@ -321,6 +373,40 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn each_namespace_is_named_where_it_matters() {
+        let obs = Observations::new(10);
+        let settings = Settings::default();
+        let blue = [namespace("blue", 7, &settings)];
+        let text = report(&[], &obs, &blue).text();
+        assert!(
+            text.contains("watched network namespace blue for 5.0 s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("network namespace blue looks healthy"),
+            "{text}"
+        );
+        let all = [
+            namespace("host", 1, &settings),
+            namespace("blue", 7, &settings),
+        ];
+        let mut f = finding(Severity::Warning);
+        f.netns = Some(7);
+        f.namespace = Some("blue".into());
+        let findings = [f];
+        let text = report(&findings, &obs, &all).text();
+        assert!(text.contains("the host (2 network namespaces)"), "{text}");
+        assert!(text.contains("  in        blue (netns 7)"), "{text}");
+        let v: serde_json::Value =
+            serde_json::from_str(&crate::output::json::doctor(&report(&findings, &obs, &all)))
+                .unwrap();
+        assert_eq!(v["findings"][0]["netns"], 7);
+        assert_eq!(v["findings"][0]["namespace"], "blue");
+        assert_eq!(v["namespaces"][1]["name"], "blue");
+        assert_eq!(v["netns"], serde_json::Value::Null);
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, th: &Thresholds) -> Option<Finding> {
     };
     Some(Finding {
         kind: Kind::CloseWaitLeak,
+        netns: None,
+        namespace: None,
         severity,
         statement: format!(
             "{n} socket(s) in CLOSE_WAIT for over {}: the peer closed and the application never \

@@ -1,4 +1,5 @@
-//! `connect_failures`: outgoing connects that failed in the window: refused, timed out or abandoned.
+//! `connect_failures`: outgoing connects that failed in the window: refused, timed out,
+//! abandoned, or without a free local port.
 
 use crate::diagnosis::evidence::Ctx;
 use crate::diagnosis::{Finding, Kind, Severity, Thresholds};
@@ -15,35 +16,40 @@ pub const EXPLAIN: &str = "Outgoing connects that went SYN_SENT -> CLOSE during 
 --connect-failures of them. Refused: the peer answered the SYN with a RST (nothing listens, or \
 a firewall rejects). Timed out: no answer at all until tcp_syn_retries ran out (a firewall \
 dropping, a route or host down). Abandoned: the application gave up before the kernel did \
-(non-blocking connect with its own timeout).";
+(non-blocking connect with its own timeout). No local port: connect() failed with EADDRNOTAVAIL \
+before sending a SYN, every local port towards that destination being taken (TIME_WAIT \
+included): the ephemeral port range (ip_local_port_range) is exhausted.";
 
 pub(crate) fn check(ctx: &mut Ctx<'_>, th: &Thresholds) -> Option<Finding> {
-    let obs = ctx.obs;
-    let failed: Vec<&Ended> = obs
-        .ended
-        .iter()
+    let failed: Vec<&Ended> = ctx
+        .ends()
         .filter(|e| {
             e.role == Role::Client
-                && matches!(e.end, End::Refused | End::Timeout | End::HandshakeAborted)
+                && matches!(
+                    e.end,
+                    End::Refused | End::Timeout | End::HandshakeAborted | End::PortsExhausted
+                )
         })
         .collect();
     let count = |end: End| failed.iter().filter(|e| e.end == end).count() as u64;
-    let (refused, timeout, abandoned) = (
+    let (refused, timeout, abandoned, no_port) = (
         count(End::Refused),
         count(End::Timeout),
         count(End::HandshakeAborted),
+        count(End::PortsExhausted),
     );
     let n = failed.len() as u64;
     if n == 0 || n < th.connect_failures {
         return None;
     }
     // Per destination: how many of each kind.
-    let mut dest: BTreeMap<SocketAddr, [u64; 3]> = BTreeMap::new();
+    let mut dest: BTreeMap<SocketAddr, [u64; 4]> = BTreeMap::new();
     for e in &failed {
         let c = dest.entry(e.remote).or_default();
         match e.end {
             End::Refused => c[0] += 1,
             End::Timeout => c[1] += 1,
+            End::PortsExhausted => c[3] += 1,
             _ => c[2] += 1,
         }
     }
@@ -58,6 +64,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, th: &Thresholds) -> Option<Finding> {
                 ("remote", Fact::Endpoint(*addr)),
                 ("refused", Fact::Count(c[0])),
                 ("timed_out", Fact::Count(c[1])),
+                ("no_local_port", Fact::Count(c[3])),
                 ("abandoned", Fact::Count(c[2])),
             ],
             count: c.iter().sum(),
@@ -88,6 +95,14 @@ connect timeout.",
             retries = ctx.setting("net.ipv4.tcp_syn_retries"),
         ));
     }
+    if no_port > 0 {
+        advice.push(format!(
+            "No local port: every port of net.ipv4.ip_local_port_range ({}) towards the \
+destination is taken, most likely by TIME_WAIT: reuse connections (keep-alive, a pool), set \
+net.ipv4.tcp_tw_reuse=1, or widen the range.",
+            ctx.setting("net.ipv4.ip_local_port_range")
+        ));
+    }
     if abandoned > 0 {
         advice.push(
             "Abandoned: the application gave up on a connect still in progress (its own connect \
@@ -97,10 +112,13 @@ timeout is shorter than the handshake took)."
     }
     Some(Finding {
         kind: Kind::ConnectFailures,
+        netns: None,
+        namespace: None,
         severity: Severity::Warning,
         statement: format!(
             "{n} outgoing connect(s) failed in {:.1} s: {refused} refused (RST), {timeout} timed \
-out (no answer), {abandoned} abandoned; most to {worst_dest} ({worst_n})",
+out (no answer), {abandoned} abandoned, {no_port} without a free local port; most to \
+{worst_dest} ({worst_n})",
             ctx.window_s
         ),
         count: n,
@@ -109,11 +127,15 @@ out (no answer), {abandoned} abandoned; most to {worst_dest} ({worst_n})",
             ("refused", Fact::Count(refused)),
             ("timed_out", Fact::Count(timeout)),
             ("abandoned", Fact::Count(abandoned)),
+            ("no_local_port", Fact::Count(no_port)),
             ("attempt_fails", Fact::Count(ctx.delta("Tcp.AttemptFails"))),
         ],
         top,
         examples: Vec::new(),
-        settings: ctx.scene.settings.pick(&["net.ipv4.tcp_syn_retries"]),
+        settings: ctx
+            .scene
+            .settings
+            .pick(&["net.ipv4.tcp_syn_retries", "net.ipv4.ip_local_port_range"]),
         advice,
     })
 }

@@ -38,6 +38,8 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, th: &Thresholds) -> Option<Finding> {
     let (top, examples, worst) = socket_groups(ctx, &old, true);
     Some(Finding {
         kind: Kind::FinWait2Stuck,
+        netns: None,
+        namespace: None,
         severity: Severity::Warning,
         statement: format!(
             "{n} socket(s) half-closed and waiting in FIN_WAIT2 for over {}: the peer never sent \

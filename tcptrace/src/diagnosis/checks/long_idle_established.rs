@@ -33,6 +33,8 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, th: &Thresholds) -> Option<Finding> {
     let (top, examples, worst) = socket_groups(ctx, &idle, true);
     Some(Finding {
         kind: Kind::LongIdleEstablished,
+        netns: None,
+        namespace: None,
         severity: Severity::Info,
         statement: format!(
             "{n} ESTABLISHED connection(s) idle for over {} with keepalive off: if the peer is \

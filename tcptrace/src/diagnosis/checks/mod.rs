@@ -1,6 +1,7 @@
 //! One file per finding kind: what it means (`EXPLAIN`, shown by `doctor --explain`), how it
 //! is decided (`check`), and its tests.
 
+pub mod accept_queue_overflow;
 pub mod close_wait_leak;
 pub mod connect_failures;
 pub mod fin_wait2_stuck;

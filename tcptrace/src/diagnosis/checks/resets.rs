@@ -14,13 +14,8 @@ close() with unread data, a retransmission or keepalive give-up, ss -K). Reset b
 RST arrived (the peer aborted, crashed or restarted, or a middlebox lost the connection).";
 
 pub(crate) fn check(ctx: &mut Ctx<'_>, th: &Thresholds) -> Option<Finding> {
-    let obs = ctx.obs;
-    let sent: Vec<&Ended> = obs.ended.iter().filter(|e| e.end == End::Aborted).collect();
-    let received: Vec<&Ended> = obs
-        .ended
-        .iter()
-        .filter(|e| e.end == End::RstReceived)
-        .collect();
+    let sent: Vec<&Ended> = ctx.ends().filter(|e| e.end == End::Aborted).collect();
+    let received: Vec<&Ended> = ctx.ends().filter(|e| e.end == End::RstReceived).collect();
     let n = (sent.len() + received.len()) as u64;
     if n == 0 || n < th.resets {
         return None;
@@ -47,6 +42,8 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, th: &Thresholds) -> Option<Finding> {
     }
     Some(Finding {
         kind: Kind::Resets,
+        netns: None,
+        namespace: None,
         severity: Severity::Warning,
         statement: format!(
             "{n} connection(s) ended by a reset in {:.1} s: {} aborted here (RST sent), {} reset \

@@ -66,6 +66,7 @@ pub fn run_with(
 ) -> Vec<Finding> {
     let settings = settings();
     let scene = Scene {
+        netns: Some(4026531840),
         sockets,
         taken_ns: 100 * S,
         counters,

@@ -98,6 +98,8 @@ sources with no final ACK are typical of spoofed floods: rate-limit or filter SY
             .collect();
         findings.push(Finding {
             kind: Kind::SynFlood,
+            netns: None,
+            namespace: None,
             severity,
             statement: format!(
                 "{n} half-open connection(s) on port {port} ({}) from {} distinct address(es); \
@@ -136,6 +138,8 @@ SYN queue {n}/{backlog}{}; {cookies_sent} SYN cookie(s) sent in {:.1} s",
     if findings.is_empty() && (cookies_sent > 0 || queue_full_drops > 0) {
         findings.push(Finding {
             kind: Kind::SynFlood,
+            netns: None,
+            namespace: None,
             severity: if queue_full_drops > 0 {
                 Severity::Critical
             } else {

@@ -112,6 +112,8 @@ safely (needs TCP timestamps); tcp_tw_recycle no longer exists (removed in Linux
     }
     Some(Finding {
         kind: Kind::TimeWaitPressure,
+        netns: None,
+        namespace: None,
         severity,
         statement: format!(
             "{total} socket(s) in TIME_WAIT; {worst} between client {client} and server {server} \
