@@ -90,15 +90,17 @@ impl Transition {
 
     /// Transitions that only the socket's own process causes, from a system call: connect()
     /// (`tcp_v4_connect`/`tcp_v6_connect` set SYN_SENT), listen() (`inet_csk_listen_start`),
-    /// close()/shutdown() (`tcp_close_state` sets FIN_WAIT1 or LAST_ACK). Everything else may
-    /// run in softirq on behalf of whichever task was interrupted. The idle task (pid 0) never
-    /// owns a socket.
+    /// close()/shutdown() (`tcp_close_state` sets FIN_WAIT1 or LAST_ACK; a listener's
+    /// `tcp_close` sets CLOSE, also when its last holder exits). Everything else may run in
+    /// softirq on behalf of whichever task was interrupted. The idle task (pid 0) never owns a
+    /// socket.
     #[inline(always)]
     pub fn in_owner_context(&self) -> bool {
         matches!(
             (self.old, self.new),
             (CLOSE, SYN_SENT)
                 | (_, LISTEN)
+                | (LISTEN, CLOSE)
                 | (ESTABLISHED | SYN_RECV, FIN_WAIT1)
                 | (CLOSE_WAIT, LAST_ACK)
         ) && self.cpu_pid_tgid >> 32 != 0

@@ -136,8 +136,6 @@ pub struct RunOptions<'a> {
     /// inferred ([`Tick::time_wait_overflows`]).
     pub time_wait_overflows: bool,
     pub tracer: Option<&'a Tracer>,
-    /// The kernel's listener map, kept current with listener holders.
-    pub listeners: Option<ListenerMap>,
 }
 
 /// What the agent itself counted.
@@ -189,6 +187,10 @@ pub struct Pipeline<'s> {
     time_wait_overflows_seen: HashMap<u32, u64>,
     /// A path into each namespace snapshots covered (the agent's own has none).
     paths: HashMap<u32, PathBuf>,
+    /// The kernel's listener map, kept current with listener holders.
+    listener_map: Option<ListenerMap>,
+    /// The owners of what existed at start were read.
+    owners_seeded: bool,
     own_netns: Option<u32>,
     sinks: Vec<Box<dyn Sink + Send + 's>>,
     pub stats: Stats,
@@ -209,6 +211,8 @@ impl<'s> Pipeline<'s> {
             time_wait_namespaces: None,
             time_wait_overflows_seen: HashMap::new(),
             paths: HashMap::new(),
+            listener_map: None,
+            owners_seeded: false,
             own_netns: netns::own(),
             sinks: Vec::new(),
             stats: Stats::default(),
@@ -217,6 +221,11 @@ impl<'s> Pipeline<'s> {
 
     pub fn subscribe(&mut self, sink: Box<dyn Sink + Send + 's>) {
         self.sinks.push(sink);
+    }
+
+    /// Keeps the kernel's listener map current with the holders the agent finds.
+    pub fn listener_map(&mut self, map: Option<ListenerMap>) {
+        self.listener_map = map;
     }
 
     /// Tells the pipeline what transition ids are on this kernel; snapshots it takes then
@@ -358,35 +367,44 @@ impl<'s> Pipeline<'s> {
         grew
     }
 
-    /// The holders of every socket that exists now, read before the first record: the owners
-    /// of sockets and listeners older than the trace.
-    fn seed_owners(&mut self, listeners: Option<&mut ListenerMap>) {
-        let started = std::time::Instant::now();
-        let now_ns = monotonic_ns();
-        let dump = snapshot::take(&self.scope, Request::SOCKETS);
-        let owners = SocketOwners::scan();
-        match dump {
-            Ok(snapshot) => {
-                let ids = self.ids_of(&snapshot.sockets);
-                let updates =
-                    self.owners
-                        .seed(&snapshot.sockets, &ids, &owners, now_ns, &mut self.pids);
-                register(listeners, &updates, now_ns);
-                log::debug!(
-                    "socket owners: {} listeners and {} other sockets held by a process, in {} \
-                     namespaces, found in {:.1} ms",
-                    self.owners.listeners(),
-                    self.owners.older_sockets(),
-                    snapshot.namespaces.len(),
-                    started.elapsed().as_secs_f64() * 1e3
-                );
+    /// Reads the holders of every socket that exists now: the owners of sockets and
+    /// listeners older than the trace. Call it once attached and before saying so, so every
+    /// connection the user makes after that finds its listener known; [`Pipeline::run`] does
+    /// it otherwise.
+    pub fn seed_owners(&mut self) {
+        match snapshot::take(&self.scope, Request::SOCKETS) {
+            Ok(snapshot) => self.seed_owners_from(&snapshot),
+            Err(e) => {
+                self.owners_seeded = true;
+                log::warn!("cannot list the sockets that exist already: {e:#}");
             }
-            Err(e) => log::warn!("cannot list the sockets that exist already: {e:#}"),
         }
     }
 
+    /// As [`Pipeline::seed_owners`], from a snapshot of the scope taken just now (ids already
+    /// those of transitions).
+    pub fn seed_owners_from(&mut self, snapshot: &Snapshot) {
+        let started = std::time::Instant::now();
+        let now_ns = monotonic_ns();
+        let owners = SocketOwners::scan();
+        let ids = self.ids_of(&snapshot.sockets);
+        let updates = self
+            .owners
+            .seed(&snapshot.sockets, &ids, &owners, now_ns, &mut self.pids);
+        register(self.listener_map.as_mut(), &updates, now_ns);
+        self.owners_seeded = true;
+        log::debug!(
+            "socket owners: {} listeners and {} other sockets held by a process, in {} \
+             namespaces, found in {:.1} ms",
+            self.owners.listeners(),
+            self.owners.older_sockets(),
+            snapshot.namespaces.len(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
+
     /// Takes in a look at the listeners' holders.
-    fn looked(&mut self, look: Look, listeners: Option<&mut ListenerMap>) {
+    fn looked(&mut self, look: Look) {
         let (dump, owners) = look;
         let now_ns = monotonic_ns();
         match dump {
@@ -395,7 +413,7 @@ impl<'s> Pipeline<'s> {
                 let updates =
                     self.owners
                         .looked(&snapshot.sockets, &ids, &owners, now_ns, &mut self.pids);
-                register(listeners, &updates, now_ns);
+                register(self.listener_map.as_mut(), &updates, now_ns);
             }
             Err(e) => log::debug!("cannot list the listeners: {e:#}"),
         }
@@ -485,14 +503,15 @@ impl<'s> Pipeline<'s> {
             snapshot_stack,
             time_wait_overflows,
             tracer,
-            listeners: mut listener_map,
         } = options;
         if time_wait_overflows {
             self.time_wait_namespaces = Some(HashSet::new());
         }
         let mut ring: AsyncFd<Ring> = ring.into_async()?;
         let mut exits = self.pids.take_exits();
-        self.seed_owners(listener_map.as_mut());
+        if !self.owners_seeded {
+            self.seed_owners();
+        }
         tokio::pin!(stop);
         let far = Duration::from_secs(365 * 24 * 3600);
         let mut tick = tokio::time::interval(tick_every.unwrap_or(far));
@@ -558,7 +577,7 @@ impl<'s> Pipeline<'s> {
                 look = async { look_job.as_mut().expect("guarded").await }, if look_job.is_some() => {
                     look_job = None;
                     if let Ok(look) = look {
-                        self.looked(look, listener_map.as_mut());
+                        self.looked(look);
                     }
                 }
                 guard = ring.readable_mut() => {

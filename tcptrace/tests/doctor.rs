@@ -765,3 +765,161 @@ fn exit_codes_follow_the_monitoring_plugin_convention() {
     let (code, _) = run(Command::new(BIN).args(["tail", "--netns-path", "/nonexistent"]));
     assert_eq!(code, Some(1));
 }
+
+/// A kernel TCP counter of namespace `ns` (`/proc/net/netstat` and `/proc/net/snmp`, as
+/// `nstat` reads them), e.g. `TcpExt.ListenOverflows`.
+fn counter(ns: &Netns, name: &str) -> u64 {
+    let (group, field) = name.split_once('.').unwrap();
+    ns.run(|| {
+        ["netstat", "snmp"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).ok())
+            .find_map(|text| {
+                let mut lines = text.lines().filter(|l| l.starts_with(&format!("{group}:")));
+                let (names, values) = (lines.next()?, lines.next()?);
+                let i = names.split_whitespace().position(|n| n == field)?;
+                values.split_whitespace().nth(i)?.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no counter {name}"))
+    })
+}
+
+/// A non-blocking connect to 127.0.0.1:`port` left to the kernel (the handshake may still be
+/// in progress when this returns).
+fn connect_in_background(port: u16) -> TcpStream {
+    let s = tcp_socket();
+    s.set_nonblocking(true).unwrap();
+    match sys_addr(&s, localhost(port), libc::connect) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => panic!("connect: {e}"),
+    }
+    s
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn a_full_accept_queue_is_an_overflow_naming_the_listener() {
+    let ns = Netns::bare();
+    // A server that asked for a backlog of 1 and never calls accept().
+    let l = ns.run(|| listen(1));
+    let before = counter(&ns, "TcpExt.ListenOverflows");
+    let doctor = Doctor::start(&ns, &["--duration", "60"]);
+    // Six clients 100 ms apart, all kept open: two fit the queue, the others' handshakes are
+    // dropped and retried.
+    let clients: Vec<TcpStream> = ns.run(|| {
+        (0..6)
+            .map(|_| {
+                let c = connect_in_background(port(&l));
+                std::thread::sleep(Duration::from_millis(100));
+                c
+            })
+            .collect()
+    });
+    // SYN retransmissions (1 s, then 2 s) meet the full queue again.
+    std::thread::sleep(Duration::from_millis(3500));
+    let (code, report) = doctor.stop_and_report();
+    let overflows = counter(&ns, "TcpExt.ListenOverflows") - before;
+    let f = the_finding(&report, "accept_queue_overflow");
+    assert_eq!(
+        (code, &f["severity"]),
+        (2, &Value::from("critical")),
+        "{f:#}"
+    );
+    let counted = f["evidence"]["listen_overflows"].as_u64().unwrap();
+    assert!(
+        counted >= 4 && counted <= overflows,
+        "doctor counted {counted}, the kernel {overflows} over a longer time: {f:#}"
+    );
+    let top = &f["top"][0];
+    assert_eq!(top["listener_port"], port(&l), "{f:#}");
+    assert_eq!(
+        (top["backlog"].as_u64(), top["queue"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(top["pid"], me());
+    assert!(
+        f["statement"].as_str().unwrap().contains("backlog of 1"),
+        "{f:#}"
+    );
+    drop(clients);
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn a_connect_without_a_free_local_port_sends_no_syn_and_says_so() {
+    let ns = Netns::bare();
+    let l = ns.run(|| listen(16));
+    // Four local ports for connections (the listener has its own already): the fifth connect
+    // to the same server finds none.
+    ns.exec(
+        "sysctl",
+        &["-qw", "net.ipv4.ip_local_port_range=40000 40003"],
+    );
+    let held: Vec<TcpStream> = ns.run(|| {
+        (0..4)
+            .map(|i| {
+                TcpStream::connect(("127.0.0.1", port(&l)))
+                    .unwrap_or_else(|e| panic!("connect {i} to {}: {e}", port(&l)))
+            })
+            .collect()
+    });
+    let opens = counter(&ns, "Tcp.ActiveOpens");
+    let doctor = Doctor::start(&ns, &["--duration", "60", "--connect-failures", "1"]);
+    ns.run(|| {
+        let err = TcpStream::connect(("127.0.0.1", port(&l))).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{err}");
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, report) = doctor.stop_and_report();
+    // The kernel counted no active open: no SYN left.
+    assert_eq!(counter(&ns, "Tcp.ActiveOpens"), opens);
+    let f = the_finding(&report, "connect_failures");
+    let ev = &f["evidence"];
+    assert_eq!(
+        (ev["no_local_port"].as_u64(), ev["refused"].as_u64()),
+        (Some(1), Some(0)),
+        "{f:#}"
+    );
+    assert!(
+        f["advice"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().unwrap().contains("40000 40003")),
+        "{f:#}"
+    );
+    drop(held);
+}
+
+#[test]
+#[ignore = "needs root, a BTF kernel and nftables; run by `cargo xtask test`"]
+fn a_simultaneous_close_between_two_local_sockets_is_one_connection() {
+    let ns = Netns::bare();
+    let mut last = Value::Null;
+    // Whether the FINs cross is up to the retransmit timers: a few attempts (see `stories`).
+    for _ in 0..5 {
+        let (l, a, b) = ns.run(|| {
+            let l = listen(16);
+            let a = TcpStream::connect(("127.0.0.1", port(&l))).unwrap();
+            let (b, _) = l.accept().unwrap();
+            (l, a, b)
+        });
+        let doctor = Doctor::start(&ns, &["--duration", "60"]);
+        common::close_simultaneously(&ns, port(&l), a, b);
+        let (_, report) = doctor.stop_and_report();
+        if let Some(f) = findings(&report, "simultaneous_close").first() {
+            assert_eq!(f["count"], 1, "{f:#}");
+            assert_eq!(f["evidence"]["sockets"], 2, "{f:#}");
+            assert!(
+                f["statement"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("1 connection(s)")
+            );
+            return;
+        }
+        last = report;
+    }
+    panic!("the FINs never crossed: {last:#}");
+}

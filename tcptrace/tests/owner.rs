@@ -238,3 +238,177 @@ fn pid_filter_lets_through_exactly_that_process_sockets() {
     assert_eq!(events.len(), 7, "{events:#?}");
     assert!(events.iter().all(|e| e["pid"] == server_pid), "{events:#?}");
 }
+
+/// A `socat` server that forks a handler per connection (the parent alone keeps the listener,
+/// as `ss -tlnp` shows), logging each accepted client's port to a file.
+struct ForkingServer {
+    child: Child,
+    log: PathBuf,
+}
+
+impl ForkingServer {
+    /// Listens on `ip:port`, with SO_REUSEPORT when `reuseport`; returns once it listens.
+    fn start(ip: &str, port: u16, reuseport: bool) -> Self {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!(
+            "tcptrace-socat-{}-{port}-{seq}.log",
+            std::process::id()
+        ));
+        let options = if reuseport { ",reuseport" } else { "" };
+        let child = Command::new("socat")
+            .args([
+                "-d",
+                "-d",
+                "-lf",
+                &log.display().to_string(),
+                &format!("TCP4-LISTEN:{port},bind={ip},fork,reuseaddr{options}"),
+                "OPEN:/dev/null",
+            ])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("socat");
+        let server = Self { child, log };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !server.logged().contains("listening on") {
+            assert!(std::time::Instant::now() < deadline, "socat never listened");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server
+    }
+
+    fn pid(&self) -> u64 {
+        u64::from(self.child.id())
+    }
+
+    fn logged(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The client ports it accepted (`accepting connection from AF=2 IP:PORT on ...`).
+    fn accepted(&self) -> Vec<u64> {
+        self.logged()
+            .lines()
+            .filter_map(|l| l.split("accepting connection from AF=2 ").nth(1))
+            .filter_map(|rest| {
+                rest.split_whitespace()
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+}
+
+impl Drop for ForkingServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Connects `n` clients to `ip:port` one after the other, each closing first.
+fn connect_clients(ip: &str, port: u16, n: usize) {
+    for _ in 0..n {
+        let mut c = client(ip, port);
+        assert!(wait_timeout(&mut c, Duration::from_secs(10)).success());
+    }
+}
+
+/// The handshake rows of server children on `port`: LISTEN -> SYN_RECV and SYN_RECV ->
+/// ESTABLISHED.
+fn child_handshakes(events: &[Value], port: u16) -> Vec<&Value> {
+    events
+        .iter()
+        .filter(|e| e["local_port"] == port)
+        .filter(|e| {
+            (e["from"] == "LISTEN" && e["to"] == "SYN_RECV")
+                || (e["from"] == "SYN_RECV" && e["to"] == "ESTABLISHED")
+        })
+        .collect()
+}
+
+fn handshakes_done(port: u16, n: usize) -> impl Fn(&[Value]) -> bool {
+    move |ev: &[Value]| child_handshakes(ev, port).len() >= 2 * n
+}
+
+#[test]
+#[ignore = "needs root, a BTF kernel and socat; run by `cargo xtask test`"]
+fn children_of_a_listener_older_than_the_agent_name_its_holder() {
+    let port = free_port("127.0.0.1");
+    // The server has been listening for a while when tracing starts: no transition of the
+    // agent's ever told who called listen().
+    let server = ForkingServer::start("127.0.0.1", port, false);
+    let mut agent = Agent::start(&["--port", &port.to_string()]);
+    connect_clients("127.0.0.1", port, 3);
+    assert!(agent.wait_for(Duration::from_secs(10), handshakes_done(port, 3)));
+    let (_, _, events) = agent.stop();
+    let rows = child_handshakes(&events, port);
+    assert_eq!(rows.len(), 6, "{events:#?}");
+    for row in rows {
+        assert_eq!(row["pid"].as_u64(), Some(server.pid()), "{row}");
+        assert_eq!(row["comm"], "socat", "{row}");
+    }
+}
+
+/// Each child row names the process whose listener accepted it (`accepted` maps client
+/// ports to pids); every listener must have taken some.
+fn assert_children_name_their_acceptor(events: &[Value], port: u16, servers: &[&ForkingServer]) {
+    let mut acceptor = std::collections::BTreeMap::new();
+    for s in servers {
+        let ports = s.accepted();
+        assert!(!ports.is_empty(), "pid {} accepted nothing", s.pid());
+        for p in ports {
+            acceptor.insert(p, s.pid());
+        }
+    }
+    let rows = child_handshakes(events, port);
+    assert_eq!(rows.len(), 2 * acceptor.len(), "{events:#?}");
+    for row in rows {
+        let client_port = row["remote_port"].as_u64().unwrap();
+        assert_eq!(
+            row["pid"].as_u64(),
+            Some(acceptor[&client_port]),
+            "client port {client_port}: {row}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root, a BTF kernel and socat; run by `cargo xtask test`"]
+fn reuseport_listeners_name_the_process_each_child_came_from() {
+    let port = free_port("127.0.0.1");
+    // One listener older than the agent, one younger: both kinds of owner in one group.
+    let a = ForkingServer::start("127.0.0.1", port, true);
+    let mut agent = Agent::start(&["--port", &port.to_string()]);
+    let b = ForkingServer::start("127.0.0.1", port, true);
+    connect_clients("127.0.0.1", port, 16);
+    assert!(agent.wait_for(Duration::from_secs(10), handshakes_done(port, 16)));
+    let (_, _, events) = agent.stop();
+    assert_children_name_their_acceptor(&events, port, &[&a, &b]);
+}
+
+#[test]
+#[ignore = "needs root, a BTF kernel and socat; run by `cargo xtask test`"]
+fn listeners_on_one_port_and_two_addresses_keep_their_own_owners() {
+    let port = free_port("127.0.0.1");
+    let a = ForkingServer::start("127.0.0.1", port, false);
+    let mut agent = Agent::start(&["--port", &port.to_string()]);
+    let b = ForkingServer::start("127.0.0.2", port, false);
+    connect_clients("127.0.0.1", port, 3);
+    connect_clients("127.0.0.2", port, 3);
+    assert!(agent.wait_for(Duration::from_secs(10), handshakes_done(port, 6)));
+    let (_, _, events) = agent.stop();
+    assert_children_name_their_acceptor(&events, port, &[&a, &b]);
+    for row in child_handshakes(&events, port) {
+        let expected = if row["local_addr"] == "127.0.0.1" {
+            a.pid()
+        } else {
+            b.pid()
+        };
+        assert_eq!(row["pid"].as_u64(), Some(expected), "{row}");
+    }
+}

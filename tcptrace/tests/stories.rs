@@ -274,65 +274,13 @@ fn slow_application_shows_its_close_wait_dwell() {
 /// reliable on hardware, not under an emulated CPU, so the attempt is repeated a few times.
 fn simultaneous_close(ns: &Netns) -> (u16, Vec<Value>) {
     let port = free_port("127.0.0.1");
-    // Snapshots cover the agent's own namespace, not this one: print at close.
+    // Without --time-wait, life prints each story at its close.
     let agent = Agent::command("life", &["--port", &port.to_string()]);
     let (a, b) = ns.run(|| {
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         pair("127.0.0.1", &listener)
     });
-    ns.exec("nft", &["add", "table", "inet", "tcptrace_sim"]);
-    ns.exec(
-        "nft",
-        &[
-            "add",
-            "chain",
-            "inet",
-            "tcptrace_sim",
-            "in",
-            "{ type filter hook input priority 0; }",
-        ],
-    );
-    let p = port.to_string();
-    ns.exec(
-        "nft",
-        &[
-            "add",
-            "rule",
-            "inet",
-            "tcptrace_sim",
-            "in",
-            "tcp",
-            "dport",
-            &p,
-            "drop",
-        ],
-    );
-    ns.exec(
-        "nft",
-        &[
-            "add",
-            "rule",
-            "inet",
-            "tcptrace_sim",
-            "in",
-            "tcp",
-            "sport",
-            &p,
-            "drop",
-        ],
-    );
-    a.shutdown(Shutdown::Write).unwrap();
-    b.shutdown(Shutdown::Write).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    ns.exec("nft", &["delete", "table", "inet", "tcptrace_sim"]);
-    let mut a = a;
-    let mut b = b;
-    a.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    read_eof(&mut a);
-    read_eof(&mut b);
-    drop(a);
-    drop(b);
+    common::close_simultaneously(ns, port, a, b);
     (port, stories(agent, 2))
 }
 
@@ -728,4 +676,67 @@ fn connections_older_than_tcptrace_have_unknown_starts() {
     assert_eq!(client["role"], "unknown");
     assert_eq!(client["closed_by"], "local");
     drop(listener);
+}
+
+#[test]
+#[ignore = "needs root, a BTF kernel and nftables; run by `cargo xtask test`"]
+fn a_lost_final_ack_makes_the_servers_handshake_last_until_the_clients_data() {
+    let ns = Netns::bare();
+    let port: u16 = 8080;
+    let agent = Agent::command("life", &["--netns-path", &ns.path(), "--port", "8080"]);
+    let listener = ns.run(|| TcpListener::bind(("127.0.0.1", port)).unwrap());
+    // Pure ACKs to the server are dropped: the handshake's final ACK (and the client's answer
+    // to the SYN-ACK retransmitted after 1 s) never arrive; data segments carry PSH and pass.
+    ns.exec("nft", &["add", "table", "inet", "tcptrace_ack"]);
+    ns.exec(
+        "nft",
+        &[
+            "add",
+            "chain",
+            "inet",
+            "tcptrace_ack",
+            "in",
+            "{ type filter hook input priority 0; }",
+        ],
+    );
+    ns.exec(
+        "nft",
+        &[
+            "add",
+            "rule",
+            "inet",
+            "tcptrace_ack",
+            "in",
+            "tcp",
+            "dport",
+            "8080",
+            "tcp",
+            "flags",
+            "==",
+            "ack",
+            "drop",
+        ],
+    );
+    let (client, server) = ns.run(|| {
+        // connect() returns at the SYN-ACK: the client is established, the server is not.
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::thread::sleep(Duration::from_millis(1000));
+        std::io::Write::write_all(&mut client, b"hello").unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 5];
+        server.read_exact(&mut buf).unwrap();
+        (client, server)
+    });
+    ns.exec("nft", &["delete", "table", "inet", "tcptrace_ack"]);
+    drop(client);
+    drop(server);
+    let s = stories(agent, 2);
+    let handshake = |r: &str| dur(&role(&s, r)["handshake_ns"]);
+    // The server's handshake ran from its first SYN-ACK to the data that completed it.
+    let server = handshake("server");
+    assert!(
+        (900_000_000..1_800_000_000).contains(&server),
+        "server handshake {server} ns: {s:#?}"
+    );
+    assert!(handshake("client") < 200_000_000, "{s:#?}");
 }

@@ -11,15 +11,20 @@ use crate::{cargo, sh};
 /// The eBPF crate's toolchain (aya-build runs `rustup run nightly cargo build ...`).
 pub const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages the tests use: `ip` (network namespaces, veth), nft (a firewall drop in a
-/// test namespace), Prometheus with promtool (the exporter is scraped and linted by the real
-/// thing), socat (peer processes), setpriv and sysctl; and for `cargo xtask vm-test`: QEMU, a
-/// static busybox and cpio for the guests' initramfs, kmod, xz and zstd for kernel modules.
+/// Debian packages the tests use: `ip`, `ss` and `nstat` (network namespaces, veth, the
+/// kernel's counters), nft (a firewall drop in a test namespace), Prometheus with promtool
+/// (the exporter is scraped and linted by the real thing), socat and python3 (peer and server
+/// processes), nginx and ab (a real server under a real load generator), setpriv and sysctl;
+/// and for `cargo xtask vm-test`: QEMU, a static busybox and cpio for the guests' initramfs,
+/// kmod, xz and zstd for kernel modules.
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
     "prometheus",
     "socat",
+    "python3",
+    "nginx-light",
+    "apache2-utils",
     "util-linux",
     "procps",
     "qemu-system-x86",

@@ -74,7 +74,9 @@ pub fn run(args: DoctorArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let mut start = snapshot::take(&scope, stack)?;
     let mut pipeline = Pipeline::new(&sockets, scope.clone());
     pipeline.identity(tracer.identity());
+    pipeline.listener_map(tracer.take_listeners());
     pipeline.match_ids(&mut start);
+    pipeline.seed_owners_from(&start);
     window.restart(&start);
     eprintln!(
         "tcptrace: watching TCP in {} for {} (Ctrl-C to stop early)",
@@ -82,12 +84,12 @@ pub fn run(args: DoctorArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
         human(args.duration)
     );
     pipeline.subscribe(Box::new(&mut window));
-    let options = RunOptions {
-        listeners: tracer.take_listeners(),
-        ..RunOptions::default()
-    };
     runtime
-        .block_on(pipeline.run(ring, shutdown.wait(Some(args.duration)), options))
+        .block_on(pipeline.run(
+            ring,
+            shutdown.wait(Some(args.duration)),
+            RunOptions::default(),
+        ))
         .context("reading transitions failed")?;
     let mut end = snapshot::take(
         &scope,

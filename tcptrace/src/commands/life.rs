@@ -140,7 +140,6 @@ pub fn run(args: LifeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let (mut tracer, ring) = Tracer::start(&sockets.kernel(), args.kernel.sizes(log))?;
     let runtime = runtime()?;
     let shutdown = Shutdown::register(&runtime)?;
-    eprintln!("tcptrace: tracing connections (Ctrl-C to stop)");
     let rows = table::ConnectionTable::new(
         WallClock::now(),
         args.out.time_format,
@@ -172,6 +171,10 @@ pub fn run(args: LifeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     };
     let mut pipeline = Pipeline::new(&sockets, scope);
     pipeline.identity(tracer.identity());
+    pipeline.listener_map(tracer.take_listeners());
+    // Owners of the sockets that exist already are known before the user is told to start.
+    pipeline.seed_owners();
+    eprintln!("tcptrace: tracing connections (Ctrl-C to stop)");
     pipeline.subscribe(Box::new(&mut sink));
     // With --time-wait, snapshots confirm and end each TIME_WAIT.
     let snapshots = if args.time_wait {
@@ -188,15 +191,16 @@ pub fn run(args: LifeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
                 RunOptions {
                     tick: Some(Duration::from_secs(1)),
                     snapshots,
-                    listeners: tracer.take_listeners(),
                     tracer: Some(&tracer),
                     ..RunOptions::default()
                 },
             )
             .await
-    })?;
+    });
     let stats = pipeline.stats;
+    // The pipeline borrows the sink: gone before the sink is read (or dropped on error).
     drop(pipeline);
+    let reason = reason?;
     let kernel = tracer.counters();
     warn_lost_kernel_log(&stats, &kernel);
     if reason != StopReason::OutputClosed {

@@ -108,13 +108,14 @@ pub fn run(args: ServeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let sockets = filter.socket_level();
     let scope = args.filter.scope(&filter)?;
     let (mut tracer, ring) = Tracer::start(&sockets.kernel(), args.kernel.sizes(log))?;
-    let listeners = tracer.take_listeners();
 
     let metrics = Metrics::new(args.namespace_limit);
     let tracked = args.max_tracked_sockets as usize;
     let table = SocketTable::new(tracked, filter.clone());
     let mut pipeline = Pipeline::new(&sockets, scope.clone());
     pipeline.identity(tracer.identity());
+    pipeline.listener_map(tracer.take_listeners());
+    pipeline.seed_owners();
     let (seeded_tx, seeded_rx) = std::sync::mpsc::channel();
     let mut window = Window::new(
         window_capacity(tracked),
@@ -163,7 +164,6 @@ pub fn run(args: ServeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
                         snapshot_stack: true,
                         time_wait_overflows: true,
                         tracer: Some(&tracer),
-                        listeners,
                     },
                 ))
                 .map_err(anyhow::Error::from)

@@ -91,6 +91,11 @@ pub fn run(args: TailArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
 
     let runtime = runtime()?;
     let shutdown = Shutdown::register(&runtime)?;
+    let mut pipeline = Pipeline::new(&filter, scope);
+    pipeline.identity(tracer.identity());
+    pipeline.listener_map(tracer.take_listeners());
+    // Owners of the sockets that exist already are known before the user is told to start.
+    pipeline.seed_owners();
     eprintln!("tcptrace: tracing TCP state transitions (Ctrl-C to stop)");
     let width = (!args.wide).then(table::terminal_width);
     let format = match args.out.output {
@@ -111,19 +116,13 @@ pub fn run(args: TailArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let sink = TailSink::new(lines, format);
-    let mut pipeline = Pipeline::new(&filter, scope);
-    pipeline.identity(tracer.identity());
     if args.wide || args.out.output == OutputFormat::Json {
         pipeline.resolve_cgroups();
     }
     pipeline.subscribe(Box::new(sink));
 
     let stop = shutdown.wait(args.out.duration);
-    let options = RunOptions {
-        listeners: tracer.take_listeners(),
-        ..RunOptions::default()
-    };
-    let reason = runtime.block_on(pipeline.run(ring, stop, options));
+    let reason = runtime.block_on(pipeline.run(ring, stop, RunOptions::default()));
     let reason = match reason {
         Ok(r) => r,
         Err(e) => return Err(anyhow::Error::new(e).context("reading transitions failed")),

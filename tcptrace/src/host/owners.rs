@@ -156,24 +156,9 @@ fn preferred(pids: &[u32], parent: &mut dyn FnMut(u32) -> Option<u32>) -> u32 {
         .unwrap_or(lowest)
 }
 
-/// The inode in a `socket:[12345]` fd link.
-pub fn socket_inode(link: &str) -> Option<u32> {
-    link.strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_socket_links() {
-        assert_eq!(socket_inode("socket:[4026]"), Some(4026));
-        assert_eq!(socket_inode("pipe:[4026]"), None);
-        assert_eq!(socket_inode("socket:[x]"), None);
-    }
 
     #[test]
     fn the_holder_furthest_down_the_tree_is_named() {

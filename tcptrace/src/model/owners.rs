@@ -35,6 +35,10 @@ pub trait Liveness {
 
 #[derive(Debug, Clone, Copy)]
 struct Listener {
+    /// Its namespace and port, for children the kernel program met only after they were
+    /// born (they carry no listener id).
+    netns: Option<u32>,
+    port: u16,
     holder: Option<Task>,
     /// When `holder` was learned (kernel monotonic ns).
     learned_ns: u64,
@@ -97,6 +101,8 @@ impl OwnerBook {
                 self.listeners.insert(
                     id,
                     Listener {
+                        netns: s.netns,
+                        port: s.endpoints.local_port,
                         holder: Some(task(holder)),
                         learned_ns: now_ns,
                         closed_ns: None,
@@ -198,6 +204,8 @@ impl OwnerBook {
                 self.listeners.insert(
                     t.cookie,
                     Listener {
+                        netns: t.netns,
+                        port: t.endpoints.local_port,
                         holder: t.owner.map(|o| o.task),
                         learned_ns: t.ts_ns,
                         closed_ns: None,
@@ -223,6 +231,8 @@ impl OwnerBook {
                         captured_ns: t.ts_ns,
                         inherited: false,
                     });
+                } else if t.in_old_ns.is_none() {
+                    t.owner = self.port_holder(t, live);
                 }
             } else if let Some(o) = t.owner
                 && !live.alive_at(o.task.pid, t.ts_ns)
@@ -245,6 +255,8 @@ impl OwnerBook {
     ) -> Option<Owner> {
         let kernel = t.owner.map(|o| o.task);
         let l = self.listeners.entry(id).or_insert(Listener {
+            netns: t.netns,
+            port: t.endpoints.local_port,
             holder: kernel,
             learned_ns: t.ts_ns,
             closed_ns: None,
@@ -261,6 +273,27 @@ impl OwnerBook {
         Some(Owner {
             task: holder,
             captured_ns: l.learned_ns,
+            inherited: true,
+        })
+    }
+
+    /// For a socket first met mid-life with no owner and no listener id (a server child born
+    /// before tracing, still in its listener's accept queue or reset by its close): the holder
+    /// of the listeners on its namespace and local port, when they all have the same one.
+    fn port_holder(&self, t: &Transition, live: &mut dyn Liveness) -> Option<Owner> {
+        let port = t.endpoints.local_port;
+        let mut holders = self
+            .listeners
+            .values()
+            .filter(|l| l.port == port && port != 0 && l.netns == t.netns)
+            .map(|l| l.holder);
+        let first = holders.next()??;
+        if holders.any(|h| h.map(|h| h.pid) != Some(first.pid)) {
+            return None;
+        }
+        live.alive_at(first.pid, t.ts_ns).then_some(Owner {
+            task: first,
+            captured_ns: t.ts_ns,
             inherited: true,
         })
     }
@@ -428,6 +461,46 @@ mod tests {
         assert_eq!(owner_pid(&reset), Some(60));
         book.expire(2 * S + CLOSED_KEPT_NS);
         assert_eq!(book.listeners(), 0);
+    }
+
+    #[test]
+    fn children_born_before_tracing_take_their_ports_listener_holder_when_unambiguous() {
+        let mut book = OwnerBook::default();
+        let mut live = Exits::default();
+        let mut l = diag(10, Listen, "127.0.0.1:8080", "0.0.0.0:0");
+        l.inode = 5;
+        let owners = SocketOwners::from_pairs([(5, name(60, "srv"))]);
+        book.seed(&[l], &[10], &owners, S, &mut live);
+        // A queued child reset by its listener's close: first met at its end.
+        let mut reset = step(30, Established, Close)
+            .at(2 * S)
+            .ports(8080, 5000)
+            .dwell(None)
+            .done();
+        reset.owner = None;
+        book.resolve(&mut reset, &mut live);
+        assert_eq!(owner_pid(&reset), Some(60));
+        // Another namespace's socket on the same port, or a socket met from its start: not it.
+        let mut other = step(31, Established, Close)
+            .ports(8080, 5001)
+            .dwell(None)
+            .netns(7)
+            .done();
+        other.owner = None;
+        book.resolve(&mut other, &mut live);
+        assert_eq!(owner_pid(&other), None);
+        // A second listener on the port with another holder: ambiguous, nobody.
+        let mut l2 = diag(11, Listen, "127.0.0.2:8080", "0.0.0.0:0");
+        l2.inode = 6;
+        let owners = SocketOwners::from_pairs([(6, name(61, "other"))]);
+        book.seed(&[l2], &[11], &owners, S, &mut live);
+        let mut reset = step(32, Established, Close)
+            .ports(8080, 5002)
+            .dwell(None)
+            .done();
+        reset.owner = None;
+        book.resolve(&mut reset, &mut live);
+        assert_eq!(owner_pid(&reset), None);
     }
 
     #[test]

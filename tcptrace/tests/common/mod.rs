@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
@@ -95,6 +95,9 @@ impl Agent {
                 return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
             match self.lines.recv_timeout(left) {
                 Ok(v) => self.events.push(v),
                 Err(RecvTimeoutError::Timeout) => return done(&self.events),
@@ -168,7 +171,7 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
 }
 
 /// close() will then send a RST and skip TIME_WAIT.
-pub fn set_linger_zero(s: &std::net::TcpStream) {
+pub fn set_linger_zero(s: &TcpStream) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -242,7 +245,7 @@ pub fn seen(events: &[Value], old: &str, new: &str) -> usize {
 /// A minimal HTTP/1.1 GET over loopback: returns (status, body).
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::Write as _;
-    let mut stream = std::net::TcpStream::connect(addr)?;
+    let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,
@@ -477,5 +480,51 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+    }
+}
+
+/// Closes both ends of the connection `a` <-> `b` (on `port`, in `ns`) at the same time: with
+/// every segment of the port dropped, both shut down their sending side, then the drop is
+/// lifted so the two FINs cross (FIN_WAIT1 -> CLOSING on both ends, when the timing allows;
+/// callers retry when it did not). Reads each end to EOF and closes it.
+pub fn close_simultaneously(ns: &Netns, port: u16, mut a: TcpStream, mut b: TcpStream) {
+    use std::io::Read as _;
+    let p = port.to_string();
+    ns.exec("nft", &["add", "table", "inet", "tcptrace_sim"]);
+    ns.exec(
+        "nft",
+        &[
+            "add",
+            "chain",
+            "inet",
+            "tcptrace_sim",
+            "in",
+            "{ type filter hook input priority 0; }",
+        ],
+    );
+    for dir in ["dport", "sport"] {
+        ns.exec(
+            "nft",
+            &[
+                "add",
+                "rule",
+                "inet",
+                "tcptrace_sim",
+                "in",
+                "tcp",
+                dir,
+                &p,
+                "drop",
+            ],
+        );
+    }
+    a.shutdown(std::net::Shutdown::Write).unwrap();
+    b.shutdown(std::net::Shutdown::Write).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    ns.exec("nft", &["delete", "table", "inet", "tcptrace_sim"]);
+    for s in [&mut a, &mut b] {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(s.read(&mut buf).unwrap(), 0, "EOF");
     }
 }
