@@ -191,6 +191,11 @@ pub struct Pipeline<'s> {
     listener_map: Option<ListenerMap>,
     /// The owners of what existed at start were read.
     owners_seeded: bool,
+    /// Said once that some namespaces cannot be dumped.
+    warned_namespaces: bool,
+    /// No look for listener holders before this (kernel monotonic ns): looks scan every
+    /// process's descriptors, so they are spaced by 20 times what the last one took.
+    next_look_ns: u64,
     own_netns: Option<u32>,
     sinks: Vec<Box<dyn Sink + Send + 's>>,
     pub stats: Stats,
@@ -213,6 +218,8 @@ impl<'s> Pipeline<'s> {
             paths: HashMap::new(),
             listener_map: None,
             owners_seeded: false,
+            warned_namespaces: false,
+            next_look_ns: 0,
             own_netns: netns::own(),
             sinks: Vec::new(),
             stats: Stats::default(),
@@ -461,11 +468,18 @@ impl<'s> Pipeline<'s> {
                 self.stats.snapshot_errors += 1;
             }
             Ok(mut snapshot) => {
-                if snapshot.failed > 0 {
-                    log::debug!(
-                        "{} namespaces could not be dumped (gone meanwhile?)",
-                        snapshot.failed
-                    );
+                if let Some(why) = &snapshot.failure {
+                    // Namespaces come and go; one that cannot be entered stays so: say it once.
+                    if self.warned_namespaces {
+                        log::debug!("{} namespaces not dumped: {why}", snapshot.failed);
+                    } else {
+                        self.warned_namespaces = true;
+                        log::warn!(
+                            "{} network namespaces could not be dumped, their sockets are counted \
+                             from transitions only: {why}",
+                            snapshot.failed
+                        );
+                    }
                 }
                 for ns in &snapshot.namespaces {
                     let Some(inode) = ns.inode else { continue };
@@ -525,7 +539,7 @@ impl<'s> Pipeline<'s> {
         // Intervals fire at once; the first snapshot (the seed) starts now.
         snapshot_timer.tick().await;
         let mut snapshot_job = every.map(|_| self.start_snapshot(snapshot_idle, snapshot_stack));
-        let mut look_job: Option<JoinHandle<Look>> = None;
+        let mut look_job: Option<JoinHandle<(Look, Duration)>> = None;
         let mut owner_timer = tokio::time::interval(OWNER_TICK);
         owner_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut poll = tokio::time::interval(RING_POLL);
@@ -567,16 +581,19 @@ impl<'s> Pipeline<'s> {
                 _ = owner_timer.tick() => {
                     let now_ns = monotonic_ns();
                     self.owners.expire(now_ns);
-                    if look_job.is_none() && self.owners.look_due(now_ns) {
+                    if look_job.is_none() && now_ns >= self.next_look_ns && self.owners.look_due(now_ns) {
                         let scope = self.scope.clone();
                         look_job = Some(tokio::task::spawn_blocking(move || {
-                            (snapshot::take(&scope, Request::LISTENERS), SocketOwners::scan())
+                            let started = std::time::Instant::now();
+                            let look = (snapshot::take(&scope, Request::LISTENERS), SocketOwners::scan());
+                            (look, started.elapsed())
                         }));
                     }
                 }
                 look = async { look_job.as_mut().expect("guarded").await }, if look_job.is_some() => {
                     look_job = None;
-                    if let Ok(look) = look {
+                    if let Ok((look, took)) = look {
+                        self.next_look_ns = monotonic_ns() + (20 * took).max(OWNER_TICK).as_nanos() as u64;
                         self.looked(look);
                     }
                 }

@@ -56,6 +56,10 @@ pub struct BenchArgs {
     /// measure what the log statements cost when they are on.
     #[arg(long)]
     kernel_log: bool,
+    /// Also churn connections for this many seconds while `serve` holds `--held` connections
+    /// and reconciles them every 5 s: no transition may be lost to a full ring (0 skips).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    churn_secs: u64,
 }
 
 impl BenchArgs {
@@ -71,6 +75,7 @@ impl BenchArgs {
             out: PathBuf::from("target/bench-smoke"),
             compare: None,
             kernel_log: false,
+            churn_secs: 5,
         }
     }
 }
@@ -442,76 +447,212 @@ fn run_once(mode: &Mode, args: &BenchArgs, n: u64) -> anyhow::Result<RunResult> 
     })
 }
 
-/// Holds `n` connections open under `serve` and reports its peak RSS (kB) and tracked sockets.
-fn held(bin: &Path, n: u64) -> anyhow::Result<Held> {
-    // Without CAP_SYS_RESOURCE one process gets at most the hard RLIMIT_NOFILE of file
-    // descriptors, two per connection: spread the connections over helper processes, each
-    // with a listener of its own (one destination port offers ~28k ephemeral source ports).
-    let per_helper = (raise_nofile(2 * n + 4096).saturating_sub(512) / 2).min(20_000);
-    if per_helper == 0 {
-        bail!("RLIMIT_NOFILE leaves no room for held connections");
+/// Helper processes holding connections open (see [`hold_connections`]), and their ports.
+struct Holders {
+    helpers: Vec<(Child, BufReader<std::process::ChildStdout>)>,
+    ports: Vec<String>,
+}
+
+impl Holders {
+    /// Starts helpers for `n` connections (not yet opened).
+    fn spawn(n: u64) -> anyhow::Result<Self> {
+        // Without CAP_SYS_RESOURCE one process gets at most the hard RLIMIT_NOFILE of file
+        // descriptors, two per connection: spread the connections over helper processes, each
+        // with a listener of its own (one destination port offers ~28k ephemeral source ports).
+        let per_helper = (raise_nofile(2 * n + 4096).saturating_sub(512) / 2).min(20_000);
+        if per_helper == 0 {
+            bail!("RLIMIT_NOFILE leaves no room for held connections");
+        }
+        let exe = std::env::current_exe().context("xtask's own path")?;
+        let mut holders = Self {
+            helpers: Vec::new(),
+            ports: Vec::new(),
+        };
+        let mut left = n;
+        while left > 0 {
+            let count = left.min(per_helper);
+            left -= count;
+            let mut child = Command::new(&exe)
+                .args(["hold-connections", "--count", &count.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .context("cannot start a hold-connections helper")?;
+            let mut out = BufReader::new(child.stdout.take().context("helper stdout")?);
+            let mut line = String::new();
+            out.read_line(&mut line)?;
+            let port = line
+                .strip_prefix("port ")
+                .and_then(|p| p.trim().parse::<u16>().ok())
+                .with_context(|| format!("helper said {line:?}, not its port"))?;
+            holders.ports.push(port.to_string());
+            holders.helpers.push((child, out));
+        }
+        Ok(holders)
     }
-    let exe = std::env::current_exe().context("xtask's own path")?;
-    let mut helpers = Vec::new();
-    let mut ports = Vec::new();
-    let mut left = n;
-    while left > 0 {
-        let count = left.min(per_helper);
-        left -= count;
-        let mut child = Command::new(&exe)
-            .args(["hold-connections", "--count", &count.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("cannot start a hold-connections helper")?;
-        let mut out = BufReader::new(child.stdout.take().context("helper stdout")?);
-        let mut line = String::new();
-        out.read_line(&mut line)?;
-        let port = line
-            .strip_prefix("port ")
-            .and_then(|p| p.trim().parse::<u16>().ok())
-            .with_context(|| format!("helper said {line:?}, not its port"))?;
-        ports.push(port.to_string());
-        helpers.push((child, out));
+
+    /// `--port P` for every helper's port.
+    fn port_args(&self) -> Vec<&str> {
+        self.ports
+            .iter()
+            .flat_map(|p| ["--port", p.as_str()])
+            .collect()
     }
-    // The kernel's per-socket map must hold them all, and so must the agent's table.
+
+    /// Opens the connections; returns how many are held.
+    fn open(&mut self) -> anyhow::Result<u64> {
+        let mut opened = 0;
+        for (child, out) in &mut self.helpers {
+            writeln!(child.stdin.as_mut().context("helper stdin")?, "go")?;
+            let mut line = String::new();
+            out.read_line(&mut line)?;
+            opened += line
+                .strip_prefix("held ")
+                .and_then(|c| c.trim().parse::<u64>().ok())
+                .with_context(|| format!("helper said {line:?}, not how many it holds"))?;
+        }
+        Ok(opened)
+    }
+
+    /// Closes every connection and waits for the helpers.
+    fn release(self) -> anyhow::Result<()> {
+        for (mut child, _) in self.helpers {
+            drop(child.stdin.take());
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+/// Agent options for `n` held connections: the kernel's per-socket map and the agent's table
+/// must hold them all, and a reconcile every `reconcile` seconds.
+fn held_options(n: u64, reconcile: &str) -> Vec<String> {
     let max = (2 * n + 4096).next_power_of_two().to_string();
-    // A reconcile every second: each takes an INET_DIAG snapshot of every held socket, the
-    // agent's largest transient allocation, so the peak measured includes it.
-    let mut extra = vec![
+    [
         "--max-sockets",
         &max,
         "--max-tracked-sockets",
         &max,
         "--reconcile-interval",
-        "1",
-    ];
-    for p in &ports[1..] {
-        extra.extend(["--port", p.as_str()]);
-    }
-    let mut agent = start_agent(bin, Kind::Serve, ports[0].parse()?, &extra)?;
-    let mut opened = 0;
-    for (child, out) in &mut helpers {
-        writeln!(child.stdin.as_mut().context("helper stdin")?, "go")?;
-        let mut line = String::new();
-        out.read_line(&mut line)?;
-        opened += line
-            .strip_prefix("held ")
-            .and_then(|c| c.trim().parse::<u64>().ok())
-            .with_context(|| format!("helper said {line:?}, not how many it holds"))?;
-    }
+        reconcile,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// Holds `n` connections open under `serve` and reports its peak RSS (kB) and tracked sockets.
+fn held(bin: &Path, n: u64) -> anyhow::Result<Held> {
+    let mut holders = Holders::spawn(n)?;
+    // A reconcile every second: each takes an INET_DIAG snapshot of every held socket, the
+    // agent's largest transient allocation, so the peak measured includes it.
+    let options = held_options(n, "1");
+    let mut extra: Vec<&str> = options.iter().map(String::as_str).collect();
+    extra.extend(holders.port_args());
+    let mut agent = start_agent(bin, Kind::Serve, holders.ports[0].parse()?, &extra)?;
+    let opened = holders.open()?;
     std::thread::sleep(Duration::from_secs(3));
     let addr = agent.metrics_addr.clone().context("metrics address")?;
     let metrics = http_get(&addr, "/metrics").unwrap_or_default();
     let tracked = sample(&metrics, "tcptrace_sockets{state=\"established\"}").unwrap_or(0);
     let rss = field(&read_proc(agent.child.id(), "status"), "VmHWM").unwrap_or(0);
-    for (mut child, _) in helpers {
-        drop(child.stdin.take());
-        child.wait()?;
-    }
+    holders.release()?;
     stop(&mut agent)?;
     Ok((opened, rss, tracked))
 }
+
+/// What `--churn-secs` measured: reconciles of many sockets while connections churn.
+#[derive(serde::Serialize, Debug, Default)]
+struct ChurnReport {
+    held: u64,
+    seconds: f64,
+    connections: u64,
+    transitions_per_s: f64,
+    reconciles: u64,
+    /// Sockets the last reconcile compared (the held ones, TIME_WAIT and the churn's).
+    sockets_at_end: u64,
+    events: u64,
+    kernel_sent: u64,
+    lost_ring_full: u64,
+    lost_recursion: u64,
+    /// Agent RSS (kB) a few seconds in, and at the end: memory stays flat.
+    rss_start_kb: u64,
+    rss_end_kb: u64,
+    peak_rss_kb: u64,
+    /// TIME_WAIT as the gauge said and as `ss` counted at the end.
+    time_wait_gauge: u64,
+    time_wait_ss: u64,
+}
+
+/// `n` connections held under `serve` (reconciled every 5 s) while loopback connections churn
+/// for `secs`: a reconcile of all of them must never stall the ring's reader.
+fn churn_with_reconciles(bin: &Path, n: u64, secs: u64, c: u64) -> anyhow::Result<ChurnReport> {
+    let mut holders = Holders::spawn(n)?;
+    let port = free_port()?;
+    let port_arg = port.to_string();
+    let options = held_options(n + 200_000, "5");
+    let mut extra: Vec<&str> = options.iter().map(String::as_str).collect();
+    extra.extend(holders.port_args());
+    extra.extend(["--port", port_arg.as_str()]);
+    let mut agent = start_agent(bin, Kind::Serve, holders.ports[0].parse()?, &extra)?;
+    let pid = agent.child.id();
+    let addr = agent.metrics_addr.clone().context("metrics address")?;
+    let held = holders.open()?;
+    let start = Instant::now();
+    let mut connections = 0;
+    let mut rss_start_kb = 0;
+    while start.elapsed() < Duration::from_secs(secs) {
+        churn(port, 2_000, c, CloseOrder::Client)?;
+        connections += 2_000;
+        if rss_start_kb == 0 && start.elapsed() > Duration::from_secs(secs.min(10) / 2) {
+            rss_start_kb = field(&read_proc(pid, "status"), "VmRSS").unwrap_or(0);
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(2500));
+    let metrics = http_get(&addr, "/metrics").unwrap_or_default();
+    let get = |series: &str| sample(&metrics, series).unwrap_or(0);
+    let ss = Command::new("ss")
+        .args(["-tanH", "state", "time-wait"])
+        .output()?;
+    let status = read_proc(pid, "status");
+    let report = ChurnReport {
+        held,
+        seconds,
+        connections,
+        transitions_per_s: (connections * TRANSITIONS_PER_CONNECTION) as f64 / seconds,
+        reconciles: get("tcptrace_reconciles_total"),
+        sockets_at_end: GAUGES
+            .iter()
+            .map(|s| get(&format!("tcptrace_sockets{{state=\"{s}\"}}")))
+            .sum(),
+        events: get("tcptrace_events_processed_total"),
+        kernel_sent: get("tcptrace_kernel_events_total"),
+        lost_ring_full: get("tcptrace_lost_events_total{reason=\"ring_full\"}"),
+        lost_recursion: get("tcptrace_lost_events_total{reason=\"recursion\"}"),
+        rss_start_kb,
+        rss_end_kb: field(&status, "VmRSS").unwrap_or(0),
+        peak_rss_kb: field(&status, "VmHWM").unwrap_or(0),
+        time_wait_gauge: get("tcptrace_sockets{state=\"time_wait\"}"),
+        time_wait_ss: String::from_utf8_lossy(&ss.stdout).lines().count() as u64,
+    };
+    holders.release()?;
+    stop(&mut agent)?;
+    Ok(report)
+}
+
+/// Socket states of the `tcptrace_sockets` gauge.
+const GAUGES: [&str; 10] = [
+    "established",
+    "syn_sent",
+    "syn_recv",
+    "fin_wait1",
+    "fin_wait2",
+    "time_wait",
+    "close_wait",
+    "last_ack",
+    "listen",
+    "closing",
+];
 
 /// The helper behind `held`: binds a loopback listener, says its port, waits for "go", opens
 /// `count` connections (both ends kept), says how many, and holds them until stdin closes.
@@ -577,6 +718,7 @@ struct Report {
     rounds: u64,
     modes: Vec<ModeReport>,
     held: Option<HeldReport>,
+    churn_with_reconciles: Option<ChurnReport>,
 }
 
 #[derive(serde::Serialize)]
@@ -670,7 +812,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         logging.extra = vec!["--log-level", "debug"];
         modes.push(logging);
     }
-    let result = (|| -> anyhow::Result<(Runs, Option<Held>)> {
+    let result = (|| -> anyhow::Result<(Runs, Option<Held>, Option<ChurnReport>)> {
         let mut runs: Runs = modes.into_iter().map(|m| (m, Vec::new())).collect();
         for round in 1..=args.rounds {
             for (mode, results) in &mut runs {
@@ -688,10 +830,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
         let held = (args.held > 0).then(|| held(&bin, args.held)).transpose()?;
-        Ok((runs, held))
+        let churned = (args.churn_secs > 0)
+            .then(|| churn_with_reconciles(&bin, args.held, args.churn_secs, args.concurrency))
+            .transpose()?;
+        Ok((runs, held, churned))
     })();
     bpf_stats(Some(&old_stats))?;
-    let (runs, held) = result?;
+    let (runs, held, churned) = result?;
 
     // Each traced run is compared with the untraced run of its own round: on a shared VM the
     // machine's speed drifts between rounds far more than the tracer costs.
@@ -726,6 +871,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             tracked,
             peak_rss_kb,
         }),
+        churn_with_reconciles: None,
     };
     for (mode, rs) in &runs {
         let rates: Vec<f64> = rs.iter().map(|r| r.conns_per_s).collect();
@@ -785,6 +931,30 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             h.peak_rss_kb as f64 / 1024.0
         );
     }
+    if let Some(c) = &churned {
+        let _ = writeln!(
+            md,
+            "\nChurn with reconciles: {} connections held, {:.0} transitions/s for {:.0} s, {} \
+             reconciles (every 5 s, {} sockets at the end): {} events read of {} sent, lost ring \
+             full {}, recursion {}; agent RSS {:.1} MB after warm-up, {:.1} MB at the end, peak \
+             {:.1} MB; TIME_WAIT gauge {} vs ss {}.",
+            c.held,
+            c.transitions_per_s,
+            c.seconds,
+            c.reconciles,
+            c.sockets_at_end,
+            c.events,
+            c.kernel_sent,
+            c.lost_ring_full,
+            c.lost_recursion,
+            c.rss_start_kb as f64 / 1024.0,
+            c.rss_end_kb as f64 / 1024.0,
+            c.peak_rss_kb as f64 / 1024.0,
+            c.time_wait_gauge,
+            c.time_wait_ss
+        );
+    }
+    report.churn_with_reconciles = churned;
     let json = serde_json::to_string_pretty(&report)?;
     let out = workspace_root().join(&args.out);
     std::fs::create_dir_all(&out)?;
@@ -795,6 +965,21 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         out.join("result.json").display()
     );
 
+    // A reconcile must never stall the ring's reader. The CI smoke run only shows the mode
+    // works (its machine is shared); the full run holds tcptrace to it.
+    if let Some(c) = &report.churn_with_reconciles
+        && c.lost_ring_full > 0
+    {
+        let what = format!(
+            "{} transitions lost to a full ring while reconciling {} sockets",
+            c.lost_ring_full, c.sockets_at_end
+        );
+        if args.smoke {
+            println!("xtask: warning: {what}");
+        } else {
+            bail!("{what}");
+        }
+    }
     // Nothing may vanish between the kernel and the agent: every record the program wrote is
     // read (decoded or counted unreadable). Completeness against the connection model is
     // reported above, not asserted: the kernel itself may deviate from it (e.g. accept-queue

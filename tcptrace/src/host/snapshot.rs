@@ -86,23 +86,32 @@ impl Request<'_> {
 /// since it was listed) is left out and counted in `failed`; it fails only when no namespace
 /// could be dumped.
 pub fn take(scope: &Scope, request: Request<'_>) -> anyhow::Result<Snapshot> {
-    let targets: Vec<(Option<u32>, Option<PathBuf>, String)> = match scope {
-        Scope::Own => vec![(netns::own(), None, "this namespace".to_owned())],
-        Scope::One { path, inode } => vec![(Some(*inode), Some(path.clone()), name_of(path))],
-        Scope::All => {
-            let host = netns::inode_of(Path::new("/proc/1/ns/net")).ok();
-            netns::all()
-                .into_iter()
-                .map(|(inode, path)| {
-                    let name = if Some(inode) == host {
-                        "host".to_owned()
-                    } else {
-                        name_of(&path)
-                    };
-                    (Some(inode), Some(path), name)
-                })
-                .collect()
+    let own = netns::own();
+    let host = netns::inode_of(Path::new("/proc/1/ns/net")).ok();
+    let named = |inode: u32, path: &Path| {
+        if Some(inode) == host {
+            "host".to_owned()
+        } else {
+            name_of(path)
         }
+    };
+    // The agent's own namespace is dumped without setns(2): that needs CAP_SYS_ADMIN, which a
+    // least-privilege agent may not have.
+    let targets: Vec<(Option<u32>, Option<PathBuf>, String)> = match scope {
+        Scope::Own => vec![(own, None, own_name(own, host))],
+        Scope::One { inode, .. } if Some(*inode) == own => vec![(own, None, own_name(own, host))],
+        Scope::One { path, inode } => vec![(Some(*inode), Some(path.clone()), name_of(path))],
+        Scope::All => netns::all()
+            .into_iter()
+            .map(|(inode, path)| {
+                let name = named(inode, &path);
+                if Some(inode) == own {
+                    (Some(inode), None, name)
+                } else {
+                    (Some(inode), Some(path), name)
+                }
+            })
+            .collect(),
     };
     let taken_ns = monotonic_ns();
     let (mut snapshot, last_error) = std::thread::scope(|s| {
@@ -118,7 +127,11 @@ pub fn take(scope: &Scope, request: Request<'_>) -> anyhow::Result<Snapshot> {
     snapshot.taken_ns = taken_ns;
     match last_error {
         Some(e) if snapshot.namespaces.is_empty() => Err(e),
-        _ => Ok(snapshot),
+        Some(e) => {
+            snapshot.failure = Some(format!("{e:#}"));
+            Ok(snapshot)
+        }
+        None => Ok(snapshot),
     }
 }
 
@@ -142,8 +155,13 @@ fn dump_each(
             });
             if let Err(e) = entered {
                 snapshot.failed += 1;
+                let hint = if e.raw_os_error() == Some(libc::EPERM) {
+                    " (entering another network namespace needs CAP_SYS_ADMIN)"
+                } else {
+                    ""
+                };
                 last_error = Some(anyhow::Error::new(e).context(format!(
-                    "cannot enter the network namespace {}",
+                    "cannot enter the network namespace {}{hint}",
                     path.display()
                 )));
                 continue;
@@ -190,6 +208,15 @@ fn dump_each(
         });
     }
     (snapshot, last_error)
+}
+
+/// The agent's own namespace's name: `host` when it is PID 1's.
+fn own_name(own: Option<u32>, host: Option<u32>) -> String {
+    if own.is_some() && own == host {
+        "host".to_owned()
+    } else {
+        own.map_or_else(|| "this namespace".to_owned(), |i| format!("netns {i}"))
+    }
 }
 
 /// A name for the namespace at `path`: `NAME` for `/run/netns/NAME`, `pid N (comm)` for

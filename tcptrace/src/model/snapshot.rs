@@ -119,8 +119,10 @@ pub struct Snapshot {
     pub taken_ns: u64,
     /// The namespaces it covers: it says nothing about sockets of any other.
     pub namespaces: Vec<Namespace>,
-    /// Namespaces that could not be dumped (gone meanwhile, or refused).
+    /// Namespaces that could not be dumped (gone meanwhile, or refused), and why the last
+    /// one could not.
     pub failed: usize,
+    pub failure: Option<String>,
 }
 
 impl Snapshot {
@@ -138,6 +140,7 @@ impl Snapshot {
             taken_ns,
             namespaces: vec![namespace],
             failed: 0,
+            failure: None,
         }
     }
 
