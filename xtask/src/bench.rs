@@ -56,6 +56,11 @@ pub struct BenchArgs {
     /// measure what the log statements cost when they are on.
     #[arg(long)]
     kernel_log: bool,
+    /// The agent binary to measure instead of this tree's release build, e.g. the static one
+    /// `cargo xtask package` writes; unlike --compare, the held-sockets peak RSS is measured
+    /// on it too (default: build and measure target/release/tcptrace).
+    #[arg(long, value_name = "PATH")]
+    bin: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -71,6 +76,7 @@ impl BenchArgs {
             out: PathBuf::from("target/bench-smoke"),
             compare: None,
             kernel_log: false,
+            bin: None,
         }
     }
 }
@@ -644,8 +650,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if !crate::setup::is_ready() {
         crate::setup::steps(crate::setup::BUILD)?;
     }
-    sh(cargo().args(["build", "--release", "--package", "tcptrace"]))?;
-    let bin = workspace_root().join("target/release/tcptrace");
+    let bin = match &args.bin {
+        Some(bin) => bin.clone(),
+        None => {
+            sh(cargo().args(["build", "--release", "--package", "tcptrace"]))?;
+            workspace_root().join("target/release/tcptrace")
+        }
+    };
     let machine = describe_machine();
     println!("xtask: bench on {machine}");
     let old_stats = bpf_stats(Some("1"))?;
