@@ -70,6 +70,7 @@ pub fn package() -> anyhow::Result<Artifacts> {
         .arg(&binary)
         .arg(&built))?;
     let commit = commit_of(&binary)?;
+    update_prometheus_rule(&root)?;
     let deb = build_deb(&root, &out, &binary, version)?;
     let oci = build_oci(&out, &binary, version, &commit)?;
     Ok(Artifacts { binary, deb, oci })
@@ -323,6 +324,45 @@ fn build_oci(out: &Path, binary: &Path, version: &str, commit: &str) -> anyhow::
     Ok(tar)
 }
 
+const RULES: &str = "deploy/prometheus/tcptrace.rules.yml";
+const PROMETHEUS_RULE: &str = "deploy/kubernetes/prometheusrule.yaml";
+
+/// The PrometheusRule resource carrying the rules file's groups, for the Prometheus Operator.
+pub fn prometheus_rule_manifest(rules: &str) -> anyhow::Result<String> {
+    let groups = rules
+        .find("\ngroups:")
+        .map(|i| &rules[i + 1..])
+        .context("the rules file has no top-level `groups:`")?;
+    let mut out = format!(
+        "# Generated from {RULES} by `cargo xtask package`: edit that file, not this one.\n\
+         apiVersion: monitoring.coreos.com/v1\n\
+         kind: PrometheusRule\n\
+         metadata:\n  name: tcptrace\n  namespace: tcptrace\n  labels:\n    app.kubernetes.io/name: tcptrace\n\
+         spec:\n"
+    );
+    for line in groups.lines() {
+        if line.is_empty() {
+            out.push('\n');
+        } else {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    Ok(out)
+}
+
+/// Regenerates deploy/kubernetes/prometheusrule.yaml when the rules changed.
+fn update_prometheus_rule(root: &Path) -> anyhow::Result<()> {
+    let rules =
+        fs::read_to_string(root.join(RULES)).with_context(|| format!("cannot read {RULES}"))?;
+    let manifest = prometheus_rule_manifest(&rules)?;
+    let path = root.join(PROMETHEUS_RULE);
+    if fs::read_to_string(&path).ok().as_deref() != Some(manifest.as_str()) {
+        fs::write(&path, manifest).with_context(|| format!("cannot write {PROMETHEUS_RULE}"))?;
+        println!("xtask: regenerated {PROMETHEUS_RULE} from {RULES}");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,5 +373,26 @@ mod tests {
         assert_eq!(parse_commit(text).as_deref(), Some("9a80c2ec5081"));
         assert_eq!(parse_commit("tcptrace 0.1.0\n"), None);
         assert_eq!(deb_version("0.1.0"), "0.1.0-1");
+    }
+
+    #[test]
+    fn prometheus_rule_manifest_is_current() {
+        let root = workspace_root();
+        let rules = fs::read_to_string(root.join(RULES)).unwrap();
+        let committed = fs::read_to_string(root.join(PROMETHEUS_RULE)).unwrap();
+        assert!(
+            committed == prometheus_rule_manifest(&rules).unwrap(),
+            "{PROMETHEUS_RULE} is stale: run `cargo xtask package` to regenerate it from {RULES}"
+        );
+    }
+
+    #[test]
+    fn prometheus_rule_manifest_indents_the_groups_under_spec() {
+        let m = prometheus_rule_manifest("# c\ngroups:\n  - name: g\n\n    rules: []\n").unwrap();
+        assert!(
+            m.ends_with("spec:\n  groups:\n    - name: g\n\n      rules: []\n"),
+            "{m}"
+        );
+        assert!(prometheus_rule_manifest("rules: []\n").is_err());
     }
 }
