@@ -187,7 +187,8 @@ fn build_deb(root: &Path, out: &Path, binary: &Path, version: &str) -> anyhow::R
     )?;
     write(
         &doc.join("tcptrace.txt.gz"),
-        gzip(help_text(binary)?.as_bytes())?,
+        // From the staged copy: clap names the program after the file it runs as.
+        gzip(help_text(&stage.join("usr/bin/tcptrace"))?.as_bytes())?,
         0o644,
     )?;
 
