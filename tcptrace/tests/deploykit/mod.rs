@@ -95,43 +95,69 @@ pub fn venv_tool(name: &str) -> PathBuf {
 // ---------------------------------------------------------------------------------------------
 // PromQL
 
-/// Every metric name an expression selects (`foo`, `foo{...}`, `{__name__="foo"}`).
-pub fn metric_names(expr: &str) -> Result<BTreeSet<String>, String> {
+/// Calls `f` with every vector selector of `expr` (matrix selectors' included).
+fn each_selector(
+    expr: &str,
+    f: &mut impl FnMut(&promql_parser::parser::VectorSelector),
+) -> Result<(), String> {
     use promql_parser::parser::{Expr, VectorSelector};
-    fn selector(vs: &VectorSelector, out: &mut BTreeSet<String>) {
-        if let Some(name) = &vs.name {
-            out.insert(name.clone());
-        }
-        for m in &vs.matchers.matchers {
-            if m.name == "__name__" {
-                out.insert(m.value.clone());
-            }
-        }
-    }
-    fn walk(e: &Expr, out: &mut BTreeSet<String>) {
+    fn walk(e: &Expr, f: &mut impl FnMut(&VectorSelector)) {
         match e {
             Expr::Aggregate(a) => {
-                walk(&a.expr, out);
+                walk(&a.expr, f);
                 if let Some(p) = &a.param {
-                    walk(p, out);
+                    walk(p, f);
                 }
             }
-            Expr::Unary(u) => walk(&u.expr, out),
+            Expr::Unary(u) => walk(&u.expr, f),
             Expr::Binary(b) => {
-                walk(&b.lhs, out);
-                walk(&b.rhs, out);
+                walk(&b.lhs, f);
+                walk(&b.rhs, f);
             }
-            Expr::Paren(p) => walk(&p.expr, out),
-            Expr::Subquery(s) => walk(&s.expr, out),
-            Expr::VectorSelector(vs) => selector(vs, out),
-            Expr::MatrixSelector(m) => selector(&m.vs, out),
-            Expr::Call(c) => c.args.args.iter().for_each(|a| walk(a, out)),
+            Expr::Paren(p) => walk(&p.expr, f),
+            Expr::Subquery(s) => walk(&s.expr, f),
+            Expr::VectorSelector(vs) => f(vs),
+            Expr::MatrixSelector(m) => f(&m.vs),
+            Expr::Call(c) => c.args.args.iter().for_each(|a| walk(a, f)),
             Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
         }
     }
-    let expr = promql_parser::parser::parse(expr)?;
+    walk(&promql_parser::parser::parse(expr)?, f);
+    Ok(())
+}
+
+/// Every metric name an expression selects (`foo`, `foo{...}`, `{__name__="foo"}`).
+pub fn metric_names(expr: &str) -> Result<BTreeSet<String>, String> {
     let mut out = BTreeSet::new();
-    walk(&expr, &mut out);
+    each_selector(expr, &mut |vs| {
+        if let Some(name) = &vs.name {
+            out.insert(name.clone());
+        }
+        out.extend(
+            vs.matchers
+                .matchers
+                .iter()
+                .filter(|m| m.name == "__name__")
+                .map(|m| m.value.clone()),
+        );
+    })?;
+    Ok(out)
+}
+
+/// Every value an expression's selectors match `label` against with `=` (`kind="x"`).
+pub fn label_values(expr: &str, label: &str) -> Result<BTreeSet<String>, String> {
+    use promql_parser::label::MatchOp;
+    let mut out = BTreeSet::new();
+    each_selector(expr, &mut |vs| {
+        out.extend(
+            vs.matchers
+                .matchers
+                .iter()
+                .chain(vs.matchers.or_matchers.iter().flatten())
+                .filter(|m| m.name == label && matches!(m.op, MatchOp::Equal))
+                .map(|m| m.value.clone()),
+        );
+    })?;
     Ok(out)
 }
 
