@@ -17,10 +17,28 @@ use crate::model::tcp::TcpState;
 use crate::output::OutputFormat;
 use crate::output::time::TimeFormat;
 
+/// `tcptrace -V`: the version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TCPTRACE_GIT_COMMIT"),
+    ")"
+);
+
+/// `tcptrace --version`: also the kernels it supports (README, "Kernel support").
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\ncommit:  ",
+    env!("TCPTRACE_GIT_COMMIT"),
+    "\nkernels: Linux 5.10 or newer with BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF=y); \
+tested on 5.10, 6.1, 6.12 and 7.x"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tcptrace",
-    version,
+    version = VERSION,
+    long_version = LONG_VERSION,
     about = "Live TCP state transitions from the kernel, with the time spent in each state",
     long_about = "tcptrace hooks the kernel's sock:inet_sock_set_state tracepoint with eBPF and \
 shows every TCP state transition on this host as it happens: which socket moved from which \
@@ -479,6 +497,15 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn version_names_commit_and_kernels() {
+        let long = Cli::command().render_long_version();
+        assert!(long.starts_with(&format!("tcptrace {}\n", env!("CARGO_PKG_VERSION"))));
+        assert!(long.contains("commit:  ") && long.contains("Linux 5.10 or newer with BTF"));
+        let short = Cli::command().render_version();
+        assert!(short.contains(" (commit "), "{short}");
     }
 
     fn tail(args: &[&str]) -> Result<TailArgs, clap::Error> {

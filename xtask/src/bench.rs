@@ -60,6 +60,11 @@ pub struct BenchArgs {
     /// and reconciles them every 5 s: no transition may be lost to a full ring (0 skips).
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     churn_secs: u64,
+    /// The agent binary to measure instead of this tree's release build, e.g. the static one
+    /// `cargo xtask package` writes; unlike --compare, the held-sockets peak RSS is measured
+    /// on it too (default: build and measure target/release/tcptrace).
+    #[arg(long, value_name = "PATH")]
+    bin: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -76,6 +81,7 @@ impl BenchArgs {
             compare: None,
             kernel_log: false,
             churn_secs: 5,
+            bin: None,
         }
     }
 }
@@ -786,8 +792,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if !crate::setup::is_ready() {
         crate::setup::steps(crate::setup::BUILD)?;
     }
-    sh(cargo().args(["build", "--release", "--package", "tcptrace"]))?;
-    let bin = workspace_root().join("target/release/tcptrace");
+    let bin = match &args.bin {
+        Some(bin) => bin.clone(),
+        None => {
+            sh(cargo().args(["build", "--release", "--package", "tcptrace"]))?;
+            workspace_root().join("target/release/tcptrace")
+        }
+    };
     let machine = describe_machine();
     println!("xtask: bench on {machine}");
     let old_stats = bpf_stats(Some("1"))?;

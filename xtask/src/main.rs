@@ -5,8 +5,10 @@
 //! - `test`: setup, formatting, clippy (host and eBPF), unit tests, root-only kernel tests.
 //! - `bench`: cost and completeness under connection churn, against no tracer.
 //! - `vm-test`: the kernel tests inside QEMU guests running Debian's 5.10, 6.1, 6.12 and 7.x.
+//! - `package`: the static binary, the .deb and the OCI image under `target/package/`.
 
 mod bench;
+mod package;
 mod setup;
 mod test;
 mod vm;
@@ -29,9 +31,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what building and testing tcptrace needs: the nightly's rust-src and bpf-linker
-    /// built against the nightly's LLVM (what `run` installs), then tracefs and the Debian
-    /// packages the tests use.
+    /// Install what building, packaging and testing tcptrace needs: the nightly's rust-src and
+    /// bpf-linker built against the nightly's LLVM (what `run` installs), the musl target,
+    /// strip and umoci (what `package` installs), then tracefs, the Debian packages the tests
+    /// use and a Python venv with the Kubernetes validators.
     Setup,
     /// Build tcptrace (release) and run it, e.g. `cargo xtask run -- tail --port 443`;
     /// installs the eBPF toolchain first if it is missing, nothing else.
@@ -46,6 +49,10 @@ enum Cmd {
     /// Measure tcptrace's cost and completeness under loopback connection churn, side by
     /// side with no tracer (needs root); writes target/bench/result.{json,md}.
     Bench(bench::BenchArgs),
+    /// Build what a fleet installs, under target/package/: the static binary
+    /// (x86_64-unknown-linux-musl), a .deb with the hardened systemd unit, and an OCI image;
+    /// installs the musl target, strip and umoci first if they are missing.
+    Package,
     /// Boot Debian's 5.10, 6.1, 6.12 and 7.x cloud kernels in QEMU (TCG) and run tcptrace's
     /// kernel tests inside each; one PASS/FAIL line per kernel (needs root and network access
     /// to deb.debian.org the first time; kernels are cached in target/vm).
@@ -66,6 +73,7 @@ fn main() -> ExitCode {
         Cmd::Test(args) => test::run(&args),
         Cmd::Bench(args) => bench::run(&args),
         Cmd::VmTest(args) => vm::run(&args),
+        Cmd::Package => package::run(),
         Cmd::HoldConnections { count } => bench::hold_connections(count),
     };
     match result {

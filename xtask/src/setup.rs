@@ -13,10 +13,12 @@ pub const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests use: `ip`, `ss` and `nstat` (network namespaces, veth, the
 /// kernel's counters), nft (a firewall drop in a test namespace), Prometheus with promtool
-/// (the exporter is scraped and linted by the real thing), socat and python3 (peer and server
-/// processes), nginx and ab (a real server under a real load generator), setpriv and sysctl;
-/// and for `cargo xtask vm-test`: QEMU, a static busybox and cpio for the guests' initramfs,
-/// kmod, xz and zstd for kernel modules.
+/// (the exporter is scraped and linted by the real thing, the rules are checked and
+/// unit-tested), socat and python3 (peer and server processes), nginx and ab (a real server
+/// under a real load generator), setpriv and sysctl; for `cargo xtask vm-test`: QEMU, a static
+/// busybox and cpio for the guests' initramfs, kmod, xz and zstd for kernel modules; for the
+/// checks of deploy/ and the package tests: systemd-analyze, adduser and deb-systemd-helper
+/// (the package's maintainer scripts), and Python's venv for the Kubernetes validators.
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -33,7 +35,24 @@ const APT_PACKAGES: &[&str] = &[
     "kmod",
     "xz-utils",
     "zstd",
+    "systemd",
+    "adduser",
+    "init-system-helpers",
+    "python3-venv",
 ];
+/// Debian packages `cargo xtask package` uses besides dpkg-deb (dpkg is always there): strip
+/// (binutils) and umoci (OCI images without a daemon).
+const PACKAGE_APT_PACKAGES: &[&str] = &["binutils", "umoci"];
+/// Python tools for the Kubernetes manifests, in a venv under target/: kubernetes-validate
+/// (Kubernetes' own schemas, `--strict`) and the Prometheus Operator's resource models, whose
+/// JSON schemas check the ServiceMonitor and PrometheusRule (kubernetes-validate has no schema
+/// for custom resources).
+pub const PYTHON_TOOLS: &[&str] = &[
+    "kubernetes-validate==1.37.0",
+    "cloudcoil-models-prometheus-operator==0.80.1.0",
+];
+/// The venv holding PYTHON_TOOLS, relative to the workspace root.
+pub const DEPLOY_VENV: &str = "target/deploy-venv";
 const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// A step of setup.
@@ -43,23 +62,34 @@ pub enum Step {
     RustSrc,
     /// `bpf-linker`, built against the nightly's own LLVM.
     BpfLinker,
+    /// The Rust target of the static binary ([`crate::package::MUSL_TARGET`]).
+    MuslTarget,
+    /// The Debian packages packaging uses ([`PACKAGE_APT_PACKAGES`]).
+    PackageTools,
     /// tracefs mounted (tracepoint formats; the tests read them).
     Tracefs,
     /// The Debian packages the tests use ([`APT_PACKAGES`]).
     TestPackages,
+    /// The venv with the Kubernetes validators ([`PYTHON_TOOLS`] in [`DEPLOY_VENV`]).
+    PythonTools,
 }
 
 /// What building and running tcptrace needs (`cargo xtask run`).
 pub const BUILD: &[Step] = &[Step::RustSrc, Step::BpfLinker];
+/// What packaging needs besides (`cargo xtask package`; the tests package too).
+pub const PACKAGE: &[Step] = &[Step::MuslTarget, Step::PackageTools];
 /// What testing needs besides (`cargo xtask setup`, `cargo xtask test`).
-pub const TEST: &[Step] = &[Step::Tracefs, Step::TestPackages];
+pub const TEST: &[Step] = &[Step::Tracefs, Step::TestPackages, Step::PythonTools];
 
 fn step(step: Step) -> anyhow::Result<()> {
     match step {
         Step::RustSrc => rust_src(),
         Step::BpfLinker => bpf_linker(),
+        Step::MuslTarget => musl_target(),
+        Step::PackageTools => apt_packages(PACKAGE_APT_PACKAGES),
         Step::Tracefs => tracefs(),
         Step::TestPackages => apt_packages(APT_PACKAGES),
+        Step::PythonTools => python_tools(),
     }
 }
 
@@ -68,9 +98,10 @@ pub fn steps(steps: &[Step]) -> anyhow::Result<()> {
     steps.iter().try_for_each(|s| step(*s))
 }
 
-/// Everything: what building needs, then what testing needs.
+/// Everything: what building needs, then what packaging and testing need.
 pub fn run() -> anyhow::Result<ExitCode> {
     steps(BUILD)?;
+    steps(PACKAGE)?;
     steps(TEST)?;
     println!("xtask: setup complete");
     Ok(ExitCode::SUCCESS)
@@ -214,6 +245,67 @@ fn tracefs() -> anyhow::Result<()> {
     sh(Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS]))
 }
 
+/// The static build's target (`cargo xtask package`).
+fn musl_target() -> anyhow::Result<()> {
+    let target = crate::package::MUSL_TARGET;
+    if output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .is_some_and(|list| list.lines().any(|l| l.trim() == target))
+    {
+        println!("xtask: ok: the Rust target {target} is installed");
+        return Ok(());
+    }
+    println!("xtask: adding the Rust target {target} (the static binary)");
+    sh(Command::new("rustup").args(["target", "add", target]))
+}
+
+/// PYTHON_TOOLS in DEPLOY_VENV, with Debian's python3 (its venv module is a Debian package).
+fn python_tools() -> anyhow::Result<()> {
+    let venv = crate::workspace_root().join(DEPLOY_VENV);
+    let pip = venv.join("bin/pip");
+    let freeze = output(Command::new(&pip).args(["freeze", "--all"])).unwrap_or_default();
+    // pip spells names its own way (`cloudcoil.models.prometheus_operator==...`): compare
+    // them normalized as PEP 503 does.
+    let have = |req: &str| {
+        freeze
+            .lines()
+            .any(|l| normalize_requirement(l) == normalize_requirement(req))
+    };
+    if PYTHON_TOOLS.iter().all(|t| have(t)) {
+        println!("xtask: ok: {} in {DEPLOY_VENV}", PYTHON_TOOLS.join(" "));
+        return Ok(());
+    }
+    if !pip.exists() {
+        println!("xtask: creating a Python venv in {DEPLOY_VENV}");
+        sh(Command::new("/usr/bin/python3")
+            .args(["-m", "venv"])
+            .arg(&venv))?;
+    }
+    println!(
+        "xtask: installing {} into {DEPLOY_VENV}",
+        PYTHON_TOOLS.join(" ")
+    );
+    sh(Command::new(&pip)
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(PYTHON_TOOLS))
+}
+
+/// `Name_x.y==1.0` -> `name-x-y==1.0` (PEP 503 name normalization; the version is kept).
+fn normalize_requirement(req: &str) -> String {
+    let (name, version) = req.trim().split_once("==").unwrap_or((req.trim(), ""));
+    let mut out = String::new();
+    for c in name.chars() {
+        let c = if matches!(c, '-' | '_' | '.') {
+            '-'
+        } else {
+            c.to_ascii_lowercase()
+        };
+        if !(c == '-' && out.ends_with('-')) {
+            out.push(c);
+        }
+    }
+    format!("{out}=={version}")
+}
+
 fn apt_packages(packages: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages
         .iter()
@@ -247,16 +339,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn building_needs_no_test_packages() {
-        assert!(!BUILD.contains(&Step::TestPackages));
-        assert!(!BUILD.contains(&Step::Tracefs));
-        for s in BUILD.iter().chain(TEST) {
+    fn building_needs_no_test_or_package_tools() {
+        for s in [
+            Step::Tracefs,
+            Step::TestPackages,
+            Step::PythonTools,
+            Step::MuslTarget,
+            Step::PackageTools,
+        ] {
+            assert!(!BUILD.contains(&s), "{s:?} in BUILD");
+        }
+        for s in BUILD.iter().chain(PACKAGE).chain(TEST) {
+            let lists = [BUILD, PACKAGE, TEST];
             assert_eq!(
-                BUILD.contains(s),
-                !TEST.contains(s),
+                lists.iter().filter(|l| l.contains(s)).count(),
+                1,
                 "{s:?} in exactly one list"
             );
         }
+        // The package tools are not test packages installed twice.
+        assert!(
+            PACKAGE_APT_PACKAGES
+                .iter()
+                .all(|p| !APT_PACKAGES.contains(p))
+        );
     }
 
     #[test]
@@ -264,5 +370,17 @@ mod tests {
         let vv = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nbinary: rustc\nhost: x86_64-unknown-linux-gnu\nrelease: 1.97.0-nightly\nLLVM version: 22.1.4\n";
         assert_eq!(parse_llvm_major(vv), Some(22));
         assert_eq!(parse_llvm_major("rustc 1.0\n"), None);
+    }
+
+    #[test]
+    fn pip_names_compare_normalized() {
+        assert_eq!(
+            normalize_requirement("cloudcoil.models.prometheus_operator==0.80.1.0"),
+            normalize_requirement("cloudcoil-models-prometheus-operator==0.80.1.0")
+        );
+        assert_ne!(
+            normalize_requirement("kubernetes-validate==1.36.0"),
+            normalize_requirement("kubernetes-validate==1.37.0")
+        );
     }
 }

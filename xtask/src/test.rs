@@ -45,7 +45,11 @@ pub fn run(args: &TestArgs) -> anyhow::Result<ExitCode> {
     // A short benchmark run: proves `cargo xtask bench` works and that the agent reads every
     // record the kernel sends under churn (timing goals are not asserted here).
     crate::bench::run(&crate::bench::BenchArgs::smoke())?;
-    // The kernel tests are ignored, with a reason, by plain `cargo test` (they need root).
+    // The static binary, the .deb and the OCI image: tests/package.rs installs and runs them.
+    crate::package::run()?;
+    // The kernel tests are ignored, with a reason, by plain `cargo test` (they need root);
+    // so are the checks of deploy/ (they need the tools setup installs), the package tests
+    // and the three-agent fleet test with Prometheus.
     sh(cargo().args([
         "test",
         "--package",

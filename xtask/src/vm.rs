@@ -61,7 +61,8 @@ const SERIES: &[Series] = &[
 /// the cookie helper) and the one Debian stable runs.
 pub const QUICK_SERIES: &[&str] = &["5.10", "6.1"];
 
-/// Integration-test binaries run in guests, and tests left out with the reason.
+/// Integration-test binaries run in guests, and tests left out with the reason. The deploy,
+/// package and fleet binaries (dpkg, umoci, three agents with Prometheus) run on the host only.
 const FULL_TESTS: &[&str] = &["tail", "owner", "stories", "serve", "doctor"];
 const QUICK_TESTS: &[&str] = &["tail", "owner"];
 /// (test name, why it does not run in a guest); the closing summary names them.

@@ -114,6 +114,7 @@ pub fn take(scope: &Scope, request: Request<'_>) -> anyhow::Result<Snapshot> {
             .collect(),
     };
     let taken_ns = monotonic_ns();
+    let started = std::time::Instant::now();
     let (mut snapshot, last_error) = std::thread::scope(|s| {
         s.spawn(|| dump_each(&targets, request))
             .join()
@@ -125,6 +126,13 @@ pub fn take(scope: &Scope, request: Request<'_>) -> anyhow::Result<Snapshot> {
             })
     });
     snapshot.taken_ns = taken_ns;
+    log::debug!(
+        "snapshot of {} network namespaces ({} sockets, {} not dumped) in {:.1} ms",
+        snapshot.namespaces.len(),
+        snapshot.sockets.len(),
+        snapshot.failed,
+        started.elapsed().as_secs_f64() * 1e3
+    );
     match last_error {
         Some(e) if snapshot.namespaces.is_empty() => Err(e),
         Some(e) => {
