@@ -583,9 +583,19 @@ impl<'s> Pipeline<'s> {
                     self.owners.expire(now_ns);
                     if look_job.is_none() && now_ns >= self.next_look_ns && self.owners.look_due(now_ns) {
                         let scope = self.scope.clone();
+                        let roots = self.owners.look_roots(now_ns, &mut self.pids);
                         look_job = Some(tokio::task::spawn_blocking(move || {
                             let started = std::time::Instant::now();
-                            let look = (snapshot::take(&scope, Request::LISTENERS), SocketOwners::scan());
+                            let listeners = snapshot::take(&scope, Request::LISTENERS);
+                            let inodes: HashSet<u32> = listeners
+                                .iter()
+                                .flat_map(|l| l.sockets.iter().map(|s| s.inode))
+                                .collect();
+                            let owners = SocketOwners::scan_where(
+                                |i| inodes.contains(&i),
+                                roots.as_deref(),
+                            );
+                            let look = (listeners, owners);
                             (look, started.elapsed())
                         }));
                     }

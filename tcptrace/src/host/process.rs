@@ -128,12 +128,16 @@ impl Liveness for PidWatch {
 /// glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), after
 /// which snapshot lists and table resizes are carved from the heap, and their freed pages stay
 /// resident. A fixed threshold keeps every block of 1 MiB or more in its own mapping: returned
-/// to the kernel when freed, and resident only as far as it is filled.
+/// to the kernel when freed, and resident only as far as it is filled. And glibc gives each
+/// thread that allocates an arena of its own (up to 8 per CPU): snapshots and `/proc` scans run
+/// on blocking threads, whose arenas would each keep their freed pages; two arenas suffice for
+/// the few threads the agent has.
 pub fn fix_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; called before any thread starts.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

@@ -527,8 +527,13 @@ fn make_room<V>(live: &mut CookieMap<V>, order: &mut VecDeque<u64>, capacity: us
             evicted += 1;
         }
     }
-    if order.len() > 2 * capacity.max(1024) {
+    // Cookies of closed connections stay in `order` until compacted: once they outnumber the
+    // live ones (plus some slack), so `order` stays within twice the live connections whatever
+    // the capacity (a full-capacity bound let it grow by 8 bytes per connection, to megabytes,
+    // under churn). Amortized: a compaction follows at least as many pushes as it keeps.
+    if order.len() > 2 * live.len() + 1024 {
         order.retain(|c| live.contains_key(c));
+        order.shrink_to(2 * order.len() + 1024);
     }
     evicted
 }

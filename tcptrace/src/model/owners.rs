@@ -132,6 +132,23 @@ impl OwnerBook {
             .any(|l| l.closed_ns.is_none() && l.look_at.is_some_and(|at| at <= now_ns))
     }
 
+    /// Where to look for the holders of the listeners due at `now_ns`: below their current
+    /// holders (the workers a server forks after listen()), or `None` when some due listener
+    /// has no live holder to start from (a handed-off listener: anyone may hold it now).
+    pub fn look_roots(&self, now_ns: u64, live: &mut dyn Liveness) -> Option<Vec<u32>> {
+        let mut roots = Vec::new();
+        for l in self.listeners.values() {
+            if l.closed_ns.is_some() || l.look_at.is_none_or(|at| at > now_ns) {
+                continue;
+            }
+            let holder = l.holder.filter(|h| live.alive_at(h.pid, now_ns))?;
+            if !roots.contains(&holder.pid) {
+                roots.push(holder.pid);
+            }
+        }
+        Some(roots)
+    }
+
     /// Takes in a fresh look at the listeners (`listeners` from a dump, `ids` their ids in
     /// transitions): each listener due gets the holder `/proc` names now (or none). Returns
     /// the changes for the kernel's listener map.
