@@ -77,6 +77,9 @@ pub mod flags {
     /// The socket received a RST (`tcp:tcp_receive_reset`, fired in `tcp_reset()` before the
     /// socket moves to CLOSE).
     pub const RST_RECEIVED: u32 = 2;
+    /// `RawTransition::close` holds what the connection carried (a `-> CLOSE` transition on a
+    /// kernel whose `tcp_sock` has those fields).
+    pub const CLOSE_STATS: u32 = 4;
 }
 
 /// Indices into the per-CPU `COUNTERS` array.
@@ -198,6 +201,21 @@ pub struct SockOffsets {
     /// `tcp_request_sock.snt_synack` (u64, microseconds of CLOCK_MONOTONIC): when the first
     /// SYN-ACK was sent (`tcp_make_synack()` sets it once).
     pub snt_synack: u32,
+    /// `tcp_sock.bytes_acked` (u64, RFC 4898 tcpEStatsAppHCThruOctetsAcked, Linux 4.1+): bytes
+    /// sent and acknowledged by the peer.
+    pub bytes_acked: u32,
+    /// `tcp_sock.bytes_received` (u64, RFC 4898 tcpEStatsAppHCThruOctetsReceived, 4.1+).
+    pub bytes_received: u32,
+    /// `tcp_sock.total_retrans` (u32): segments retransmitted over the connection's life.
+    pub total_retrans: u32,
+    /// `tcp_sock.srtt_us` (u32): the smoothed RTT in microseconds, shifted left by 3.
+    pub srtt_us: u32,
+    /// `tcp_sock.mdev_us` (u32): the RTT's mean deviation in microseconds, shifted left by 2.
+    pub mdev_us: u32,
+    /// `sk->sk_flags` (`__sk_common.skc_flags`, unsigned long), and the bit of `SOCK_DONE` in
+    /// it (`enum sock_flags`, from BTF): `tcp_fin()` sets it when the peer's FIN arrives.
+    pub sk_flags: u32,
+    pub sock_done_bit: u32,
 }
 
 impl SockOffsets {
@@ -228,6 +246,13 @@ impl SockOffsets {
         accept_tail: Self::ABSENT,
         req_sk: Self::ABSENT,
         snt_synack: Self::ABSENT,
+        bytes_acked: Self::ABSENT,
+        bytes_received: Self::ABSENT,
+        total_retrans: Self::ABSENT,
+        srtt_us: Self::ABSENT,
+        mdev_us: Self::ABSENT,
+        sk_flags: Self::ABSENT,
+        sock_done_bit: Self::ABSENT,
     };
 }
 
@@ -335,6 +360,43 @@ pub struct ListenerEntry {
     pub id: u64,
 }
 
+/// What a connection carried, read from its `struct tcp_sock` at its `-> CLOSE` transition:
+/// totals over the connection's whole life (also for connections older than the agent).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(
+        zerocopy::FromBytes,
+        zerocopy::IntoBytes,
+        zerocopy::KnownLayout,
+        zerocopy::Immutable
+    )
+)]
+pub struct CloseStats {
+    /// Sequence space sent and acknowledged by the peer (`tcp_sock.bytes_acked`): the data
+    /// bytes, plus one for an active opener's SYN and one for an acknowledged FIN.
+    pub bytes_acked: u64,
+    /// Sequence space received in order (`tcp_sock.bytes_received`): the data bytes, plus
+    /// one for the peer's FIN ([`close_flags::FIN_RECEIVED`]).
+    pub bytes_received: u64,
+    /// Segments retransmitted (`tcp_sock.total_retrans`).
+    pub total_retrans: u32,
+    /// Smoothed RTT, microseconds << 3 (`tcp_sock.srtt_us`); 0 when no RTT was sampled.
+    pub srtt_us: u32,
+    /// RTT mean deviation, microseconds << 2 (`tcp_sock.mdev_us`).
+    pub mdev_us: u32,
+    /// [`close_flags`] bits.
+    pub flags: u32,
+}
+
+/// `CloseStats::flags` bits.
+pub mod close_flags {
+    /// The peer's FIN arrived (`SOCK_DONE` in `sk->sk_flags`): `bytes_received` counts its
+    /// sequence number, which carries no byte.
+    pub const FIN_RECEIVED: u32 = 1;
+}
+
 /// One state transition, as written to the ring buffer by the kernel program.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -388,13 +450,15 @@ pub struct RawTransition {
     /// Inode of the socket's network namespace (as in `/proc/PID/ns/net`), 0 when unknown.
     pub netns: u32,
     pub flags: u32,
+    /// On `-> CLOSE` (with [`flags::CLOSE_STATS`]): what the connection carried.
+    pub close: CloseStats,
 }
 
 /// Size of one ring-buffer record.
 pub const RAW_TRANSITION_SIZE: usize = size_of::<RawTransition>();
 
-const _: () = assert!(RAW_TRANSITION_SIZE == 152);
-const _: () = assert!(size_of::<Config>() == 148);
+const _: () = assert!(RAW_TRANSITION_SIZE == 184);
+const _: () = assert!(size_of::<Config>() == 176);
 const _: () = assert!(size_of::<SockEntry>() == 80);
 const _: () = assert!(size_of::<ListenerEntry>() == 40);
 
@@ -414,4 +478,6 @@ mod pod {
     unsafe impl aya::Pod for super::ListenerEntry {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::Owner {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::CloseStats {}
 }

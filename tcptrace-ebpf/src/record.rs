@@ -2,11 +2,11 @@
 
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::helpers::bpf_get_current_comm;
-use tcptrace_common::{Config, RawTransition, SockEntry, counter};
+use tcptrace_common::{CloseStats, Config, RawTransition, SockEntry, counter, flags};
 
 use crate::filter;
 use crate::maps::{EVENTS, bump};
-use crate::transition::Transition;
+use crate::transition::{CLOSE, Transition};
 
 /// Filters, then writes one record for `t` of socket `sock`, `in_old_ns` after it entered the
 /// old state, into the ring buffer, field by field (no stack copy). `Err(counter)` counts a
@@ -26,6 +26,18 @@ pub fn emit(config: &Config, t: &Transition, sock: &SockEntry, in_old_ns: u64) -
     } else {
         bpf_get_current_comm().unwrap_or([0; 16])
     };
+    // What the connection carried, read once, at its end.
+    let close = if t.new == CLOSE {
+        t.sk.close_stats(&config.offsets)
+    } else {
+        None
+    };
+    let flags = sock.flags
+        | if close.is_some() {
+            flags::CLOSE_STATS
+        } else {
+            0
+        };
     // SAFETY: `e` points to a reserved, exclusively owned ring record of the right size; every
     // field is written before submit.
     unsafe {
@@ -46,7 +58,8 @@ pub fn emit(config: &Config, t: &Transition, sock: &SockEntry, in_old_ns: u64) -
         (&raw mut (*e).newstate).write(t.new as u8);
         (&raw mut (*e).cpu_comm).write(cpu_comm);
         (&raw mut (*e).netns).write(sock.netns);
-        (&raw mut (*e).flags).write(sock.flags);
+        (&raw mut (*e).flags).write(flags);
+        (&raw mut (*e).close).write(close.unwrap_or(CloseStats::default()));
         t.sk.read_addresses(&config.offsets, t.family, &mut (*e).saddr, &mut (*e).daddr);
     }
     slot.submit(wakeup_flags(config.wakeup_bytes));

@@ -6,7 +6,9 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::{
     bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated::bpf_get_socket_cookie,
 };
-use tcptrace_common::{AF_INET6, IPPROTO_TCP, SockOffsets, counter, tcp_state};
+use tcptrace_common::{
+    AF_INET6, CloseStats, IPPROTO_TCP, SockOffsets, close_flags, counter, tcp_state,
+};
 
 /// `cgrp_dfl_root.cgrp.kn->id`: kernfs numbers the root directory 1.
 const ROOT_CGROUP_ID: u64 = 1;
@@ -105,6 +107,35 @@ impl Sock {
         }
         // Monotonic microseconds stay far below 2^54 for centuries: no overflow.
         read::<u64>(req, off.snt_synack).map_or(0, |us| us.wrapping_mul(1000))
+    }
+
+    /// What the connection carried (see `CloseStats`), when this kernel's `tcp_sock` has the
+    /// fields; reads that fail leave zeros.
+    #[inline(always)]
+    pub fn close_stats(self, off: &SockOffsets) -> Option<CloseStats> {
+        if off.bytes_acked == SockOffsets::ABSENT
+            || off.bytes_received == SockOffsets::ABSENT
+            || off.total_retrans == SockOffsets::ABSENT
+            || off.srtt_us == SockOffsets::ABSENT
+            || off.mdev_us == SockOffsets::ABSENT
+        {
+            return None;
+        }
+        let fin_received = off.sk_flags != SockOffsets::ABSENT
+            && off.sock_done_bit < 64
+            && read::<u64>(self.0, off.sk_flags).is_ok_and(|f| f >> off.sock_done_bit & 1 == 1);
+        Some(CloseStats {
+            bytes_acked: read(self.0, off.bytes_acked).unwrap_or(0),
+            bytes_received: read(self.0, off.bytes_received).unwrap_or(0),
+            total_retrans: read(self.0, off.total_retrans).unwrap_or(0),
+            srtt_us: read(self.0, off.srtt_us).unwrap_or(0),
+            mdev_us: read(self.0, off.mdev_us).unwrap_or(0),
+            flags: if fin_received {
+                close_flags::FIN_RECEIVED
+            } else {
+                0
+            },
+        })
     }
 
     /// Whether `sk->sk_protocol` is TCP (the tracepoint fires for every inet protocol).

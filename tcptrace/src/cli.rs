@@ -149,22 +149,27 @@ tcptrace serve --lport 443 --tail                only port 443, and print transi
     )]
     Serve(ServeArgs),
 
-    /// Print one line per finished connection: role, handshake and lifetime, who closed
-    /// first, how it ended, and how long it then sat in TIME_WAIT.
+    /// Print one line per finished connection: role, handshake and lifetime, what it carried,
+    /// who closed first, how it ended, and (with --time-wait) how long it then sat in
+    /// TIME_WAIT.
     #[command(
-        long_about = "Print one line per finished connection.\n\n\
+        long_about = "Print one line per finished connection, when its socket closes.\n\n\
 Columns: TIME (when the story ended), PID/COMM (the owner), LOCAL/REMOTE, ROLE (client, server, \
-unknown when first seen mid-life), HS_MS (handshake), LIFE_MS (open to close, TIME_WAIT \
-excluded), CLOSED_BY (local: this socket sent the first FIN; remote; both: simultaneous close), \
-END (fin, refused, timeout, ports_exhausted, handshake_aborted, rst_received, aborted), TW_MS (TIME_WAIT after \
-an active close, measured with INET_DIAG snapshots; a FIN_WAIT2 suffix marks an orphaned \
-socket that waited for the peer's FIN).\n\n\
-A connection closed actively is printed when its TIME_WAIT ends (60 s later) unless \
---no-time-wait is given. The README documents the rules and their limits.",
+unknown when first seen mid-life), HS_MS (handshake: a client's SYN_SENT; a server's from its \
+first SYN-ACK), LIFE_MS (open to close, TIME_WAIT excluded), TX_KB/RX_KB (data bytes sent and \
+acknowledged / received, read from the socket at its close), RETRANS (segments retransmitted), \
+RTT_MS (smoothed RTT at the close), CLOSED_BY (local: this socket sent the first FIN; remote; \
+both: simultaneous close), END (fin, refused, timeout, ports_exhausted, handshake_aborted, \
+rst_received, aborted), TW_MS (with --time-wait: the TIME_WAIT after an active close, measured \
+with INET_DIAG snapshots; a FIN_WAIT2 suffix marks an orphaned socket that waited for the peer's \
+FIN). A narrow terminal drops RTT_MS, RETRANS, TW_MS, HS_MS, RX_KB, TX_KB and TIME, in that \
+order, before cutting anything; --wide shows them all.\n\n\
+With --time-wait, a connection closed actively is printed when its TIME_WAIT ends (up to 60 s \
+later). The README documents the rules and their limits.",
         after_help = "Examples:\n  \
 tcptrace life                         every connection as it finishes\n  \
 tcptrace life --rport 5432 -o json    connections to PostgreSQL, as JSON\n  \
-tcptrace life --no-time-wait          print at close, without waiting for TIME_WAIT"
+tcptrace life --time-wait             print after TIME_WAIT, with its length"
     )]
     Life(LifeArgs),
 

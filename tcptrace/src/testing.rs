@@ -41,6 +41,7 @@ pub fn raw_v4() -> RawTransition {
         cpu_comm,
         netns: 4026531840,
         flags: 0,
+        close: tcptrace_common::CloseStats::default(),
     }
 }
 
@@ -91,6 +92,21 @@ impl Step {
     pub fn child_of(mut self, listener: u64, request_ns: u64) -> Self {
         self.0.listener = listener;
         self.0.request_ns = request_ns;
+        self
+    }
+
+    /// Ends with what the connection carried: `tx`/`rx` bytes, `retrans` segments, an RTT of
+    /// `rtt_us`.
+    pub fn carried(mut self, tx: u64, rx: u64, retrans: u32, rtt_us: u32) -> Self {
+        self.0.flags |= flags::CLOSE_STATS;
+        self.0.close = tcptrace_common::CloseStats {
+            bytes_acked: tx,
+            bytes_received: rx,
+            total_retrans: retrans,
+            srtt_us: rtt_us << 3,
+            mdev_us: (rtt_us / 4) << 2,
+            flags: tcptrace_common::close_flags::FIN_RECEIVED,
+        };
         self
     }
 

@@ -392,3 +392,72 @@ fn doctor_findings_are_exported_while_they_last() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn per_port_metrics_name_listening_ports_only_and_bytes_are_counted() {
+    let ns = common::Netns::bare();
+    // Two services; one label allowed: the first seen listening gets it, the other is "other".
+    let (a, b) = ns.run(|| {
+        (
+            TcpListener::bind(("127.0.0.1", 8081)).unwrap(),
+            TcpListener::bind(("127.0.0.1", 8082)).unwrap(),
+        )
+    });
+    let exporter = Exporter::start(&["--netns-path", &ns.path(), "--metrics.port-limit", "1"]);
+    // Three connections to 8081 that carry 1000 bytes each way, one to 8082; each client
+    // closes first.
+    ns.run(|| {
+        for (l, port, n) in [(&a, 8081, 3), (&b, 8082, 1)] {
+            for _ in 0..n {
+                let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                let (mut s, _) = l.accept().unwrap();
+                c.write_all(&[1; 1000]).unwrap();
+                let mut buf = [0u8; 1000];
+                s.read_exact(&mut buf).unwrap();
+                s.write_all(&buf).unwrap();
+                c.read_exact(&mut buf).unwrap();
+                drop(c);
+                let _ = s.read(&mut buf);
+            }
+        }
+    });
+    exporter.wait_metric(
+        "tcptrace_port_transitions_total{from=\"listen\",port=\"8081\",to=\"syn_recv\"}",
+        |v| v == 3.0,
+    );
+    exporter.wait_metric(
+        "tcptrace_port_transitions_total{from=\"listen\",port=\"other\",to=\"syn_recv\"}",
+        |v| v == 1.0,
+    );
+    exporter.wait_metric(
+        "tcptrace_port_sockets{port=\"8081\",state=\"listen\"}",
+        |v| v == 1.0,
+    );
+    let metrics = exporter.scrape();
+    // Only listening ports are labels: the clients' ephemeral ports never are.
+    for line in metrics.lines().filter(|l| l.starts_with("tcptrace_port_")) {
+        assert!(
+            line.contains("port=\"8081\"") || line.contains("port=\"other\""),
+            "{line}"
+        );
+    }
+    // 4000 data bytes sent by the clients (and as many by the servers), SYN and FIN apart.
+    exporter.wait_metric(
+        "tcptrace_connection_bytes_total{direction=\"tx\",role=\"client\"}",
+        |v| v == 4000.0,
+    );
+    exporter.wait_metric(
+        "tcptrace_connection_bytes_total{direction=\"rx\",role=\"server\"}",
+        |v| v == 4000.0,
+    );
+    assert!(
+        sample(
+            &metrics,
+            "tcptrace_connection_rtt_seconds_count{role=\"client\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{metrics}"
+    );
+}

@@ -740,3 +740,138 @@ fn a_lost_final_ack_makes_the_servers_handshake_last_until_the_clients_data() {
     );
     assert!(handshake("client") < 200_000_000, "{s:#?}");
 }
+
+/// One connection to `ip:port` that sends `up` bytes and receives `down`, the client closing
+/// first once both are through; the server end runs on a thread in `ns` (or here).
+fn transfer(ns: Option<&Netns>, ip: &str, port: u16, up: usize, down: usize) {
+    use std::io::Write as _;
+    let listen = || TcpListener::bind((ip, port)).unwrap();
+    let listener = match ns {
+        Some(ns) => ns.run(listen),
+        None => listen(),
+    };
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = vec![0u8; up];
+        s.read_exact(&mut got).unwrap();
+        s.write_all(&vec![7u8; down]).unwrap();
+        read_eof(&mut s);
+    });
+    let mut c = TcpStream::connect((ip, port)).unwrap();
+    c.write_all(&vec![1u8; up]).unwrap();
+    let mut back = vec![0u8; down];
+    c.read_exact(&mut back).unwrap();
+    drop(c);
+    server.join().unwrap();
+}
+
+fn count(story: &Value, key: &str) -> u64 {
+    story[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {key}: {story}"))
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn what_a_connection_carried_is_what_was_sent_and_received() {
+    let port = free_port("127.0.0.1");
+    let agent = Agent::command("life", &["--port", &port.to_string()]);
+    transfer(None, "127.0.0.1", port, 1 << 20, 64 << 10);
+    let s = stories(agent, 2);
+    let (client, server) = (role(&s, "client"), role(&s, "server"));
+    // Data bytes only: the SYN and the FIN take a sequence number but carry no byte.
+    assert_eq!(
+        (count(client, "tx_bytes"), count(client, "rx_bytes")),
+        (1 << 20, 64 << 10),
+        "{client}"
+    );
+    assert_eq!(
+        (count(server, "tx_bytes"), count(server, "rx_bytes")),
+        (64 << 10, 1 << 20),
+        "{server}"
+    );
+    for story in &s {
+        assert_eq!(count(story, "retransmits"), 0, "{story}");
+        let rtt = count(story, "srtt_us");
+        assert!(
+            (1..100_000).contains(&rtt),
+            "loopback RTT {rtt} us: {story}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root, a BTF kernel and nftables; run by `cargo xtask test`"]
+fn segments_dropped_on_the_way_are_retransmissions_of_the_sender() {
+    let ns = Netns::create();
+    let port: u16 = 8080;
+    let agent = Agent::command("life", &["--port", "8080"]);
+    // Every 20th full-sized segment toward the server is dropped, and counted.
+    ns.exec("nft", &["add", "table", "inet", "tcptrace_loss"]);
+    ns.exec(
+        "nft",
+        &[
+            "add",
+            "chain",
+            "inet",
+            "tcptrace_loss",
+            "in",
+            "{ type filter hook input priority 0; }",
+        ],
+    );
+    ns.exec(
+        "nft",
+        &[
+            "add",
+            "rule",
+            "inet",
+            "tcptrace_loss",
+            "in",
+            "tcp",
+            "dport",
+            "8080",
+            "meta",
+            "length",
+            ">",
+            "1000",
+            "numgen",
+            "inc",
+            "mod",
+            "20",
+            "==",
+            "0",
+            "counter",
+            "drop",
+        ],
+    );
+    transfer(Some(&ns), &ns.ns_ip, port, 2 << 20, 64 << 10);
+    let rules = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "tcptrace_loss",
+        ])
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    let dropped: u64 = rules
+        .split("counter packets ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {rules}"));
+    assert!(dropped > 0, "{rules}");
+    let s = stories(agent, 2);
+    let client = role(&s, "client");
+    assert_eq!(count(client, "tx_bytes"), 2 << 20, "{client}");
+    assert!(
+        count(client, "retransmits") >= dropped,
+        "{dropped} dropped: {client}"
+    );
+    let server = role(&s, "server");
+    assert_eq!(count(server, "rx_bytes"), 2 << 20, "{server}");
+}

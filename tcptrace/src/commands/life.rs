@@ -48,7 +48,8 @@ pub struct LifeArgs {
     pub listeners: bool,
 
     /// Every column at full width (the table otherwise fits $COLUMNS, the terminal, or 100
-    /// columns, leaving out the time, TIME_WAIT and handshake columns when it must).
+    /// columns, leaving out the RTT, retransmission, TIME_WAIT, handshake, byte and time
+    /// columns, in that order, when it must).
     #[arg(short, long)]
     pub wide: bool,
 

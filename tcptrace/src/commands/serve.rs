@@ -21,7 +21,7 @@ use crate::host::snapshot::{self, Request};
 use crate::kernel::loader::Tracer;
 use crate::model::sockets::SocketTable;
 use crate::output::http::{self, Site};
-use crate::output::metrics::{Metrics, MetricsSink, window_capacity};
+use crate::output::metrics::{Breakdowns, Metrics, MetricsSink, window_capacity};
 use crate::output::table::{self, TransitionTable};
 use crate::output::time::{TimeFormat, WallClock};
 use crate::output::{Lines, OutputFormat};
@@ -54,6 +54,13 @@ pub struct ServeArgs {
     /// up to 10 series per namespace. 0 (the default) exports only the host-wide gauges.
     #[arg(long = "metrics.namespace-limit", value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub namespace_limit: u64,
+
+    /// Also export per-port metrics (tcptrace_port_sockets, tcptrace_port_transitions_total,
+    /// tcptrace_port_handshake_duration_seconds) for the first N local listening ports seen
+    /// (the services; never an ephemeral port), the rest summed under port="other": about
+    /// 10 + 20 + 30 series per port. 0 (the default) exports none.
+    #[arg(long = "metrics.port-limit", value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub port_limit: u64,
 
     /// Also print every transition to stdout, as `tail` does.
     #[arg(long)]
@@ -109,9 +116,15 @@ pub fn run(args: ServeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let scope = args.filter.scope(&filter)?;
     let (mut tracer, ring) = Tracer::start(&sockets.kernel(), args.kernel.sizes(log))?;
 
-    let metrics = Metrics::new(args.namespace_limit);
+    let metrics = Metrics::new(Breakdowns {
+        namespaces: args.namespace_limit,
+        ports: args.port_limit,
+    });
     let tracked = args.max_tracked_sockets as usize;
-    let table = SocketTable::new(tracked, filter.clone());
+    let mut table = SocketTable::new(tracked, filter.clone());
+    if args.port_limit > 0 {
+        table = table.count_ports();
+    }
     let mut pipeline = Pipeline::new(&sockets, scope.clone());
     pipeline.identity(tracer.identity());
     pipeline.listener_map(tracer.take_listeners());

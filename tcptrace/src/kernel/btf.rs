@@ -210,6 +210,32 @@ impl<'a> Btf<'a> {
         })
     }
 
+    /// The value of `member` in `enum name` (a plain 32-bit enum), e.g. `SOCK_DONE` in
+    /// `enum sock_flags`.
+    pub fn enum_value(&self, name: &str, member: &str) -> Option<i64> {
+        (1..self.offsets.len() as u32).find_map(|id| {
+            let at = *self.offsets.get(id as usize)? as usize;
+            let info = u32_at(self.types_data, at + 4).ok()?;
+            if (info >> 24) & 0x1f != KIND_ENUM
+                || self.string(u32_at(self.types_data, at).ok()?) != name
+            {
+                return None;
+            }
+            // struct btf_enum { __u32 name_off; __s32 val; }, vlen of them.
+            (0..(info & 0xffff) as usize).find_map(|i| {
+                let entry = at + 12 + i * 8;
+                let entry_name = self.string(u32_at(self.types_data, entry).ok()?);
+                (entry_name == member)
+                    .then(|| {
+                        u32_at(self.types_data, entry + 4)
+                            .ok()
+                            .map(|v| i64::from(v as i32))
+                    })
+                    .flatten()
+            })
+        })
+    }
+
     /// The id of `typedef name`, e.g. `btf_trace_inet_sock_set_state` (the type a
     /// `tp_btf` program names as its attach target).
     pub fn typedef_id(&self, name: &str) -> Option<u32> {
@@ -387,6 +413,16 @@ impl<'a> Btf<'a> {
                 .optional_field("inet_connection_sock", "icsk_accept_queue.rskq_accept_tail")?,
             req_sk: self.optional_field("request_sock", "sk")?,
             snt_synack: self.optional_field("tcp_request_sock", "snt_synack")?,
+            bytes_acked: self.optional_field("tcp_sock", "bytes_acked")?,
+            bytes_received: self.optional_field("tcp_sock", "bytes_received")?,
+            total_retrans: self.optional_field("tcp_sock", "total_retrans")?,
+            srtt_us: self.optional_field("tcp_sock", "srtt_us")?,
+            mdev_us: self.optional_field("tcp_sock", "mdev_us")?,
+            sk_flags: optional("__sk_common.skc_flags")?,
+            sock_done_bit: self
+                .enum_value("sock_flags", "SOCK_DONE")
+                .and_then(|v| u32::try_from(v).ok())
+                .unwrap_or(SockOffsets::ABSENT),
         })
     }
 
@@ -653,6 +689,22 @@ mod tests {
             SockOffsets::ABSENT,
             "tcp_request_sock.snt_synack"
         );
+        // What a connection carried, read at its close, and whether the peer's FIN came:
+        // enum sock_flags { SOCK_DEAD, SOCK_DONE, ... } since Linux 2.6.
+        assert_eq!(off.sock_done_bit, 1);
+        assert_ne!(off.sk_flags, SockOffsets::ABSENT, "skc_flags");
+        for (name, o) in [
+            ("bytes_acked", off.bytes_acked),
+            ("bytes_received", off.bytes_received),
+            ("total_retrans", off.total_retrans),
+            ("srtt_us", off.srtt_us),
+            ("mdev_us", off.mdev_us),
+        ] {
+            assert!(
+                o != SockOffsets::ABSENT && o > off.accept_tail,
+                "tcp_sock.{name}"
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use tcptrace_common::{DWELL_UNKNOWN, RAW_TRANSITION_SIZE, RawTransition, flags};
 use zerocopy::FromBytes as _;
 
 use crate::model::tcp::{Endpoints, TcpState};
-use crate::model::transition::{Owner, Task, Transition};
+use crate::model::transition::{Carried, Owner, Task, Transition};
 
 /// Why a record could not be decoded (counted, never fatal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +51,19 @@ pub fn from_raw(raw: &RawTransition) -> Result<Transition, DecodeError> {
         rst_received: raw.flags & flags::RST_RECEIVED != 0,
         listener: (raw.listener != 0).then_some(raw.listener),
         request_ns: (raw.request_ns != 0).then_some(raw.request_ns),
+        carried: (raw.flags & flags::CLOSE_STATS != 0).then(|| {
+            let c = &raw.close;
+            // No RTT sample leaves srtt at 0 (`tcp_ack_update_rtt()` never ran).
+            let sampled = c.srtt_us != 0;
+            Carried {
+                acked: c.bytes_acked,
+                received: c.bytes_received,
+                fin_received: c.flags & tcptrace_common::close_flags::FIN_RECEIVED != 0,
+                retransmits: c.total_retrans,
+                srtt_us: sampled.then_some(c.srtt_us >> 3),
+                rttvar_us: sampled.then_some(c.mdev_us >> 2),
+            }
+        }),
     })
 }
 
@@ -88,6 +101,7 @@ mod tests {
         b.extend_from_slice(b"ksoftirqd/0\0\0\0\0\0"); // cpu_comm
         b.extend_from_slice(&4026531840u32.to_le_bytes()); // netns
         b.extend_from_slice(&[0; 4]); // flags
+        b.extend_from_slice(&[0; 32]); // close
         b
     }
 
@@ -162,6 +176,31 @@ mod tests {
         assert!(from_raw(&raw).unwrap().owner.unwrap().inherited);
         raw.in_old_ns = 0;
         assert_eq!(from_raw(&raw).unwrap().in_old_ns, Some(0));
+    }
+
+    #[test]
+    fn what_a_closed_connection_carried() {
+        let mut raw = raw_v4();
+        raw.newstate = 7;
+        assert_eq!(from_raw(&raw).unwrap().carried, None, "no flag, no figures");
+        raw.flags = flags::CLOSE_STATS;
+        raw.close = tcptrace_common::CloseStats {
+            bytes_acked: 1 << 20,
+            bytes_received: 65536,
+            total_retrans: 3,
+            srtt_us: 800 << 3,
+            mdev_us: 100 << 2,
+            flags: tcptrace_common::close_flags::FIN_RECEIVED,
+        };
+        let c = from_raw(&raw).unwrap().carried.unwrap();
+        assert_eq!(
+            (c.acked, c.rx_bytes(), c.retransmits, c.srtt_us, c.rttvar_us),
+            (1 << 20, 65535, 3, Some(800), Some(100)),
+            "the peer's FIN takes a sequence number, not a byte"
+        );
+        raw.close.srtt_us = 0;
+        let c = from_raw(&raw).unwrap().carried.unwrap();
+        assert_eq!((c.srtt_us, c.rttvar_us), (None, None), "never sampled");
     }
 
     #[test]

@@ -35,7 +35,7 @@ use std::collections::{HashMap, VecDeque};
 use crate::model::CookieMap;
 use crate::model::snapshot::{DiagSocket, Snapshot};
 use crate::model::tcp::{Endpoints, SYN_RETRANSMIT_NS, TIME_WAIT_NS, TcpState};
-use crate::model::transition::{Task, Transition};
+use crate::model::transition::{Carried, Task, Transition};
 /// How long past its expected end an unconfirmed TIME_WAIT waits for a snapshot.
 const TIME_WAIT_GRACE_NS: u64 = 5_000_000_000;
 
@@ -117,7 +117,7 @@ impl Listeners {
         let key = (t.netns, t.endpoints.local_port);
         if t.new == TcpState::Listen {
             *self.ports.entry(key).or_default() += 1;
-        } else if t.old == TcpState::Listen
+        } else if (t.old, t.new) == (TcpState::Listen, TcpState::Close)
             && let Some(n) = self.ports.get_mut(&key)
         {
             *n = n.saturating_sub(1);
@@ -144,6 +144,11 @@ impl Listeners {
 
     pub fn contains(&self, netns: Option<u32>, port: u16) -> bool {
         self.ports.contains_key(&(netns, port))
+    }
+
+    /// The ports something listens on, in any namespace.
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.ports.keys().map(|&(_, port)| port)
     }
 }
 
@@ -187,6 +192,8 @@ pub struct Connection {
     /// When the socket reached CLOSE (the full socket ended).
     pub closed_ns: Option<u64>,
     pub end: Option<End>,
+    /// What it carried, read at its close.
+    pub carried: Option<Carried>,
     pub time_wait: Option<TimeWaitSpan>,
     /// The state the last transition entered, and when.
     pub state: TcpState,
@@ -219,6 +226,7 @@ impl Connection {
             closed_by: ClosedBy::Unknown,
             closed_ns: None,
             end: None,
+            carried: None,
             time_wait: None,
             state: t.old,
             state_since_ns: t.ts_ns,
@@ -265,6 +273,36 @@ impl Connection {
             .unwrap_or(self.opened_ns)
     }
 
+    /// Data bytes it sent that the peer acknowledged: the kernel's acknowledged sequence space
+    /// less the SYN (counted for an active opener once its SYN was answered: a client whose
+    /// handshake did not fail) and this end's FIN (counted once acknowledged: an orderly end
+    /// after a FIN of its own, from FIN_WAIT2, CLOSING or LAST_ACK). Judged from the story's
+    /// role, who closed and how it ended, which a connection keeps whole. `None` when the
+    /// connection's start is unknown (whether its SYN counts is then unknowable) or nothing was
+    /// read at its close.
+    pub fn tx_bytes(&self) -> Option<u64> {
+        let carried = self.carried?;
+        let syn = match self.role {
+            Role::Client => !matches!(
+                self.end,
+                Some(End::Refused | End::Timeout | End::HandshakeAborted | End::PortsExhausted)
+            ),
+            Role::Server | Role::Listener => false,
+            Role::Unknown => return None,
+        };
+        let fin = self.end == Some(End::Fin) && self.closed_by != ClosedBy::Unknown;
+        Some(
+            carried
+                .acked
+                .saturating_sub(u64::from(syn) + u64::from(fin)),
+        )
+    }
+
+    /// Data bytes it received (see [`Carried::rx_bytes`]).
+    pub fn rx_bytes(&self) -> Option<u64> {
+        self.carried.map(|c| c.rx_bytes())
+    }
+
     pub fn time_wait_ns(&self) -> Option<u64> {
         let tw = self.time_wait?;
         tw.ended_ns.map(|e| e.saturating_sub(tw.entered_ns))
@@ -303,6 +341,7 @@ impl Connection {
             return;
         }
         self.closed_ns = Some(t.ts_ns);
+        self.carried = t.carried;
         let dwell = t.in_old_ns;
         self.end = Some(match t.old {
             FinWait2 | Closing => {

@@ -45,6 +45,8 @@ pub struct Tracked {
     generation: u16,
     /// Network namespace inode, 0 when unknown.
     netns: u32,
+    /// Local port (0 before connect() picked one).
+    port: u16,
     /// When the socket entered `state` (kernel monotonic ns): exact from a transition; for a
     /// socket only snapshots have seen in this state, a lower bound ([`entered_by`]).
     since: MaybeNs,
@@ -107,6 +109,8 @@ pub struct SocketTable {
     counts: [u64; STATE_SLOTS],
     /// The same per network namespace (inode, 0 for unknown).
     by_netns: HashMap<u32, [u64; STATE_SLOTS]>,
+    /// The same per local port, when asked for ([`SocketTable::count_ports`]).
+    by_port: Option<HashMap<u16, [u64; STATE_SLOTS]>>,
     /// Each namespace's `net.ipv4.tcp_max_tw_buckets`, from snapshots.
     time_wait_limits: HashMap<u32, u64>,
     /// TIME_WAITs inferred since the last [`SocketTable::time_wait_overflowed`], oldest first.
@@ -131,6 +135,7 @@ impl SocketTable {
             map: CookieMap::default(),
             counts: [0; STATE_SLOTS],
             by_netns: HashMap::new(),
+            by_port: None,
             time_wait_limits: HashMap::new(),
             recent_time_waits: Vec::new(),
             overflow_debt: HashMap::new(),
@@ -177,6 +182,20 @@ impl SocketTable {
             .map_or(0, |counts| self.capped(netns, state, counts[state.slot()]))
     }
 
+    /// Also count sockets per local port (for per-port gauges).
+    pub fn count_ports(mut self) -> Self {
+        self.by_port = Some(HashMap::new());
+        self
+    }
+
+    /// Sockets in `state` on local port `port` (with [`SocketTable::count_ports`]).
+    pub fn count_on(&self, port: u16, state: TcpState) -> u64 {
+        self.by_port
+            .as_ref()
+            .and_then(|ports| ports.get(&port))
+            .map_or(0, |counts| counts[state.slot()])
+    }
+
     /// The namespaces with sockets, by how many sockets each has (most first).
     pub fn namespaces(&self) -> Vec<(u32, u64)> {
         let mut all: Vec<(u32, u64)> = self
@@ -200,21 +219,26 @@ impl SocketTable {
         self.filter.states.is_empty() || self.filter.states.contains(&state)
     }
 
-    /// Moves one socket of namespace `netns` into (`add`) or out of state `slot`.
-    fn account(&mut self, netns: u32, slot: usize, add: bool) {
-        let ns = self.by_netns.entry(netns).or_insert([0; STATE_SLOTS]);
-        if add {
-            self.counts[slot] += 1;
-            ns[slot] += 1;
-        } else {
-            self.counts[slot] = self.counts[slot].saturating_sub(1);
-            ns[slot] = ns[slot].saturating_sub(1);
+    /// Moves socket `e` into (`add`) or out of the counts of its state.
+    fn account(&mut self, e: &Tracked, add: bool) {
+        let slot = e.state.slot();
+        let bump = |counts: &mut [u64; STATE_SLOTS]| {
+            counts[slot] = if add {
+                counts[slot] + 1
+            } else {
+                counts[slot].saturating_sub(1)
+            };
+        };
+        bump(&mut self.counts);
+        bump(self.by_netns.entry(e.netns).or_insert([0; STATE_SLOTS]));
+        if let Some(ports) = &mut self.by_port {
+            bump(ports.entry(e.port).or_insert([0; STATE_SLOTS]));
         }
     }
 
     fn remove(&mut self, cookie: u64) -> Option<Tracked> {
         let old = self.map.remove(&cookie)?;
-        self.account(old.netns, old.state.slot(), false);
+        self.account(&old, false);
         Some(old)
     }
 
@@ -228,7 +252,7 @@ impl SocketTable {
             Some(old) => {
                 let before = *old;
                 *old = entry;
-                self.account(before.netns, before.state.slot(), false);
+                self.account(&before, false);
             }
             None => {
                 if self.map.len() >= self.capacity {
@@ -238,13 +262,15 @@ impl SocketTable {
                 self.map.insert(cookie, entry);
             }
         }
-        self.account(entry.netns, entry.state.slot(), true);
+        self.account(&entry, true);
     }
 
     /// Applies one transition.
     pub fn apply(&mut self, t: &Transition) {
         let netns = t.netns.unwrap_or(0);
+        let port = t.endpoints.local_port;
         let entry = |state, origin, expires_ns| Tracked {
+            port,
             state,
             since: maybe_ns(Some(t.ts_ns)),
             updated_ns: t.ts_ns,
@@ -426,6 +452,7 @@ impl SocketTable {
                             expires: maybe_ns(expires_ns),
                             generation,
                             netns: s.netns.unwrap_or(0),
+                            port: s.endpoints.local_port,
                         },
                     );
                 }
@@ -499,9 +526,9 @@ mod tests {
     use TcpState::*;
 
     #[test]
-    fn a_tracked_socket_takes_32_bytes() {
+    fn a_tracked_socket_takes_40_bytes() {
         // One per tracked socket: the peak-RSS figure at 100k sockets depends on it.
-        assert_eq!(size_of::<Tracked>(), 32);
+        assert_eq!(size_of::<Tracked>(), 40);
     }
 
     #[test]

@@ -75,6 +75,34 @@ pub struct Owner {
     pub inherited: bool,
 }
 
+/// What a connection carried over its whole life, read from its `tcp_sock` when it reached
+/// CLOSE (totals kept by the kernel, so also right for connections older than the agent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Carried {
+    /// Sequence space sent and acknowledged (`tcp_sock.bytes_acked`): the data bytes, plus
+    /// one for an active opener's SYN and one for an acknowledged FIN (see
+    /// `Connection::tx_bytes`).
+    pub acked: u64,
+    /// Sequence space received (`tcp_sock.bytes_received`): the data bytes, plus one for the
+    /// peer's FIN when it arrived.
+    pub received: u64,
+    /// The peer's FIN arrived (`SOCK_DONE`, set by `tcp_fin()`).
+    pub fin_received: bool,
+    /// Segments retransmitted (`tcp_sock.total_retrans`).
+    pub retransmits: u32,
+    /// Smoothed RTT in microseconds (`srtt_us >> 3`), `None` when no RTT was ever sampled.
+    pub srtt_us: Option<u32>,
+    /// RTT variation in microseconds (`mdev_us >> 2`, as `ss` and `tcp_info` report it).
+    pub rttvar_us: Option<u32>,
+}
+
+impl Carried {
+    /// Data bytes received: the sequence space less the peer's FIN.
+    pub fn rx_bytes(&self) -> u64 {
+        self.received.saturating_sub(u64::from(self.fin_received))
+    }
+}
+
 /// One decoded TCP state transition (`sock:inet_sock_set_state` with `oldstate != newstate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transition {
@@ -106,6 +134,9 @@ pub struct Transition {
     /// its first SYN-ACK for it (`tcp_rsk(req)->snt_synack`, set by `tcp_make_synack()`); the
     /// server's handshake is `ts_ns` minus this. `None` when unknown.
     pub request_ns: Option<u64>,
+    /// On `-> CLOSE`: what the connection carried (`None` on other transitions, or when the
+    /// kernel's `tcp_sock` lacks the fields).
+    pub carried: Option<Carried>,
 }
 
 impl Transition {

@@ -137,7 +137,8 @@ fn tail_json_lines_match_the_golden_file() {
 }
 
 /// Feeds `(old, new, at_ms, rst)` steps for one socket, each dwell the time since the last; a
-/// server child's request sent its first SYN-ACK at 0 ms.
+/// server child's request sent its first SYN-ACK at 0 ms; every `-> CLOSE` carries what the
+/// kernel keeps (a failed connect: nothing, and no RTT).
 fn feed(
     table: &mut ConnectionTable,
     raw: &RawTransition,
@@ -152,6 +153,19 @@ fn feed(
         }
         if (old, new) == (TcpState::SynRecv, TcpState::Established) {
             r.request_ns = S;
+        }
+        if new == TcpState::Close {
+            r.flags |= flags::CLOSE_STATS;
+            if old != TcpState::SynSent {
+                r.close = tcptrace_common::CloseStats {
+                    bytes_acked: at * 1000 + 17,
+                    bytes_received: at * 100,
+                    total_retrans: u32::from(rst),
+                    srtt_us: 57 << 3,
+                    mdev_us: 21 << 2,
+                    flags: tcptrace_common::close_flags::FIN_RECEIVED,
+                };
+            }
         }
         prev = Some(at);
         table.apply(&raw_transition(&r));

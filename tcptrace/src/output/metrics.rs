@@ -18,7 +18,7 @@ use crate::diagnosis::window::Window;
 use crate::host::clock::monotonic_ns;
 use crate::kernel::loader::KernelCounters;
 use crate::model::cgroup::CgroupInfo;
-use crate::model::connections::{Connection, Role};
+use crate::model::connections::{Connection, Listeners, Role};
 use crate::model::snapshot::Snapshot;
 use crate::model::sockets::SocketTable;
 use crate::model::tcp::{STATE_SLOTS, TcpState};
@@ -73,7 +73,12 @@ pub struct Metrics {
     snapshot_errors: IntCounter,
     tracked_overflow: IntCounter,
     connection_duration: HistogramVec,
+    connection_bytes: IntCounterVec,
+    connection_retransmits: IntCounterVec,
+    connection_rtt: HistogramVec,
     connections_closed: IntCounterVec,
+    /// Per local listening port, when asked for (`--metrics.port-limit`).
+    ports: Option<PortMetrics>,
     connections_evicted: IntCounter,
     findings: IntGaugeVec,
     finding_evaluations: IntCounter,
@@ -94,9 +99,27 @@ fn must<T>(r: prometheus::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("invalid metric definition: {e}"))
 }
 
+/// The per-port metrics and how many ports get a label of their own.
+struct PortMetrics {
+    limit: usize,
+    sockets: IntGaugeVec,
+    transitions: IntCounterVec,
+    handshake: HistogramVec,
+}
+
+/// Which breakdowns `serve` exports besides the host-wide metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Breakdowns {
+    /// Namespaces with socket gauges of their own (`--metrics.namespace-limit`; 0: none).
+    pub namespaces: u64,
+    /// Local listening ports with metrics of their own (`--metrics.port-limit`; 0: none).
+    pub ports: u64,
+}
+
 impl Metrics {
-    /// Every metric; `namespace_limit` namespaces get socket gauges of their own (0: none).
-    pub fn new(namespace_limit: u64) -> Arc<Self> {
+    /// Every metric, with the breakdowns asked for.
+    pub fn new(breakdowns: Breakdowns) -> Arc<Self> {
+        let namespace_limit = breakdowns.namespaces;
         let registry = Registry::new();
         let counter = |name: &str, help: &str| registered(&registry, IntCounter::new(name, help));
         let duration_opts = |name: &str, help: &str| {
@@ -200,6 +223,69 @@ impl Metrics {
                 &["role"],
             ),
         );
+        let connection_bytes = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "tcptrace_connection_bytes_total",
+                    "Bytes closed connections carried, counted at their close: sent and acknowledged (direction=\"tx\", tcp_sock.bytes_acked) and received (\"rx\", bytes_received).",
+                ),
+                &["role", "direction"],
+            ),
+        );
+        let connection_retransmits = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "tcptrace_connection_retransmits_total",
+                    "Segments closed connections retransmitted over their life (tcp_sock.total_retrans), counted at their close.",
+                ),
+                &["role"],
+            ),
+        );
+        let connection_rtt = registered(
+            &registry,
+            HistogramVec::new(
+                duration_opts(
+                    "tcptrace_connection_rtt_seconds",
+                    "Smoothed RTT of each closed connection at its close (tcp_sock.srtt_us); connections with no RTT sample are not observed.",
+                ),
+                &["role"],
+            ),
+        );
+        let ports = (breakdowns.ports > 0).then(|| PortMetrics {
+            limit: breakdowns.ports as usize,
+            sockets: registered(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tcptrace_port_sockets",
+                        "Sockets in each state on a local listening port (the listener and its connections: the service), for the first --metrics.port-limit ports seen listening; the rest are summed under port=\"other\". Never an ephemeral port.",
+                    ),
+                    &["port", "state"],
+                ),
+            ),
+            transitions: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tcptrace_port_transitions_total",
+                        "State transitions of sockets on a local listening port, as tcptrace_transitions_total.",
+                    ),
+                    &["port", "from", "to"],
+                ),
+            ),
+            handshake: registered(
+                &registry,
+                HistogramVec::new(
+                    duration_opts(
+                        "tcptrace_port_handshake_duration_seconds",
+                        "Server handshakes per local listening port, as tcptrace_handshake_duration_seconds{role=\"server\"}.",
+                    ),
+                    &["port"],
+                ),
+            ),
+        });
         let connections_closed = registered(
             &registry,
             IntCounterVec::new(
@@ -263,7 +349,11 @@ impl Metrics {
                 "Sockets not tracked because the table was full (see --max-tracked-sockets).",
             ),
             connection_duration,
+            connection_bytes,
+            connection_retransmits,
+            connection_rtt,
             connections_closed,
+            ports,
             connections_evicted: counter(
                 "tcptrace_connections_evicted_total",
                 "Connections dropped from the bounded connection table before they finished.",
@@ -334,6 +424,9 @@ pub struct MetricsSink {
     names: std::collections::HashMap<u32, String>,
     /// The per-namespace series last published, to remove those that went away.
     published: Vec<(String, String)>,
+    /// For the per-port metrics: which ports listen, and which of them have a label.
+    listening: Listeners,
+    port_labels: Vec<u16>,
 }
 
 impl MetricsSink {
@@ -356,6 +449,56 @@ impl MetricsSink {
             last_sent: 0,
             names: std::collections::HashMap::new(),
             published: Vec::new(),
+            listening: Listeners::default(),
+            port_labels: Vec::new(),
+        }
+    }
+
+    /// The label of local port `port` for the per-port metrics: the port itself for the
+    /// first ports seen listening (as many as allowed), `other` for later listening ports,
+    /// `None` when nothing listens on it (a client's ephemeral port never gets a series).
+    fn port_label(&mut self, netns: Option<u32>, port: u16) -> Option<String> {
+        let limit = self.metrics.ports.as_ref()?.limit;
+        if !self.listening.contains(netns, port) {
+            return None;
+        }
+        if self.port_labels.contains(&port) {
+            return Some(port.to_string());
+        }
+        if self.port_labels.len() < limit {
+            self.port_labels.push(port);
+            return Some(port.to_string());
+        }
+        Some("other".to_owned())
+    }
+
+    /// Per-port gauges: each labelled port's sockets, and the other listening ports' summed.
+    fn publish_ports(&self) {
+        let Some(ports) = &self.metrics.ports else {
+            return;
+        };
+        let mut others: Vec<u16> = self
+            .listening
+            .ports()
+            .filter(|p| !self.port_labels.contains(p))
+            .collect();
+        others.sort_unstable();
+        others.dedup();
+        for state in GAUGE_STATES {
+            for &port in &self.port_labels {
+                let n = self.table.count_on(port, state).min(i64::MAX as u64) as i64;
+                ports
+                    .sockets
+                    .with_label_values(&[&port.to_string(), state.label()])
+                    .set(n);
+            }
+            if !others.is_empty() {
+                let n: u64 = others.iter().map(|&p| self.table.count_on(p, state)).sum();
+                ports
+                    .sockets
+                    .with_label_values(&["other", state.label()])
+                    .set(n.min(i64::MAX as u64) as i64);
+            }
         }
     }
 
@@ -372,6 +515,25 @@ impl MetricsSink {
             .connections_closed
             .with_label_values(&[role, c.closed_by.name(), end])
             .inc();
+        if let Some(x) = c.carried {
+            let m = &self.metrics;
+            if let Some(tx) = c.tx_bytes() {
+                m.connection_bytes
+                    .with_label_values(&[role, "tx"])
+                    .inc_by(tx);
+            }
+            m.connection_bytes
+                .with_label_values(&[role, "rx"])
+                .inc_by(x.rx_bytes());
+            m.connection_retransmits
+                .with_label_values(&[role])
+                .inc_by(u64::from(x.retransmits));
+            if let Some(us) = x.srtt_us {
+                m.connection_rtt
+                    .with_label_values(&[role])
+                    .observe(f64::from(us) / 1e6);
+            }
+        }
     }
 
     /// Ends the diagnosis window at this snapshot (exporting its findings) and starts the
@@ -404,6 +566,7 @@ impl MetricsSink {
                 .set(age);
         }
         self.publish_namespaces();
+        self.publish_ports();
     }
 
     /// The per-namespace gauges: the namespaces with the most sockets, the rest as "other".
@@ -478,6 +641,33 @@ impl Sink for MetricsSink {
         }
         if !self.window.filter().matches_event(t) {
             return Ok(Flow::Continue);
+        }
+        if self.metrics.ports.is_some() {
+            // A port listens from its `-> LISTEN` on, up to and including its `LISTEN -> CLOSE`.
+            let (netns, port) = (t.netns, t.endpoints.local_port);
+            let before = (t.new != TcpState::Listen)
+                .then(|| self.port_label(netns, port))
+                .flatten();
+            self.listening.apply(t);
+            let label = if t.new == TcpState::Listen {
+                self.port_label(netns, port)
+            } else {
+                before
+            };
+            if let Some(label) = label
+                && let Some(ports) = &self.metrics.ports
+            {
+                ports
+                    .transitions
+                    .with_label_values(&[&label, t.old.label(), t.new.label()])
+                    .inc();
+                if let Some(ns) = t.server_handshake_ns() {
+                    ports
+                        .handshake
+                        .with_label_values(&[&label])
+                        .observe(ns as f64 / 1e9);
+                }
+            }
         }
         let m = &self.metrics;
         m.events.inc();
@@ -557,6 +747,18 @@ impl Sink for MetricsSink {
     }
 
     fn snapshot(&mut self, snapshot: &Snapshot) {
+        if self.metrics.ports.is_some() {
+            self.listening.snapshot(snapshot);
+            let listening: Vec<(Option<u32>, u16)> = snapshot
+                .sockets
+                .iter()
+                .filter(|s| s.state == TcpState::Listen)
+                .map(|s| (s.netns, s.endpoints.local_port))
+                .collect();
+            for (netns, port) in listening {
+                let _ = self.port_label(netns, port);
+            }
+        }
         self.names.clear();
         for ns in &snapshot.namespaces {
             if let Some(inode) = ns.inode {
@@ -602,7 +804,7 @@ mod tests {
 
     #[test]
     fn transitions_durations_handshakes_and_failures() {
-        let metrics = Metrics::new(0);
+        let metrics = Metrics::new(Breakdowns::default());
         let mut sink = sink(&metrics);
         use TcpState::*;
         sink.transition(&t(Close, SynSent, None), None).unwrap();
@@ -654,7 +856,7 @@ mod tests {
     #[test]
     fn findings_are_exported_and_cleared() {
         use crate::diagnosis::{Kind, Severity};
-        let metrics = Metrics::new(0);
+        let metrics = Metrics::new(Breakdowns::default());
         let finding = |kind, severity, count| Finding {
             kind,
             netns: None,
@@ -690,7 +892,7 @@ mod tests {
 
     #[test]
     fn gauges_losses_and_reconcile_counters() {
-        let metrics = Metrics::new(0);
+        let metrics = Metrics::new(Breakdowns::default());
         let mut sink = sink(&metrics);
         use TcpState::*;
         let mut est = t(SynSent, Established, Some(1));
@@ -739,8 +941,60 @@ mod tests {
     }
 
     #[test]
+    fn what_connections_carried_and_per_port_metrics() {
+        let metrics = Metrics::new(Breakdowns {
+            namespaces: 0,
+            ports: 1,
+        });
+        let table = SocketTable::new(100, Filter::default()).count_ports();
+        let window = Window::new(100, Filter::default(), Thresholds::default());
+        let mut sink = MetricsSink::new(metrics.clone(), table, window);
+        use crate::testing::step;
+        use TcpState::*;
+        let feed = |sink: &mut MetricsSink, t: Transition| sink.transition(&t, None).unwrap();
+        // Two services listen (80 gets the one label allowed, 443 is "other"); a client
+        // connection from the ephemeral port 40000 to 80; its server child ends carrying
+        // 1000 bytes out, 50 in, 2 retransmissions, a 0.5 ms RTT.
+        feed(&mut sink, step(1, Close, Listen).ports(80, 0).done());
+        feed(&mut sink, step(2, Close, Listen).ports(443, 0).done());
+        feed(&mut sink, step(3, Close, SynSent).ports(40000, 80).done());
+        feed(&mut sink, step(4, Listen, SynRecv).ports(80, 40000).done());
+        let mut est = step(4, SynRecv, Established)
+            .ports(80, 40000)
+            .at(5_000_000_000)
+            .done();
+        est.request_ns = Some(4_999_000_000);
+        feed(&mut sink, est);
+        feed(&mut sink, step(5, Listen, SynRecv).ports(443, 40001).done());
+        feed(
+            &mut sink,
+            step(4, Established, Close)
+                .ports(80, 40000)
+                .carried(1000, 50, 2, 500)
+                .done(),
+        );
+        sink.tick(&Tick::default());
+        let text = scrape(&metrics);
+        for line in [
+            "tcptrace_port_sockets{port=\"80\",state=\"listen\"} 1",
+            "tcptrace_port_sockets{port=\"other\",state=\"listen\"} 1",
+            "tcptrace_port_sockets{port=\"other\",state=\"syn_recv\"} 1",
+            "tcptrace_port_transitions_total{from=\"listen\",port=\"80\",to=\"syn_recv\"} 1",
+            "tcptrace_port_handshake_duration_seconds_count{port=\"80\"} 1",
+            "tcptrace_connection_bytes_total{direction=\"tx\",role=\"server\"} 1000",
+            "tcptrace_connection_bytes_total{direction=\"rx\",role=\"server\"} 49",
+            "tcptrace_connection_retransmits_total{role=\"server\"} 2",
+            "tcptrace_connection_rtt_seconds_count{role=\"server\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        // The client's ephemeral port never becomes a label.
+        assert!(!text.contains("port=\"40000\""), "{text}");
+    }
+
+    #[test]
     fn process_metrics_come_from_the_process_collector() {
-        let text = scrape(&Metrics::new(0));
+        let text = scrape(&Metrics::new(Breakdowns::default()));
         for name in [
             "process_cpu_seconds_total",
             "process_resident_memory_bytes",

@@ -335,27 +335,32 @@ pub struct ConnectionTable {
 }
 
 impl ConnectionTable {
-    /// A table for `width` columns (`None`: everything at full width). When narrow, the end
-    /// time, the TIME_WAIT and then the handshake are left out before anything is cut.
+    /// A table for `width` columns (`None`: everything at full width). When narrow, the RTT,
+    /// the retransmissions, the TIME_WAIT, the handshake, the bytes and then the end time are
+    /// left out before anything is cut.
     pub fn new(clock: WallClock, time: TimeFormat, width: Option<usize>) -> Self {
         let columns = [
-            time_column(time).optional(2),
+            time_column(time).optional(6),
             Column::new("PID", 7, 7, Align::Right),
             Column::new("COMM", 8, 15, Align::Left),
             Column::address("LOCAL"),
             Column::address("REMOTE"),
             Column::new("ROLE", 8, 8, Align::Left),
-            Column::new("HS_MS", 8, 8, Align::Right).optional(1),
+            Column::new("HS_MS", 8, 8, Align::Right).optional(3),
             Column::new("LIFE_MS", 8, 8, Align::Right),
+            Column::new("TX_KB", 7, 10, Align::Right).optional(5),
+            Column::new("RX_KB", 7, 10, Align::Right).optional(4),
+            Column::new("RETRANS", 7, 7, Align::Right).optional(1),
+            Column::new("RTT_MS", 7, 8, Align::Right).optional(0),
             Column::new("CLOSED_BY", 9, 9, Align::Left),
             Column::new("END", 17, 17, Align::Left),
-            Column::new("TW_MS", 8, 20, Align::Right).optional(0),
+            Column::new("TW_MS", 8, 20, Align::Right).optional(2),
         ];
         Self {
             layout: Layout::new(
                 &columns,
                 width,
-                &[&[LOCAL, REMOTE], &[COMM], &[10], &[TIME]],
+                &[&[LOCAL, REMOTE], &[COMM], &[14], &[TIME]],
             ),
             clock,
             time,
@@ -398,6 +403,14 @@ impl ConnectionTable {
             c.role.name().to_owned(),
             millis_or_dash(c.handshake_ns),
             millis_or_dash(c.lifetime_ns()),
+            c.tx_bytes().map_or("-".into(), |b| (b / 1024).to_string()),
+            c.rx_bytes().map_or("-".into(), |b| (b / 1024).to_string()),
+            c.carried.map_or("-".into(), |x| x.retransmits.to_string()),
+            millis_or_dash(
+                c.carried
+                    .and_then(|x| x.srtt_us)
+                    .map(|us| u64::from(us) * 1000),
+            ),
             c.closed_by.name().to_owned(),
             c.end.map_or("-", |e| e.name()).to_owned(),
             tw,
