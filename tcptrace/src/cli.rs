@@ -380,6 +380,20 @@ pub struct KernelArgs {
     /// socket is forgotten and its next transition shows an unknown time in state.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SOCKETS, value_parser = clap::value_parser!(u32).range(1024..), help_heading = "Kernel")]
     pub max_sockets: u32,
+
+    /// Capabilities to keep once the programs are attached, beyond what the command needs:
+    /// `none`, `all`, or names such as cap_net_admin,cap_syslog. tcptrace checks at start
+    /// that it has CAP_BPF and CAP_PERFMON (loading) and what the command needs after
+    /// (serve, doctor: CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH for socket owners in other
+    /// processes' /proc/PID/fd; doctor --netns-path: CAP_SYS_ADMIN), then drops every other
+    /// capability in every thread.
+    #[arg(
+        long = "capabilities.keep",
+        value_name = "CAPS",
+        default_value = "none",
+        help_heading = "Privileges"
+    )]
+    pub keep_caps: crate::host::caps::Keep,
 }
 
 impl KernelArgs {
@@ -582,7 +596,10 @@ mod tests {
             })
         };
         let s = serve(&[]).unwrap();
-        assert_eq!(s.listen_address.to_string(), DEFAULT_LISTEN_ADDRESS);
+        assert_eq!(s.listen_address.len(), 1);
+        assert_eq!(s.listen_address[0].to_string(), DEFAULT_LISTEN_ADDRESS);
+        assert_eq!(s.tail, None);
+        assert_eq!(s.max_requests, 40);
         assert_eq!(s.telemetry_path, "/metrics");
         assert_eq!(s.reconcile_interval, std::time::Duration::from_secs(30));
         let s = serve(&[
@@ -595,12 +612,47 @@ mod tests {
             "--tail",
         ])
         .unwrap();
-        assert_eq!(s.listen_address.port(), 9999);
+        assert_eq!(s.listen_address[0].port, 9999);
+        assert_eq!(s.listen_address[0].host.as_deref(), Some("::1"));
         assert_eq!(s.telemetry_path, "/m");
         assert_eq!(s.filter.ports, [80]);
-        assert!(s.tail);
+        assert_eq!(s.tail, Some(OutputFormat::Table));
         assert!(serve(&["--web.telemetry-path", "metrics"]).is_err());
         assert!(serve(&["--web.listen-address", "localhost"]).is_err());
+        // node_exporter's forms: every address, a host name, several listeners.
+        let s = serve(&[
+            "--web.listen-address",
+            ":9850",
+            "--web.listen-address",
+            "localhost:9851",
+            "--tail=json",
+            "--web.config.file",
+            "/etc/tcptrace/web.yml",
+            "--capabilities.keep",
+            "cap_syslog",
+        ])
+        .unwrap();
+        assert_eq!(s.listen_address[0].host, None);
+        assert_eq!(s.listen_address[0].to_string(), ":9850");
+        assert_eq!(s.listen_address[1].host.as_deref(), Some("localhost"));
+        assert_eq!(s.tail, Some(OutputFormat::Json));
+        assert!(s.web_config_file.is_some());
+        let all = s.listen_address[0].candidates().unwrap();
+        assert!(
+            all.iter()
+                .all(|a| a.ip().is_unspecified() && a.port() == 9850)
+        );
+        let local = s.listen_address[1].candidates().unwrap();
+        assert_eq!(local.len(), 1);
+        assert!(
+            local[0].ip().is_loopback() && local[0].is_ipv4(),
+            "{local:?}"
+        );
+        for bad in ["9850", "::1:9850", "[zz]:1", "host:99999", "a b:1"] {
+            assert!(serve(&["--web.listen-address", bad]).is_err(), "{bad}");
+        }
+        assert!(serve(&["--tail=yaml"]).is_err());
+        assert!(serve(&["--capabilities.keep", "cap_nonsense"]).is_err());
     }
 
     #[test]

@@ -8,12 +8,12 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
 use crate::cli::{FilterArgs, KernelArgs, LogArgs, ThresholdArgs, parse_duration};
-use crate::commands::{Shutdown, runtime, warn_lost_kernel_log};
+use crate::commands::{Shutdown, runtime, start_tracer, warn_lost_kernel_log};
 use crate::diagnosis::evidence::{LazyOwners, human};
 use crate::diagnosis::window::{View, Window};
+use crate::host::caps;
 use crate::host::netns;
 use crate::host::snapshot::NamespaceSnapshot;
-use crate::kernel::loader::Tracer;
 use crate::output::json;
 use crate::output::report::{Report, explain};
 use crate::pipeline::{Pipeline, RunOptions};
@@ -77,7 +77,13 @@ pub fn run(args: DoctorArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
-    let (tracer, ring) = Tracer::start(&filter.kernel(), args.kernel.sizes(log))?;
+    // Owners of sockets no transition told come from /proc/PID/fd; another namespace's
+    // snapshots are taken from a thread that enters it.
+    let mut needs = caps::OWNERS.to_vec();
+    if netns_path.is_some() {
+        needs.push(caps::ENTER_NETNS);
+    }
+    let (tracer, ring) = start_tracer(&filter, &args.kernel, log, &needs)?;
     let runtime = runtime()?;
     let shutdown = Shutdown::register(&runtime)?;
     let mut window = Window::new(

@@ -7,9 +7,8 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::cli::{FilterArgs, KernelArgs, LogArgs, OutputArgs, parse_duration};
-use crate::commands::{Shutdown, runtime, warn_lost_kernel_log};
+use crate::commands::{Shutdown, runtime, start_tracer, warn_lost_kernel_log};
 use crate::host::netns;
-use crate::kernel::loader::Tracer;
 use crate::model::cgroup::CgroupInfo;
 use crate::model::connections::{ConnectionTable, Role};
 use crate::model::snapshot::DiagSocket;
@@ -101,7 +100,7 @@ impl<W: Write> Sink for LifeSink<W> {
 
 pub fn run(args: LifeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let filter = args.filter.to_filter()?;
-    let (tracer, ring) = Tracer::start(&filter.kernel(), args.kernel.sizes(log))?;
+    let (tracer, ring) = start_tracer(&filter, &args.kernel, log, &[])?;
     let runtime = runtime()?;
     let shutdown = Shutdown::register(&runtime)?;
     eprintln!("tcptrace: tracing connections (Ctrl-C to stop)");

@@ -6,8 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use crate::cli::{FilterArgs, KernelArgs, LogArgs, OutputArgs};
-use crate::commands::{Shutdown, runtime, warn_lost_kernel_log};
-use crate::kernel::loader::Tracer;
+use crate::commands::{Shutdown, runtime, start_tracer, warn_lost_kernel_log};
 use crate::model::cgroup::CgroupInfo;
 use crate::model::transition::Transition;
 use crate::output::time::WallClock;
@@ -69,7 +68,7 @@ impl<W: Write> Sink for TailSink<W> {
 
 pub fn run(args: TailArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let filter = args.filter.to_filter()?;
-    let (tracer, ring) = Tracer::start(&filter.kernel(), args.kernel.sizes(log))?;
+    let (tracer, ring) = start_tracer(&filter, &args.kernel, log, &[])?;
 
     let runtime = runtime()?;
     let shutdown = Shutdown::register(&runtime)?;
