@@ -253,14 +253,23 @@ impl Server {
         }
     }
 
+    /// Answers with the configuration in force now (auth, headers); a connection accepted
+    /// under an earlier one (its TLS settings) is closed after this answer, so a reload
+    /// reaches kept-alive scrapers at their next request.
     async fn handle(
         self: Arc<Self>,
-        web: Arc<WebConfig>,
+        accepted_with: Arc<WebConfig>,
         req: Request<Incoming>,
     ) -> Response<Body> {
+        let web = self.web.current();
         let mut response = self.respond(&web, req).await;
         for (name, value) in &web.headers {
             response.headers_mut().insert(name.clone(), value.clone());
+        }
+        if !Arc::ptr_eq(&web, &accepted_with) {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

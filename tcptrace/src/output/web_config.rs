@@ -339,6 +339,9 @@ fn tls_config(tls: TlsFile, dir: &Path) -> anyhow::Result<Option<ServerConfig>> 
             "tls_server_config.client_allowed_sans is not supported by tcptrace: issue client certificates from a CA used only for scrapers (client_ca_file)"
         );
     }
+    let min = version(tls.min_version.as_deref().unwrap_or("TLS12"), "min_version")?;
+    let max = version(tls.max_version.as_deref().unwrap_or("TLS13"), "max_version")?;
+    let provider = Arc::new(provider(&tls)?);
     let cert = pem_source(tls.cert.clone(), tls.cert_file.clone(), "cert", dir)?;
     let key = pem_source(tls.key.clone(), tls.key_file.clone(), "key", dir)?;
     let client_ca = pem_source(
@@ -363,8 +366,6 @@ fn tls_config(tls: TlsFile, dir: &Path) -> anyhow::Result<Option<ServerConfig>> 
     let key = PrivateKeyDer::from_pem_slice(&key)
         .map_err(|e| anyhow!("tls_server_config.key_file: not a PEM private key: {e}"))?;
 
-    let min = version(tls.min_version.as_deref().unwrap_or("TLS12"), "min_version")?;
-    let max = version(tls.max_version.as_deref().unwrap_or("TLS13"), "max_version")?;
     let versions: Vec<&'static SupportedProtocolVersion> =
         [&rustls::version::TLS12, &rustls::version::TLS13]
             .into_iter()
@@ -374,7 +375,6 @@ fn tls_config(tls: TlsFile, dir: &Path) -> anyhow::Result<Option<ServerConfig>> 
     if versions.is_empty() {
         bail!("tls_server_config: min_version is above max_version");
     }
-    let provider = Arc::new(provider(&tls)?);
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
         .map_err(|e| anyhow!("tls_server_config: {e}"))?;
