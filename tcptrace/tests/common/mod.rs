@@ -103,6 +103,10 @@ impl Agent {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM, waits for exit, and returns the exit status and the rest of stderr.
     pub fn stop(self) -> (ExitStatus, String, Vec<Value>) {
         // SAFETY: kill(2) on our own child's pid.
