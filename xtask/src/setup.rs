@@ -11,6 +11,8 @@ use crate::{cargo, sh};
 /// The eBPF crate's toolchain (aya-build runs `rustup run nightly cargo build ...`).
 pub const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz, from crates.io, for `cargo xtask fuzz` (run with the nightly toolchain).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Debian packages the tests use: `ip` (network namespaces, veth), nft (a firewall drop in a
 /// test namespace), Prometheus with promtool (the exporter is scraped and linted by the real
 /// thing), socat (peer processes), setpriv and sysctl; and for `cargo xtask vm-test`: QEMU, a
@@ -36,6 +38,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
     bpf_linker()?;
     tracefs()?;
     apt_packages(APT_PACKAGES)?;
+    cargo_fuzz()?;
     println!("xtask: setup complete");
     Ok(ExitCode::SUCCESS)
 }
@@ -152,6 +155,22 @@ fn bpf_linker() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Installs cargo-fuzz at the pinned version (a minute of building, once).
+pub fn cargo_fuzz() -> anyhow::Result<()> {
+    if output(cargo().args(["fuzz", "--version"])).is_some_and(|v| v.contains(CARGO_FUZZ_VERSION)) {
+        println!("xtask: ok: cargo-fuzz {CARGO_FUZZ_VERSION} is installed");
+        return Ok(());
+    }
+    println!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION} (for `cargo xtask fuzz`)");
+    sh(cargo().args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+    ]))
 }
 
 fn cargo_home() -> PathBuf {

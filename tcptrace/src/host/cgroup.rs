@@ -20,7 +20,8 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
     parse_cgroup2_mount(&mountinfo)
 }
 
-fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+/// The cgroup2 mount point in a /proc/PID/mountinfo text.
+pub fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         // id parent major:minor root mountpoint options ... - fstype source superopts
         let (left, right) = line.split_once(" - ")?;

@@ -289,7 +289,8 @@ fn recursion_misses(fd: RawFd) -> Option<u64> {
     parse_fdinfo_field(&info, "recursion_misses")
 }
 
-fn parse_fdinfo_field(info: &str, key: &str) -> Option<u64> {
+/// The value of `key` in a /proc fdinfo file (`key:\tvalue` lines).
+pub fn parse_fdinfo_field(info: &str, key: &str) -> Option<u64> {
     info.lines().find_map(|line| {
         let (k, v) = line.split_once(':')?;
         (k.trim() == key).then(|| v.trim().parse().ok())?

@@ -20,9 +20,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
+pub use hyper::Method;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
