@@ -414,7 +414,8 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     if !secs.is_finite() || secs <= 0.0 {
         return Err(format!("`{s}` must be a positive number of seconds"));
     }
-    Ok(std::time::Duration::from_secs_f64(secs))
+    // from_secs_f64 panics beyond u64 seconds (found by fuzzing: `--duration 1e30`).
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is too many seconds"))
 }
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {
@@ -662,6 +663,11 @@ mod tests {
             (&["--state", "bogus"][..], "SYN_SENT"),
             (&["--addr", "10.0.0.0/40"][..], "CIDR"),
             (&["--duration", "0"][..], "positive"),
+            (&["--duration", "1e30"][..], "too many seconds"),
+            (
+                &["--duration", "666666666666666666666666666"][..],
+                "too many seconds",
+            ),
             (&["--count", "0"][..], "0"),
             (&["--ring-bytes", "5000"][..], "power of two"),
             (&["-4", "-6"][..], "cannot be used"),
