@@ -122,11 +122,16 @@ gauges are seeded from an INET_DIAG snapshot at start (so sockets opened earlier
 sockets count), kept current from transitions, and reconciled against a fresh snapshot every \
 --reconcile-interval. At each reconcile after the first, the findings of `tcptrace doctor` are \
 evaluated over the interval and exported as tcptrace_finding{kind,severity} (thresholds: the \
-same flags as doctor). Metric names and labels are documented in the README.",
+same flags as doctor). Metric names and labels are documented in the README.\n\n\
+TLS, basic auth and response headers come from --web.config.file, the exporter-toolkit YAML \
+node_exporter reads; SIGHUP reloads it and never stops the agent. Once the programs are \
+attached, serve keeps only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (socket owners for the \
+findings) and whatever --capabilities.keep names.",
         after_help = "Examples:\n  \
 tcptrace serve                                   metrics on http://127.0.0.1:9850/metrics\n  \
-tcptrace serve --web.listen-address 0.0.0.0:9850 reachable from other hosts\n  \
-tcptrace serve --lport 443 --tail                only port 443, and print transitions too"
+tcptrace serve --web.listen-address :9850        every address, IPv4 and IPv6\n  \
+tcptrace serve --web.config.file web.yml         TLS and basic auth (exporter-toolkit format)\n  \
+tcptrace serve --lport 443 --tail=json           only port 443, and print transitions as JSON"
     )]
     Serve(ServeArgs),
 
