@@ -76,7 +76,10 @@ fn a_stopped_agent_loses_nothing_without_counting_it() {
     // counted for every program run, on any port, so they bound from above.
     let expected = (N as u64 + 10) * 10 + 2;
     assert!(ring_full > 0, "the stop overflowed the ring: {stderr}");
-    assert!(shown + ring_full <= expected, "{stderr}");
+    // Nothing invented. The ring-full count is not exact per transition: one run counted 4046
+    // lost with 64 shown for 4102 transitions (8 more than happened), so it only bounds from
+    // above as well.
+    assert!(shown <= expected, "{stderr}");
     assert!(shown + ring_full + recursion >= expected, "{stderr}");
 }
 
@@ -374,11 +377,30 @@ fn hold_connections_helper() {
         limit.rlim_cur = limit.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
     }
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // Its own loopback address: a port range of its own, whatever else holds ports on
+    // 127.0.0.1 (TIME_WAIT sockets of earlier tests and benchmarks).
+    let ip: std::net::IpAddr = std::env::var("TCPTRACE_HOLD_IP")
+        .unwrap_or_else(|_| "127.0.0.1".into())
+        .parse()
+        .unwrap();
+    let listener = TcpListener::bind((ip, 0)).unwrap();
     let addr = listener.local_addr().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let held: Vec<(TcpStream, TcpStream)> = (0..n)
-        .map(|_| {
-            let c = TcpStream::connect(addr).unwrap();
+        .map(|i| {
+            let c = rt
+                .block_on(async {
+                    let socket = tokio::net::TcpSocket::new_v4()?;
+                    socket.bind(std::net::SocketAddr::new(ip, 0))?;
+                    socket.connect(addr).await
+                })
+                .unwrap_or_else(|e| panic!("connection {i} of {n} from {ip}: {e}"))
+                .into_std()
+                .unwrap();
+            c.set_nonblocking(false).unwrap();
             (c, listener.accept().unwrap().0)
         })
         .collect();
@@ -397,6 +419,7 @@ fn hold(total: usize) -> Vec<Child> {
     while left > 0 {
         let n = left.min(PER_HELPER);
         left -= n;
+        let ip = format!("127.0.1.{}", 10 + helpers.len());
         helpers.push(
             Command::new(&exe)
                 .args([
@@ -406,9 +429,10 @@ fn hold(total: usize) -> Vec<Child> {
                     "--nocapture",
                 ])
                 .env("TCPTRACE_HOLD", n.to_string())
+                .env("TCPTRACE_HOLD_IP", ip)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn()
                 .unwrap(),
         );
@@ -416,7 +440,11 @@ fn hold(total: usize) -> Vec<Child> {
     for h in &mut helpers {
         let mut lines = BufReader::new(h.stdout.take().unwrap()).lines();
         let ready = lines.find(|l| l.as_ref().is_ok_and(|l| l.starts_with("ready")));
-        assert!(ready.is_some(), "a helper failed to hold its connections");
+        if ready.is_none() {
+            let mut err = String::new();
+            let _ = h.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("a helper failed to hold its connections: {err}");
+        }
     }
     helpers
 }

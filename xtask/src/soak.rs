@@ -3,9 +3,10 @@
 //!
 //! It fails when memory keeps growing after the warm-up (the least-squares slope of RSS over
 //! the samples after it, above `--max-slope-kib`), or when any transition on the churned port
-//! is neither delivered nor counted lost: the records the kernel wrote must all be read, and
-//! delivered + lost (ring full) + recursion misses (counted for every program run, on any port:
-//! an upper bound) must account for the 10 transitions of every connection. The warm-up spans
+//! is neither delivered nor counted lost: the records the kernel wrote must all be read, no
+//! more transitions delivered than happened, and delivered + lost (ring full) + recursion
+//! misses (counted for every program run, on any port: an upper bound) must account for the
+//! 10 transitions of every connection. The warm-up spans
 //! TIME_WAIT (60 s): the tables grow until the first connections' timewait entries expire.
 //! Results go to `target/soak/result.{json,md}`.
 
@@ -270,7 +271,9 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<ExitCode> {
             "the kernel sent {sent} records but the agent read {processed} (+{decode_errors} unreadable)"
         );
     }
-    if processed + ring_full > expected || processed + ring_full + recursion < expected {
+    // Nothing invented, nothing missing without a count (the ring-full count was seen to
+    // exceed the transitions it stood for, so losses only bound from above).
+    if processed > expected || processed + ring_full + recursion < expected {
         bail!(
             "transitions unaccounted for: {expected} expected, {processed} delivered, {ring_full} lost (ring full), {recursion} recursion misses"
         );
