@@ -376,7 +376,11 @@ fn hold_connections_helper() {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
         limit.rlim_cur = limit.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
     }
+    // Two fds per connection, and room for the rest of the process.
+    let room = usize::try_from(limit.rlim_cur.saturating_sub(64) / 2).unwrap_or(usize::MAX);
+    let n = n.min(room).min(9000);
     // Its own loopback address: a port range of its own, whatever else holds ports on
     // 127.0.0.1 (TIME_WAIT sockets of earlier tests and benchmarks).
     let ip: std::net::IpAddr = std::env::var("TCPTRACE_HOLD_IP")
@@ -410,41 +414,45 @@ fn hold_connections_helper() {
     let _ = std::io::stdin().read_to_string(&mut rest);
 }
 
-/// Helpers holding `total` connections (2 sockets each) between them.
+/// Helpers holding `total` connections (2 sockets each) between them, each as many as its
+/// open-file limit allows.
 fn hold(total: usize) -> Vec<Child> {
-    const PER_HELPER: usize = 9000;
     let exe = std::env::current_exe().unwrap();
     let mut helpers = Vec::new();
     let mut left = total;
     while left > 0 {
-        let n = left.min(PER_HELPER);
-        left -= n;
-        let ip = format!("127.0.1.{}", 10 + helpers.len());
-        helpers.push(
-            Command::new(&exe)
-                .args([
-                    "--ignored",
-                    "--exact",
-                    "hold_connections_helper",
-                    "--nocapture",
-                ])
-                .env("TCPTRACE_HOLD", n.to_string())
-                .env("TCPTRACE_HOLD_IP", ip)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
+        assert!(
+            helpers.len() < 40,
+            "too many helpers for {total} connections"
         );
-    }
-    for h in &mut helpers {
+        let ip = format!("127.0.1.{}", 10 + helpers.len());
+        let mut h = Command::new(&exe)
+            .args([
+                "--ignored",
+                "--exact",
+                "hold_connections_helper",
+                "--nocapture",
+            ])
+            .env("TCPTRACE_HOLD", left.to_string())
+            .env("TCPTRACE_HOLD_IP", ip)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let mut lines = BufReader::new(h.stdout.take().unwrap()).lines();
-        let ready = lines.find(|l| l.as_ref().is_ok_and(|l| l.starts_with("ready")));
-        if ready.is_none() {
+        let held = lines.find_map(|l| {
+            l.ok()?
+                .strip_prefix("ready ")
+                .and_then(|n| n.trim().parse::<usize>().ok())
+        });
+        let Some(held) = held.filter(|n| *n > 0) else {
             let mut err = String::new();
             let _ = h.stderr.take().unwrap().read_to_string(&mut err);
             panic!("a helper failed to hold its connections: {err}");
-        }
+        };
+        left -= held.min(left);
+        helpers.push(h);
     }
     helpers
 }
