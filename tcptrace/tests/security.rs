@@ -845,11 +845,23 @@ fn a_scrape_gets_through_500_slow_clients() {
     assert!(status.success(), "{status}: {stderr}");
 }
 
+/// A port free on every address, below the ephemeral range: a port picked by the kernel for
+/// 127.0.0.1 and released may meanwhile be some connection's local port, which a wildcard
+/// bind then collides with.
+fn wildcard_port() -> u16 {
+    let start = 20_000 + (std::process::id() % 5_000) as u16;
+    (start..32_000)
+        .find(|p| {
+            TcpListener::bind(("::", *p)).is_ok() && TcpListener::bind(("0.0.0.0", *p)).is_ok()
+        })
+        .expect("a free port below the ephemeral range")
+}
+
 #[test]
 #[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
 fn serve_listens_like_node_exporter_survives_sighup_and_tails_json() {
     require_root();
-    let port = free_port("127.0.0.1");
+    let port = wildcard_port();
     let traced = free_port("127.0.0.1");
     let listen = format!(":{port}");
     let serve = Running::start(
