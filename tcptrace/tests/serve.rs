@@ -165,7 +165,8 @@ fn prometheus_sees_exactly_n_handshakes_and_the_time_wait_sockets() {
 #[test]
 #[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
 fn sockets_opened_before_start_are_counted_then_tracked() {
-    let port = free_port("127.0.0.1");
+    // Below the ephemeral range: exact gauges need a port no other connection used.
+    let port = common::quiet_port();
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     // Before the agent starts: 4 open connections (8 ESTABLISHED sockets) and 3 server-side
     // TIME_WAIT sockets.

@@ -199,6 +199,17 @@ pub fn free_port(ip: &str) -> u16 {
         .expect("bind to port 0")
 }
 
+/// A port free on 127.0.0.1 below the ephemeral range: no connection of another test (or of
+/// anything else on the host) can have used it as its local port, so no stray TIME_WAIT
+/// socket of an earlier connection sits on it.
+pub fn quiet_port() -> u16 {
+    let start = 20_000 + (std::process::id() % 5_000) as u16;
+    (start..32_000)
+        .chain(20_000..start)
+        .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port below the ephemeral range")
+}
+
 /// Events grouped by socket cookie, each group in kernel time order.
 pub fn by_cookie(events: &[Value]) -> BTreeMap<u64, Vec<Value>> {
     let mut map: BTreeMap<u64, Vec<Value>> = BTreeMap::new();
