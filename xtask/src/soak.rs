@@ -2,12 +2,13 @@
 //! N minutes, its resident memory and CPU sampled every second.
 //!
 //! It fails when memory keeps growing after the warm-up (the least-squares slope of RSS over
-//! the samples after it, above `--max-slope-kib`), or when any transition on the churned port
-//! is neither delivered nor counted lost: the records the kernel wrote must all be read, no
-//! more transitions delivered than happened, and delivered + lost (ring full) + recursion
-//! misses (counted for every program run, on any port: an upper bound) must account for the
-//! 10 transitions of every connection. The warm-up spans
-//! TIME_WAIT (60 s): the tables grow until the first connections' timewait entries expire.
+//! the samples after it, above `--max-slope-kib`), or when transitions go unaccounted for:
+//! every record the kernel wrote must be read, no more transitions delivered than the 10 per
+//! connection loopback churn makes, and delivered + lost (ring full) + recursion misses
+//! (counted for every program run, on any port: an upper bound) must reach those 10 per
+//! connection within 0.01 % (the kernel was seen to skip a state 4 times in 240,061). The
+//! warm-up spans TIME_WAIT (60 s): the tables grow until the first connections' timewait
+//! entries expire.
 //! Results go to `target/soak/result.{json,md}`.
 
 use std::fmt::Write as _;
@@ -41,13 +42,15 @@ pub struct SoakArgs {
 }
 
 impl SoakArgs {
-    /// The short soak `cargo xtask test` runs.
+    /// The short soak `cargo xtask test` runs. 45 s of samples after the warm-up give a
+    /// noisier slope than a long soak (two 2-minute runs measured 64 and 479 KiB/min), so the
+    /// bound is 1 MiB/min: at 12,000 connections a minute, a leak of 90 bytes per connection.
     pub fn smoke() -> Self {
         Self {
             minutes: 2.0,
             rate: 200,
             warmup: 75,
-            max_slope_kib: 512.0,
+            max_slope_kib: 1024.0,
         }
     }
 }
@@ -66,6 +69,8 @@ pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
 }
 
 /// Paced churn until `stop`: `rate` connections per second to `port`, client closes first.
+/// Returns once the server side has closed every connection made (or after 10 s), so that
+/// every connection counted has all its 10 transitions.
 fn churn(
     port: u16,
     rate: u64,
@@ -74,11 +79,16 @@ fn churn(
 ) -> std::thread::JoinHandle<anyhow::Result<()>> {
     std::thread::spawn(move || {
         let listener = TcpListener::bind(("127.0.0.1", port))?;
-        let server = std::thread::spawn(move || {
+        let handled = Arc::new(AtomicU64::new(0));
+        let served = handled.clone();
+        // Detached: the listener stays open (its LISTEN -> CLOSE is not in the count).
+        std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut s) = stream else { continue };
                 let mut buf = [0u8; 1];
                 let _ = s.read(&mut buf);
+                drop(s);
+                served.fetch_add(1, Ordering::Relaxed);
             }
         });
         let start = Instant::now();
@@ -94,9 +104,10 @@ fn churn(
             n += 1;
             made.store(n, Ordering::Relaxed);
         }
-        // The listener thread ends with the process; its accepts drain what is queued.
-        std::thread::sleep(Duration::from_millis(500));
-        drop(server);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while handled.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Ok(())
     })
 }
@@ -173,7 +184,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<ExitCode> {
         let sent = sample(&m, "tcptrace_kernel_events_total").unwrap_or(0);
         let read = sample(&m, "tcptrace_events_processed_total").unwrap_or(0)
             + sample(&m, "tcptrace_decode_errors_total").unwrap_or(0);
-        if (sent == read && read + 10 >= expected) || Instant::now() > deadline {
+        if (sent == read && read >= expected) || Instant::now() > deadline {
             break m;
         }
     };
@@ -271,11 +282,20 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<ExitCode> {
             "the kernel sent {sent} records but the agent read {processed} (+{decode_errors} unreadable)"
         );
     }
-    // Nothing invented, nothing missing without a count (the ring-full count was seen to
-    // exceed the transitions it stood for, so losses only bound from above).
-    if processed > expected || processed + ring_full + recursion < expected {
+    // Nothing invented. The model's 10 transitions per connection is what loopback churn
+    // almost always does, but soaks saw 4 of 240,061 short with nothing lost (the kernel may
+    // skip a state, as the bench notes), so a shortfall beyond the counted losses is
+    // tolerated up to 0.01 % and reported; a larger one fails.
+    let accounted = processed + ring_full + recursion;
+    let shortfall = expected.saturating_sub(accounted);
+    if processed > expected || shortfall * 10_000 > expected {
         bail!(
             "transitions unaccounted for: {expected} expected, {processed} delivered, {ring_full} lost (ring full), {recursion} recursion misses"
+        );
+    }
+    if shortfall > 0 {
+        println!(
+            "xtask: soak: {shortfall} of {expected} modelled transitions neither delivered nor counted lost, while every record the kernel sent was read: the kernel skipped states the model expects"
         );
     }
     match slope_kib {
