@@ -412,6 +412,12 @@ fn hold_connections_helper() {
     std::io::stdout().flush().unwrap();
     let mut rest = String::new();
     let _ = std::io::stdin().read_to_string(&mut rest);
+    // Reset instead of closing: 50k sockets in TIME_WAIT for a minute would weigh on the
+    // snapshots of the tests that run next (their TIME_WAIT stories ended early then).
+    for (c, s) in &held {
+        common::set_linger_zero(c);
+        common::set_linger_zero(s);
+    }
 }
 
 /// Helpers holding `total` connections (2 sockets each) between them, each as many as its
