@@ -141,11 +141,17 @@ gauges are seeded from an INET_DIAG snapshot at start (so sockets opened earlier
 sockets count), kept current from transitions, and reconciled against a fresh snapshot every \
 --reconcile-interval. At each reconcile after the first, the findings of `tcptrace doctor` are \
 evaluated over the interval and exported as tcptrace_finding{kind,severity} (thresholds: the \
-same flags as doctor). Metric names and labels are documented in the README.",
+same flags as doctor). Metric names and labels are documented in the README.\n\n\
+TLS, basic auth and response headers come from --web.config.file, the exporter-toolkit YAML \
+node_exporter reads; SIGHUP reloads it and never stops the agent. Once the programs are \
+attached, serve keeps only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (socket owners), \
+CAP_SYS_ADMIN (other namespaces' snapshots) when it has them, and what --capabilities.keep \
+names.",
         after_help = "Examples:\n  \
 tcptrace serve                                   metrics on http://127.0.0.1:9850/metrics\n  \
-tcptrace serve --web.listen-address 0.0.0.0:9850 reachable from other hosts\n  \
-tcptrace serve --lport 443 --tail                only port 443, and print transitions too"
+tcptrace serve --web.listen-address :9850        every address, IPv4 and IPv6\n  \
+tcptrace serve --web.config.file web.yml         TLS and basic auth (exporter-toolkit format)\n  \
+tcptrace serve --lport 443 --tail               only port 443, and print transitions too"
     )]
     Serve(ServeArgs),
 
@@ -440,6 +446,21 @@ pub struct KernelArgs {
     /// socket is forgotten and its next transition shows an unknown time in state.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SOCKETS, value_parser = clap::value_parser!(u32).range(1024..), help_heading = "Kernel")]
     pub max_sockets: u32,
+
+    /// Capabilities to keep once the programs are attached, beyond what the command needs:
+    /// `none`, `all`, or names such as cap_net_admin,cap_syslog. tcptrace checks at start
+    /// that it has CAP_BPF and CAP_PERFMON (loading), then keeps only what the command uses
+    /// after, when it has them: CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (owners of sockets
+    /// opened before it started, from other processes' /proc/PID/fd) and CAP_SYS_ADMIN
+    /// (setns into other network namespaces for their snapshots; required by doctor and
+    /// serve for --netns-path), and drops every other capability in every thread.
+    #[arg(
+        long = "capabilities.keep",
+        value_name = "CAPS",
+        default_value = "none",
+        help_heading = "Privileges"
+    )]
+    pub keep_caps: crate::host::caps::Keep,
 }
 
 impl KernelArgs {
@@ -477,7 +498,8 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     if !secs.is_finite() || secs <= 0.0 {
         return Err(format!("`{s}` must be a positive number of seconds"));
     }
-    Ok(std::time::Duration::from_secs_f64(secs))
+    // from_secs_f64 panics beyond u64 seconds (found by fuzzing: `--duration 1e30`).
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is too many seconds"))
 }
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {
@@ -668,7 +690,10 @@ mod tests {
             })
         };
         let s = serve(&[]).unwrap();
-        assert_eq!(s.listen_address.to_string(), DEFAULT_LISTEN_ADDRESS);
+        assert_eq!(s.listen_address.len(), 1);
+        assert_eq!(s.listen_address[0].to_string(), DEFAULT_LISTEN_ADDRESS);
+        assert!(!s.tail);
+        assert_eq!(s.max_requests, 40);
         assert_eq!(s.telemetry_path, "/metrics");
         assert_eq!(s.reconcile_interval, std::time::Duration::from_secs(30));
         let s = serve(&[
@@ -681,12 +706,50 @@ mod tests {
             "--tail",
         ])
         .unwrap();
-        assert_eq!(s.listen_address.port(), 9999);
+        assert_eq!(s.listen_address[0].port, 9999);
+        assert_eq!(s.listen_address[0].host.as_deref(), Some("::1"));
         assert_eq!(s.telemetry_path, "/m");
         assert_eq!(s.filter.ports, [80]);
         assert!(s.tail);
+        assert_eq!(s.tail_format, OutputFormat::Table);
         assert!(serve(&["--web.telemetry-path", "metrics"]).is_err());
         assert!(serve(&["--web.listen-address", "localhost"]).is_err());
+        // node_exporter's forms: every address, a host name, several listeners.
+        let s = serve(&[
+            "--web.listen-address",
+            ":9850",
+            "--web.listen-address",
+            "localhost:9851",
+            "--tail",
+            "--tail-format",
+            "json",
+            "--web.config.file",
+            "/etc/tcptrace/web.yml",
+            "--capabilities.keep",
+            "cap_syslog",
+        ])
+        .unwrap();
+        assert_eq!(s.listen_address[0].host, None);
+        assert_eq!(s.listen_address[0].to_string(), ":9850");
+        assert_eq!(s.listen_address[1].host.as_deref(), Some("localhost"));
+        assert_eq!(s.tail_format, OutputFormat::Json);
+        assert!(s.web_config_file.is_some());
+        let all = s.listen_address[0].candidates().unwrap();
+        assert!(
+            all.iter()
+                .all(|a| a.ip().is_unspecified() && a.port() == 9850)
+        );
+        let local = s.listen_address[1].candidates().unwrap();
+        assert_eq!(local.len(), 1);
+        assert!(
+            local[0].ip().is_loopback() && local[0].is_ipv4(),
+            "{local:?}"
+        );
+        for bad in ["9850", "::1:9850", "[zz]:1", "host:99999", "a b:1"] {
+            assert!(serve(&["--web.listen-address", bad]).is_err(), "{bad}");
+        }
+        assert!(serve(&["--tail=yaml"]).is_err());
+        assert!(serve(&["--capabilities.keep", "cap_nonsense"]).is_err());
     }
 
     #[test]
@@ -696,6 +759,11 @@ mod tests {
             (&["--state", "bogus"][..], "SYN_SENT"),
             (&["--addr", "10.0.0.0/40"][..], "CIDR"),
             (&["--duration", "0"][..], "positive"),
+            (&["--duration", "1e30"][..], "too many seconds"),
+            (
+                &["--duration", "666666666666666666666666666"][..],
+                "too many seconds",
+            ),
             (&["--count", "0"][..], "0"),
             (&["--ring-bytes", "5000"][..], "power of two"),
             (&["-4", "-6"][..], "cannot be used"),

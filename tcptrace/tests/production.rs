@@ -466,6 +466,8 @@ fn nginx_under_ab_matches_the_kernels_counters_and_ss() {
     gauges_match_ss(&exporter, &ns, |s| {
         format!("tcptrace_sockets{{state=\"{s}\"}}")
     });
+    // Scraped again: the earlier scrape may predate the last closes gauges_match_ss waited for.
+    let metrics = exporter.scrape();
     let established = sample(&metrics, "tcptrace_sockets{state=\"established\"}").unwrap()
         + sample(&metrics, "tcptrace_sockets{state=\"close_wait\"}").unwrap();
     assert_eq!(established as u64, curr_estab(&ns));

@@ -165,7 +165,8 @@ fn prometheus_sees_exactly_n_handshakes_and_the_time_wait_sockets() {
 #[test]
 #[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
 fn sockets_opened_before_start_are_counted_then_tracked() {
-    let port = free_port("127.0.0.1");
+    // Below the ephemeral range: exact gauges need a port no other connection used.
+    let port = common::quiet_port();
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     // Before the agent starts: 4 open connections (8 ESTABLISHED sockets) and 3 server-side
     // TIME_WAIT sockets.
@@ -323,7 +324,7 @@ fn hostile_clients_cannot_stall_the_agent_or_grow_its_memory() {
         |v| v == 10.0,
     );
 
-    // Many parallel scrapes: every one is answered (200, or 503 beyond the connection cap).
+    // Many parallel scrapes: every one is answered (200, or 503 beyond --web.max-requests).
     let scrapers: Vec<_> = (0..100)
         .map(|_| {
             let addr = exporter.addr.clone();
@@ -340,13 +341,13 @@ fn hostile_clients_cannot_stall_the_agent_or_grow_its_memory() {
     );
     assert!(statuses.contains(&200));
 
-    // The slow clients are cut off after the head timeout.
+    // The slow clients are cut off after the head timeout: closed, without an answer.
     std::thread::sleep(Duration::from_secs(6));
     for mut s in idle {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut reply = String::new();
-        let _ = s.read_to_string(&mut reply);
-        assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+        let n = s.read_to_string(&mut reply);
+        assert!(matches!(n, Ok(0)) || n.is_err(), "{reply}");
     }
     let status = std::fs::read_to_string(format!("/proc/{}/status", exporter.pid())).unwrap();
     let rss_kb: u64 = status

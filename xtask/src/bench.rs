@@ -148,7 +148,7 @@ struct RunResult {
     peak_rss_kb: Option<u64>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -212,11 +212,11 @@ fn churn(port: u16, n: u64, c: u64, close: CloseOrder) -> anyhow::Result<f64> {
     Ok(n as f64 / elapsed.as_secs_f64())
 }
 
-fn read_proc(pid: u32, file: &str) -> String {
+pub(crate) fn read_proc(pid: u32, file: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default()
 }
 
-fn field(text: &str, key: &str) -> Option<u64> {
+pub(crate) fn field(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
         (k.trim() == key)
@@ -239,7 +239,7 @@ fn prog_stats(pid: u32) -> Option<(u64, u64)> {
         .max_by_key(|(_, cnt)| *cnt)
 }
 
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = read_proc(pid, "stat");
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -251,7 +251,7 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 /// `sysconf(_SC_CLK_TCK)`: 100 on every Linux architecture tcptrace supports.
 const USER_HZ: f64 = 100.0;
 
-fn http_get(addr: &str, path: &str) -> Option<String> {
+pub(crate) fn http_get(addr: &str, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
@@ -264,7 +264,7 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
     Some(body)
 }
 
-fn sample(metrics: &str, series: &str) -> Option<u64> {
+pub(crate) fn sample(metrics: &str, series: &str) -> Option<u64> {
     metrics.lines().find_map(|l| {
         l.strip_prefix(series)?
             .strip_prefix(' ')?

@@ -6,10 +6,14 @@
 //! - `bench`: cost and completeness under connection churn, against no tracer.
 //! - `vm-test`: the kernel tests inside QEMU guests running Debian's 5.10, 6.1, 6.12 and 7.x.
 //! - `package`: the static binary, the .deb and the OCI image under `target/package/`.
+//! - `fuzz`: the cargo-fuzz targets, each for a bounded time.
+//! - `soak`: serve under steady churn for minutes; fails on memory growth or unaccounted loss.
 
 mod bench;
+mod fuzz;
 mod package;
 mod setup;
+mod soak;
 mod test;
 mod vm;
 
@@ -57,6 +61,13 @@ enum Cmd {
     /// kernel tests inside each; one PASS/FAIL line per kernel (needs root and network access
     /// to deb.debian.org the first time; kernels are cached in target/vm).
     VmTest(vm::VmArgs),
+    /// Run every fuzz target (cargo-fuzz, nightly) for --seconds each; a crash fails the run
+    /// and leaves its input in fuzz/artifacts/TARGET/.
+    Fuzz(fuzz::FuzzArgs),
+    /// Run `tcptrace serve` under steady loopback churn for --minutes, sampling its memory
+    /// and CPU; fails if RSS keeps growing after the warm-up or a transition is neither
+    /// delivered nor counted lost (needs root); writes target/soak/result.{json,md}.
+    Soak(soak::SoakArgs),
     /// Bench helper: hold COUNT loopback connections (both ends) until stdin closes.
     #[command(hide = true)]
     HoldConnections {
@@ -74,6 +85,8 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench::run(&args),
         Cmd::VmTest(args) => vm::run(&args),
         Cmd::Package => package::run(),
+        Cmd::Fuzz(args) => fuzz::run(&args),
+        Cmd::Soak(args) => soak::run(&args),
         Cmd::HoldConnections { count } => bench::hold_connections(count),
     };
     match result {

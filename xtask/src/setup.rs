@@ -11,6 +11,8 @@ use crate::{cargo, sh};
 /// The eBPF crate's toolchain (aya-build runs `rustup run nightly cargo build ...`).
 pub const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz, from crates.io, for `cargo xtask fuzz` (run with the nightly toolchain).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Debian packages the tests use: `ip`, `ss` and `nstat` (network namespaces, veth, the
 /// kernel's counters), nft (a firewall drop in a test namespace), Prometheus with promtool
 /// (the exporter is scraped and linted by the real thing, the rules are checked and
@@ -72,6 +74,8 @@ pub enum Step {
     TestPackages,
     /// The venv with the Kubernetes validators ([`PYTHON_TOOLS`] in [`DEPLOY_VENV`]).
     PythonTools,
+    /// cargo-fuzz ([`CARGO_FUZZ_VERSION`]), for the fuzz smoke run.
+    CargoFuzz,
 }
 
 /// What building and running tcptrace needs (`cargo xtask run`).
@@ -79,7 +83,12 @@ pub const BUILD: &[Step] = &[Step::RustSrc, Step::BpfLinker];
 /// What packaging needs besides (`cargo xtask package`; the tests package too).
 pub const PACKAGE: &[Step] = &[Step::MuslTarget, Step::PackageTools];
 /// What testing needs besides (`cargo xtask setup`, `cargo xtask test`).
-pub const TEST: &[Step] = &[Step::Tracefs, Step::TestPackages, Step::PythonTools];
+pub const TEST: &[Step] = &[
+    Step::Tracefs,
+    Step::TestPackages,
+    Step::PythonTools,
+    Step::CargoFuzz,
+];
 
 fn step(step: Step) -> anyhow::Result<()> {
     match step {
@@ -90,6 +99,7 @@ fn step(step: Step) -> anyhow::Result<()> {
         Step::Tracefs => tracefs(),
         Step::TestPackages => apt_packages(APT_PACKAGES),
         Step::PythonTools => python_tools(),
+        Step::CargoFuzz => cargo_fuzz(),
     }
 }
 
@@ -219,6 +229,22 @@ fn bpf_linker() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Installs cargo-fuzz at the pinned version (a minute of building, once).
+pub fn cargo_fuzz() -> anyhow::Result<()> {
+    if output(cargo().args(["fuzz", "--version"])).is_some_and(|v| v.contains(CARGO_FUZZ_VERSION)) {
+        println!("xtask: ok: cargo-fuzz {CARGO_FUZZ_VERSION} is installed");
+        return Ok(());
+    }
+    println!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION} (for `cargo xtask fuzz`)");
+    sh(cargo().args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+    ]))
 }
 
 fn cargo_home() -> PathBuf {

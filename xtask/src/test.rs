@@ -61,6 +61,21 @@ pub fn run(args: &TestArgs) -> anyhow::Result<ExitCode> {
         "--test-threads",
         "2",
     ]))?;
+    // Every fuzz target for a few seconds: the decoders still reject garbage without panicking.
+    let started = std::time::Instant::now();
+    let targets: Vec<&str> = crate::fuzz::TARGETS.iter().map(|(t, _)| *t).collect();
+    crate::fuzz::fuzz(&targets, crate::fuzz::SMOKE_SECONDS)?;
+    println!(
+        "xtask: fuzz smoke took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    // A short soak: memory flat after the warm-up, every transition accounted for.
+    let started = std::time::Instant::now();
+    crate::soak::run(&crate::soak::SoakArgs::smoke())?;
+    println!(
+        "xtask: soak smoke took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     // The same kernel tests inside VMs running other kernels: the oldest supported series
     // and Debian stable's (`cargo xtask vm-test` runs the full matrix).
     if !crate::vm::matrix(&crate::vm::VmArgs::quick())? {

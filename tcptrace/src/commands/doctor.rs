@@ -8,11 +8,10 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
 use crate::cli::{FilterArgs, KernelArgs, LogArgs, ThresholdArgs, parse_duration};
-use crate::commands::{Shutdown, runtime, warn_lost_kernel_log};
+use crate::commands::{Shutdown, needs, runtime, start_tracer, warn_lost_kernel_log};
 use crate::diagnosis::evidence::{LazyOwners, human};
 use crate::diagnosis::window::Window;
 use crate::host::snapshot::{self, Request};
-use crate::kernel::loader::Tracer;
 use crate::output::json;
 use crate::output::report::{Report, explain};
 use crate::output::time::WallClock;
@@ -63,7 +62,7 @@ pub fn run(args: DoctorArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let scope = args.filter.scope(&filter)?;
     // Findings judge whole connections: every transition of the selected sockets arrives.
     let sockets = filter.socket_level();
-    let (mut tracer, ring) = Tracer::start(&sockets.kernel(), args.kernel.sizes(log))?;
+    let (mut tracer, ring) = start_tracer(&sockets, &args.kernel, log, &needs(&scope, true))?;
     let runtime = runtime()?;
     let shutdown = Shutdown::register(&runtime)?;
     let mut window = Window::new(OBSERVED_SOCKETS, filter, args.thresholds.to_thresholds());

@@ -7,9 +7,10 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::cli::{FilterArgs, KernelArgs, LogArgs, OutputArgs, parse_duration};
-use crate::commands::{Shutdown, refuse_unseen_states, runtime, warn_lost_kernel_log};
+use crate::commands::{
+    Shutdown, needs, refuse_unseen_states, runtime, start_tracer, warn_lost_kernel_log,
+};
 use crate::host::snapshot::{self, Request};
-use crate::kernel::loader::Tracer;
 use crate::model::cgroup::CgroupInfo;
 use crate::model::connections::{ConnectionTable, Role};
 use crate::model::filter::Filter;
@@ -138,7 +139,7 @@ pub fn run(args: LifeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     // filter's socket-level parts select; states and owners are judged per story.
     let sockets = filter.socket_level();
     let scope = args.filter.scope(&filter)?;
-    let (mut tracer, ring) = Tracer::start(&sockets.kernel(), args.kernel.sizes(log))?;
+    let (mut tracer, ring) = start_tracer(&sockets, &args.kernel, log, &needs(&scope, false))?;
     let runtime = runtime()?;
     let shutdown = Shutdown::register(&runtime)?;
     let rows = table::ConnectionTable::new(

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use clap::Args;
 
 use crate::cli::{FilterArgs, KernelArgs, LogArgs, OutputArgs};
-use crate::commands::{Shutdown, refuse_unseen_states, runtime, warn_lost_kernel_log};
-use crate::kernel::loader::Tracer;
+use crate::commands::{
+    Shutdown, needs, refuse_unseen_states, runtime, start_tracer, warn_lost_kernel_log,
+};
 use crate::model::cgroup::CgroupInfo;
 use crate::model::filter::Filter;
 use crate::model::tcp::TcpState;
@@ -87,7 +88,7 @@ pub fn run(args: TailArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let filter = args.filter.to_filter()?;
     refuse_unseen_states(&filter, &[TcpState::TimeWait, TcpState::NewSynRecv])?;
     let scope = args.filter.scope(&filter)?;
-    let (mut tracer, ring) = Tracer::start(&filter.kernel(), args.kernel.sizes(log))?;
+    let (mut tracer, ring) = start_tracer(&filter, &args.kernel, log, &needs(&scope, false))?;
 
     let runtime = runtime()?;
     let shutdown = Shutdown::register(&runtime)?;

@@ -26,7 +26,8 @@ pub fn has_cgroup2() -> bool {
     cgroup2_mount().is_some()
 }
 
-fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+/// The cgroup2 mount point in a /proc/PID/mountinfo text.
+pub fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         // id parent major:minor root mountpoint options ... - fstype source superopts
         let (left, right) = line.split_once(" - ")?;

@@ -138,7 +138,8 @@ pub fn parse_messages(
             NLMSG_ERROR => {
                 let errno = i32::read_from_prefix(payload).map_or(0, |(e, _)| e);
                 if errno != 0 {
-                    return Err(io::Error::from_raw_os_error(-errno));
+                    // The kernel sends -errno; i32::MIN has no positive (found by fuzzing).
+                    return Err(io::Error::from_raw_os_error(errno.saturating_neg()));
                 }
             }
             SOCK_DIAG_BY_FAMILY => {
@@ -280,7 +281,7 @@ pub fn tcp_socket_count() -> Option<usize> {
 }
 
 /// `inuse` + `tw` of the line starting with `prefix` ("TCP: inuse 5 orphan 0 tw 2 alloc 9 mem 1").
-fn sockstat_tcp(text: &str, prefix: &str) -> usize {
+pub fn sockstat_tcp(text: &str, prefix: &str) -> usize {
     let Some(line) = text.lines().find(|l| l.starts_with(prefix)) else {
         return 0;
     };
@@ -344,6 +345,22 @@ mod tests {
         assert_eq!(size_of::<InetDiagMsg>(), 72);
         assert_eq!(size_of::<InetDiagReqV2>(), 56);
         assert_eq!(size_of::<TcpInfoHead>(), 60);
+    }
+
+    /// Fuzzing found it: an NLMSG_ERROR carrying i32::MIN overflowed the negation.
+    #[test]
+    fn an_error_message_with_any_errno_is_an_error() {
+        let mut out = Vec::new();
+        for errno in [i32::MIN, -1, 7, i32::MAX] {
+            let buf = msg(NLMSG_ERROR, &errno.to_ne_bytes());
+            assert!(parse_messages(&buf, &mut out, &mut |_| true).is_err());
+        }
+        let crash: [u8; 52] = [
+            39, 0, 0, 0, 2, 0, 44, 1, 0, 0, 0, 0, 0, 0, 16, 0, 0, 0, 0, 128, 0, 75, 123, 123, 123,
+            0, 0, 0, 0, 109, 138, 138, 138, 138, 138, 138, 135, 66, 138, 138, 138, 56, 59, 1, 0,
+            139, 138, 138, 138, 138, 153, 47,
+        ];
+        assert!(parse_messages(&crash, &mut out, &mut |_| true).is_err());
     }
 
     fn msg(kind: u16, payload: &[u8]) -> Vec<u8> {

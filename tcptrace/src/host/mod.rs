@@ -2,6 +2,7 @@
 //! settings, socket owners from /proc, cgroups, network namespaces, clocks and this process's
 //! own settings. The only modules that call libc.
 
+pub mod caps;
 pub mod cgroup;
 pub mod clock;
 pub mod inet_diag;

@@ -1,5 +1,5 @@
-//! This process's own settings (memory allocator tuning, the memlock limit, capabilities),
-//! and whether other processes still run.
+//! This process's own settings (memory allocator tuning, resource limits, signal
+//! dispositions), and whether other processes still run.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -160,15 +160,37 @@ pub fn raise_memlock_rlimit() {
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 }
 
-/// Effective capabilities of this process (`CapEff` in /proc/self/status), as a bit set.
-pub fn effective_caps() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    parse_cap_eff(&status)
+/// An exporter keeps running on SIGHUP (it reloads its web config): until `serve` installs its
+/// own handler, the signal is ignored instead of ending the process.
+pub fn ignore_sighup() {
+    // SAFETY: installs SIG_IGN for SIGHUP; no handler code runs, nothing is shared.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
 }
 
-fn parse_cap_eff(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
-    u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
+/// Raises the soft open-file limit to the hard one (as Go does at start): an exporter's
+/// connections are file descriptors. Returns the soft limit in force.
+pub fn raise_nofile_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointer to an rlimit the call fills.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: valid pointer to a properly initialised rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    Some(limit.rlim_cur)
 }
 
 #[cfg(test)]
@@ -204,15 +226,5 @@ mod tests {
             let mut fresh = PidWatch::default();
             assert!(!fresh.alive_at(pid, 0));
         });
-    }
-
-    #[test]
-    fn cap_eff_parsing() {
-        assert_eq!(
-            parse_cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n"),
-            Some(0x1ff_ffff_ffff)
-        );
-        assert_eq!(parse_cap_eff("Name:\tx\n"), None);
-        assert!(effective_caps().is_some());
     }
 }

@@ -101,17 +101,23 @@ pub fn take(scope: &Scope, request: Request<'_>) -> anyhow::Result<Snapshot> {
         Scope::Own => vec![(own, None, own_name(own, host))],
         Scope::One { inode, .. } if Some(*inode) == own => vec![(own, None, own_name(own, host))],
         Scope::One { path, inode } => vec![(Some(*inode), Some(path.clone()), name_of(path))],
-        Scope::All => netns::all()
-            .into_iter()
-            .map(|(inode, path)| {
-                let name = named(inode, &path);
-                if Some(inode) == own {
-                    (Some(inode), None, name)
-                } else {
-                    (Some(inode), Some(path), name)
-                }
-            })
-            .collect(),
+        Scope::All => {
+            let mut targets: Vec<_> = netns::all()
+                .into_iter()
+                .map(|(inode, path)| {
+                    let name = named(inode, &path);
+                    if Some(inode) == own {
+                        (Some(inode), None, name)
+                    } else {
+                        (Some(inode), Some(path), name)
+                    }
+                })
+                .collect();
+            // The own namespace first: it is dumped where the thread starts, before any
+            // setns moves it.
+            targets.sort_by_key(|(_, path, _)| path.is_some());
+            targets
+        }
     };
     let taken_ns = monotonic_ns();
     let started = std::time::Instant::now();

@@ -300,7 +300,8 @@ impl<'a> Btf<'a> {
     fn type_bits(&self, id: u32) -> u32 {
         match self.resolve(id) {
             Some(ty) if matches!(ty.kind, KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM) => {
-                ty.size_or_type * 8
+                // A malformed blob may claim any size (found by fuzzing).
+                ty.size_or_type.saturating_mul(8)
             }
             _ => 0,
         }
@@ -324,7 +325,7 @@ impl<'a> Btf<'a> {
                 && let Some(found) = self.find_member(&inner, name, depth + 1)
             {
                 return Some(Member {
-                    bit_offset: m.bit_offset + found.bit_offset,
+                    bit_offset: m.bit_offset.saturating_add(found.bit_offset),
                     ..found
                 });
             }
@@ -348,7 +349,7 @@ impl<'a> Btf<'a> {
                     strukt: strukt.to_owned(),
                     member: path.split('.').take(i + 1).collect::<Vec<_>>().join("."),
                 })?;
-            bit_offset += member.bit_offset;
+            bit_offset = member.bit_offset.saturating_add(bit_offset);
             bits = if member.bitfield_size != 0 {
                 member.bitfield_size
             } else {
@@ -649,6 +650,22 @@ mod tests {
             btf.field("socket", "x"),
             Err(BtfError::NoStruct("socket".into()))
         );
+    }
+
+    /// Fuzzing found it: a member type claiming a size near u32::MAX overflowed its bit count.
+    #[test]
+    fn absurd_sizes_and_offsets_are_not_a_panic() {
+        let crash: &[u8] = &[
+            159, 235, 254, 7, 0, 0, 0, 0, 1, 0, 0, 0, 112, 0, 0, 0, 0, 0, 0, 0, 121, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 115, 111, 99, 107, 0, 0, 128, 0, 0, 0, 91, 1, 14, 159, 16, 1, 0, 0, 0, 1,
+            0, 0, 0, 30, 0, 0, 0, 4, 0, 0, 4, 0, 255, 0, 99, 107, 0, 0, 0, 1, 0, 0, 0, 112, 0, 0,
+            0, 0, 0, 0, 0, 121, 0, 0, 0, 0, 0, 0, 0, 0, 0, 115, 111, 99, 107, 0, 0, 128, 0, 0, 0,
+            91, 116, 116, 116, 116, 116, 115, 107, 95, 112, 114, 111, 116, 111, 99, 111, 108, 0,
+            116, 116, 116, 116,
+        ];
+        if let Ok(btf) = Btf::parse(crash) {
+            let _ = btf.sock_offsets();
+        }
     }
 
     #[test]

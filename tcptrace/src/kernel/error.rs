@@ -10,8 +10,11 @@ use crate::kernel::btf::BtfError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// Capabilities checked before loading: the message names the missing ones.
+    #[error("{0}")]
+    MissingCaps(String),
     #[error(
-        "permission denied: tcptrace needs root, or the CAP_BPF and CAP_PERFMON capabilities (run it with sudo)"
+        "permission denied by the kernel: loading needs root, or the CAP_BPF and CAP_PERFMON capabilities (with them, a kernel lockdown or security module may refuse it)"
     )]
     NotPermitted,
     #[error(
@@ -113,7 +116,7 @@ mod tests {
         for e in &errs {
             assert!(!e.contains('\n'), "{e}");
         }
-        assert!(errs[0].contains("sudo"));
+        assert!(errs[0].contains("CAP_PERFMON"));
         assert!(errs[1].contains("CONFIG_DEBUG_INFO_BTF"));
         assert!(errs[3].contains("/tmp/x.log"));
     }

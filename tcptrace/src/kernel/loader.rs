@@ -14,7 +14,7 @@ use tcptrace_common::{
 };
 
 use crate::host::owners::ProcessName;
-use crate::host::process;
+use crate::host::{caps, process};
 use crate::kernel::btf;
 use crate::kernel::error::{LoadError, aya_err, is_eperm, program_error, refuses_cookie_helper};
 use crate::kernel::log::KernelLog;
@@ -117,25 +117,10 @@ fn load_program(program: &mut BtfTracePoint, attach_btf: &aya::Btf) -> Result<Ra
     Ok(program.fd()?.as_fd().as_raw_fd())
 }
 
-const CAP_SYS_ADMIN: u64 = 21;
-const CAP_PERFMON: u64 = 38;
-const CAP_BPF: u64 = 39;
-
 /// The kernel wakes the agent once 1/8 of the ring is waiting; below that the agent drains on
 /// its own timer ([`crate::kernel::ring::RING_POLL`]). At 200k transitions/s the timer's 10 ms
 /// is ~200 KiB, far below 1/8 of the default 4 MiB ring, so wakeups at full churn are rare.
 const WAKEUP_FRACTION: u32 = 8;
-
-fn may_trace() -> bool {
-    match process::effective_caps() {
-        Some(caps) => {
-            let has = |c: u64| caps & (1 << c) != 0;
-            has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
-        }
-        // Cannot tell: let the kernel decide and map EPERM afterwards.
-        None => true,
-    }
-}
 
 /// The value of aya-log's `AYA_LOG_LEVEL` (`aya_log::Level` numbers, 0 = off) for a log
 /// level. It is frozen in the program's read-only data, so statements above it are
@@ -156,8 +141,10 @@ impl Tracer {
     /// Resolves socket offsets from BTF, loads the programs with `filter` and `sizes`, and
     /// attaches them to `tp_btf/inet_sock_set_state` and `tp_btf/tcp_receive_reset`.
     pub fn load(filter: &KernelFilter, sizes: Sizes) -> Result<Self, LoadError> {
-        if !may_trace() {
-            return Err(LoadError::NotPermitted);
+        // Name what is missing before the kernel answers a bare EPERM. When the sets cannot
+        // be read, the kernel decides and EPERM is mapped afterwards.
+        if let Some(missing) = caps::permitted().and_then(|have| caps::missing_for_load(&have)) {
+            return Err(LoadError::MissingCaps(missing));
         }
         // `EbpfLoader::new()` decodes the whole kernel BTF (`Btf::from_sys_fs()`, ~25 MB at
         // peak) for CO-RE relocations, which this object has none of: let it go before
@@ -314,6 +301,12 @@ impl Tracer {
         self.listeners.take()
     }
 
+    /// Reads the counters map once, reporting failure (where [`Tracer::counters`] reads 0):
+    /// tells whether map reads still work with fewer capabilities.
+    pub fn probe_counters(&self) -> Result<(), aya::maps::MapError> {
+        self.counters.get(&counter::SENT, 0).map(drop)
+    }
+
     pub fn counters(&self) -> KernelCounters {
         let sum = |index: u32| -> u64 {
             self.counters
@@ -339,7 +332,8 @@ fn recursion_misses(fd: RawFd) -> Option<u64> {
     parse_fdinfo_field(&info, "recursion_misses")
 }
 
-fn parse_fdinfo_field(info: &str, key: &str) -> Option<u64> {
+/// The value of `key` in a /proc fdinfo file (`key:\tvalue` lines).
+pub fn parse_fdinfo_field(info: &str, key: &str) -> Option<u64> {
     info.lines().find_map(|line| {
         let (k, v) = line.split_once(':')?;
         (k.trim() == key).then(|| v.trim().parse().ok())?

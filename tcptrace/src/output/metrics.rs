@@ -20,7 +20,7 @@ use crate::kernel::loader::KernelCounters;
 use crate::model::cgroup::CgroupInfo;
 use crate::model::connections::{Connection, Listeners, Role};
 use crate::model::snapshot::Snapshot;
-use crate::model::sockets::SocketTable;
+use crate::model::sockets::{Origin, SocketTable};
 use crate::model::tcp::{STATE_SLOTS, TcpState};
 use crate::model::transition::Transition;
 use crate::pipeline::{Flow, Sink, Tick};
@@ -72,6 +72,7 @@ pub struct Metrics {
     reconciles: IntCounter,
     snapshot_errors: IntCounter,
     tracked_overflow: IntCounter,
+    dwell_forgotten: IntCounter,
     connection_duration: HistogramVec,
     connection_bytes: IntCounterVec,
     connection_retransmits: IntCounterVec,
@@ -347,6 +348,10 @@ impl Metrics {
             tracked_overflow: counter(
                 "tcptrace_tracked_sockets_overflow_total",
                 "Sockets not tracked because the table was full (see --max-tracked-sockets).",
+            ),
+            dwell_forgotten: counter(
+                "tcptrace_kernel_sockets_evicted_total",
+                "Transitions whose time in state the kernel had forgotten although the agent saw the socket enter it: its --max-sockets table (LRU) evicted the socket. Their dwell is unknown, never guessed.",
             ),
             connection_duration,
             connection_bytes,
@@ -695,6 +700,16 @@ impl Sink for MetricsSink {
         if (t.old, t.new) == (TcpState::SynSent, TcpState::Close) {
             m.connect_failures.inc();
         }
+        // The agent saw this socket enter `old`, yet the kernel reports no entry time: the
+        // kernel's LRU table dropped the socket (it does so silently).
+        if t.in_old_ns.is_none()
+            && self
+                .table
+                .get(t.cookie)
+                .is_some_and(|e| e.origin == Origin::Event && e.state == t.old)
+        {
+            m.dwell_forgotten.inc();
+        }
         self.table.apply(t);
         Ok(Flow::Continue)
     }
@@ -749,13 +764,16 @@ impl Sink for MetricsSink {
     fn snapshot(&mut self, snapshot: &Snapshot) {
         if self.metrics.ports.is_some() {
             self.listening.snapshot(snapshot);
-            let listening: Vec<(Option<u32>, u16)> = snapshot
+            // Ports seen listening together get their labels lowest first: the dump's order
+            // follows a per-namespace hash, and labels must not depend on it.
+            let mut listening: Vec<(u16, Option<u32>)> = snapshot
                 .sockets
                 .iter()
                 .filter(|s| s.state == TcpState::Listen)
-                .map(|s| (s.netns, s.endpoints.local_port))
+                .map(|s| (s.endpoints.local_port, s.netns))
                 .collect();
-            for (netns, port) in listening {
+            listening.sort_unstable();
+            for (port, netns) in listening {
                 let _ = self.port_label(netns, port);
             }
         }
@@ -851,6 +869,22 @@ mod tests {
         assert!(!text.contains("tcptrace_state_duration_seconds_count{state=\"close\"}"));
         assert!(text.contains("tcptrace_events_processed_total 5"));
         assert!(text.contains("tcptrace_build_info{version=\""));
+    }
+
+    #[test]
+    fn a_dwell_the_kernel_forgot_is_counted_as_an_eviction() {
+        let metrics = Metrics::new(Breakdowns::default());
+        let mut sink = sink(&metrics);
+        use TcpState::*;
+        sink.transition(&t(SynSent, Established, Some(5)), None)
+            .unwrap();
+        // Seen entering ESTABLISHED; the kernel then reports its exit with no entry time.
+        sink.transition(&t(Established, FinWait1, None), None)
+            .unwrap();
+        // A socket first seen now (older than the agent): not an eviction.
+        sink.transition(&step(7, Established, CloseWait).dwell(None).done(), None)
+            .unwrap();
+        assert!(scrape(&metrics).contains("tcptrace_kernel_sockets_evicted_total 1"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod report;
 pub mod table;
 pub mod time;
+pub mod web_config;
 
 #[cfg(test)]
 mod golden_tests;

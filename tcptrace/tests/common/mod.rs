@@ -106,6 +106,10 @@ impl Agent {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM, waits for exit, and returns the exit status and the rest of stderr.
     pub fn stop(self) -> (ExitStatus, String, Vec<Value>) {
         // SAFETY: kill(2) on our own child's pid.
@@ -196,6 +200,17 @@ pub fn free_port(ip: &str) -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a: SocketAddr| a.port())
         .expect("bind to port 0")
+}
+
+/// A port free on 127.0.0.1 below the ephemeral range: no connection of another test (or of
+/// anything else on the host) can have used it as its local port, so no stray TIME_WAIT
+/// socket of an earlier connection sits on it.
+pub fn quiet_port() -> u16 {
+    let start = 20_000 + (std::process::id() % 5_000) as u16;
+    (start..32_000)
+        .chain(20_000..start)
+        .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port below the ephemeral range")
 }
 
 /// Events grouped by socket cookie, each group in kernel time order.
