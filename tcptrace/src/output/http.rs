@@ -21,6 +21,8 @@ pub struct Site {
     pub telemetry_path: String,
     /// Renders the metrics page (called per scrape).
     pub render: Box<dyn Fn() -> Vec<u8> + Send + Sync>,
+    /// Renders the `/` page, HTML (called per request).
+    pub home: Box<dyn Fn() -> Vec<u8> + Send + Sync>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -79,25 +81,12 @@ pub fn respond(site: &Site, head: &[u8]) -> (Response, bool) {
         Response {
             status: 200,
             content_type: "text/html; charset=utf-8",
-            body: format!(
-                "<!DOCTYPE html>\n<html><head><title>tcptrace</title></head><body>\n\
-                 <h1>tcptrace</h1>\n<p>TCP state transitions, dwell times and socket states \
-                 from the kernel.</p>\n<p><a href=\"{0}\">{0}</a></p>\n</body></html>\n",
-                html_escape(&site.telemetry_path)
-            )
-            .into_bytes(),
+            body: (site.home)(),
         }
     } else {
         text(404, "not found\n")
     };
     (response, head_only)
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 fn encode(response: &Response, head_only: bool) -> Vec<u8> {
@@ -213,6 +202,7 @@ mod tests {
         Site {
             telemetry_path: "/metrics".into(),
             render: Box::new(|| b"x 1\n".to_vec()),
+            home: Box::new(|| b"<html>home</html>".to_vec()),
         }
     }
 
@@ -227,11 +217,8 @@ mod tests {
         assert_eq!(r.status, 200);
         let (r, _) = respond(&s, b"GET / HTTP/1.1");
         assert_eq!(r.status, 200);
-        assert!(
-            String::from_utf8(r.body)
-                .unwrap()
-                .contains("href=\"/metrics\"")
-        );
+        assert_eq!(r.body, b"<html>home</html>");
+        assert!(r.content_type.starts_with("text/html"));
         let (r, head) = respond(&s, b"HEAD /metrics HTTP/1.1");
         assert_eq!((r.status, head), (200, true));
         assert_eq!(respond(&s, b"GET /nope HTTP/1.1").0.status, 404);

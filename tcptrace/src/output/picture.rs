@@ -1,0 +1,657 @@
+//! Samples the state diagram from the sinks `serve` keeps: socket counts and ages from the
+//! [`SocketTable`], arrow rates from the `tcptrace_transitions_total` counters, dwell
+//! quantiles from the `tcptrace_state_duration_seconds` histograms, losses and corrections
+//! from their counters, findings from the [`Window`]. One [`Picture`] per tick, published in a
+//! [`Feed`] the terminal UI and the web page read.
+//!
+//! The math (rates over an interval, quantiles of a histogram window, the busiest arrows) is
+//! pure and unit-tested here.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use crate::diagnosis::Finding;
+use crate::diagnosis::window::Window;
+use crate::host::owners::SocketOwners;
+use crate::model::CookieMap;
+use crate::model::connections::{Connection, End, Role};
+use crate::model::snapshot::Snapshot;
+use crate::model::sockets::SocketTable;
+use crate::model::tcp::{Endpoints, STATE_SLOTS, TcpState};
+use crate::output::diagram::{
+    ABORTS, ARROWS, ArrowView, COUNTED, FindingLine, OwnerPanel, OwnerRow, Picture, SocketRow,
+    Source, StateView,
+};
+use crate::output::metrics::{DURATION_BUCKETS, Metrics};
+use crate::output::time::WallClock;
+
+/// The latest picture, shared between the thread that samples it and those that show it.
+#[derive(Clone, Default)]
+pub struct Feed(Arc<Mutex<Arc<Picture>>>);
+
+impl Feed {
+    /// Replaces the latest picture.
+    pub fn publish(&self, picture: Picture) {
+        let picture = Arc::new(picture);
+        match self.0.lock() {
+            Ok(mut slot) => *slot = picture,
+            Err(poisoned) => *poisoned.into_inner() = picture,
+        }
+    }
+
+    /// The latest picture (empty before the first sample).
+    pub fn latest(&self) -> Arc<Picture> {
+        match self.0.lock() {
+            Ok(slot) => slot.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+/// What a sample reads (all owned by the metrics sink).
+pub struct Inputs<'a> {
+    /// Kernel monotonic ns of the sample.
+    pub now_ns: u64,
+    pub table: &'a SocketTable,
+    pub metrics: &'a Metrics,
+    pub window: &'a Window,
+    /// The last evaluation's findings, most severe first.
+    pub findings: &'a [Finding],
+    pub seeded: bool,
+    /// TIME_WAIT sockets the table let expire, since start.
+    pub expired_time_waits: u64,
+}
+
+/// Each state's dwell histogram as sampled: cumulative bucket counts and the total.
+type Dwell = Vec<(TcpState, Vec<u64>, u64)>;
+
+/// Sockets or events per (owner, endpoint): how many, and the oldest's age in ns.
+type Groups = HashMap<(String, String), (u64, Option<u64>)>;
+
+/// Rows an owner panel lists at most.
+const PANEL_ROWS: usize = 5;
+
+/// Turns the sinks' cumulative counters into pictures.
+pub struct Sampler {
+    feed: Feed,
+    clock: WallClock,
+    /// Sample socket lists and owner panels too (`top`).
+    lists: usize,
+    last_ns: u64,
+    last: HashMap<(TcpState, TcpState), u64>,
+    last_expired: u64,
+    /// Each state's cumulative dwell buckets at each sample of the dwell window, oldest first.
+    dwell: VecDeque<(u64, Dwell)>,
+    dwell_window_ns: u64,
+    /// Sockets of the last snapshot that no story tells about: their endpoints and inode.
+    seen: CookieMap<(Endpoints, u32)>,
+    /// Holders of sockets by inode, scanned at most once per snapshot, when a row needs one.
+    holders: Option<SocketOwners>,
+}
+
+impl Sampler {
+    /// Publishes into `feed`; dwell quantiles over the last `dwell_window_ns`; with `lists`
+    /// > 0, also that many oldest sockets of each state and the owner panels.
+    pub fn new(feed: Feed, dwell_window_ns: u64, lists: usize, now_ns: u64) -> Self {
+        Self {
+            feed,
+            clock: WallClock::now(),
+            lists,
+            last_ns: now_ns,
+            last: HashMap::new(),
+            last_expired: 0,
+            // The histograms start empty: the first window counts from here.
+            dwell: VecDeque::from([(now_ns, Vec::new())]),
+            dwell_window_ns,
+            seen: CookieMap::default(),
+            holders: None,
+        }
+    }
+
+    /// A snapshot came in: remembers the sockets no story covers (for their endpoints and
+    /// owners), and forgets the last scan of holders.
+    pub fn snapshot(&mut self, snapshot: &Snapshot, window: &Window) {
+        self.holders = None;
+        if self.lists == 0 {
+            return;
+        }
+        self.seen.clear();
+        for s in &snapshot.sockets {
+            if window.story(s.cookie).is_none() {
+                self.seen.insert(s.cookie, (s.endpoints, s.inode));
+            }
+        }
+    }
+
+    /// Samples a picture from `inputs` and publishes it.
+    pub fn sample(&mut self, inputs: &Inputs<'_>) {
+        let picture = self.picture(inputs);
+        self.feed.publish(picture);
+    }
+
+    fn picture(&mut self, i: &Inputs<'_>) -> Picture {
+        let dt_s = (i.now_ns.saturating_sub(self.last_ns) as f64 / 1e9).max(1e-3);
+        self.last_ns = i.now_ns;
+        let now_counts: HashMap<(TcpState, TcpState), u64> = i
+            .metrics
+            .transition_counts()
+            .into_iter()
+            .map(|(f, t, n)| ((f, t), n))
+            .collect();
+        let deltas = deltas(&self.last, &now_counts);
+        self.last = now_counts;
+        let expired = i.expired_time_waits.saturating_sub(self.last_expired);
+        self.last_expired = i.expired_time_waits;
+
+        let mut states = [StateView::default(); STATE_SLOTS];
+        let oldest = i.table.oldest(i.now_ns);
+        for s in COUNTED {
+            states[s.slot()].count = i.table.count(s);
+            states[s.slot()].oldest_ns = oldest[s.slot()];
+        }
+        // Arrows and marks.
+        let mut shown = std::collections::HashSet::new();
+        let mut arrows: Vec<ArrowView> = ARROWS
+            .iter()
+            .enumerate()
+            .map(|(n, a)| {
+                let (delta, total) = match a.source {
+                    Source::Transition(f, t) => {
+                        shown.insert((f, t));
+                        (
+                            deltas.get(&(f, t)).copied().unwrap_or(0),
+                            self.last.get(&(f, t)).copied().unwrap_or(0),
+                        )
+                    }
+                    Source::TimeWaitExpiry => (expired, i.expired_time_waits),
+                };
+                ArrowView {
+                    arrow: n,
+                    rate: delta as f64 / dt_s,
+                    total,
+                    hot: false,
+                }
+            })
+            .collect();
+        mark_hot(&mut arrows);
+        for (state, _) in ABORTS {
+            shown.insert((state, TcpState::Close));
+            let n = deltas.get(&(state, TcpState::Close)).copied().unwrap_or(0);
+            states[state.slot()].aborts_per_s = n as f64 / dt_s;
+        }
+        let other: u64 = deltas
+            .iter()
+            .filter(|(k, _)| !shown.contains(k))
+            .map(|(_, n)| n)
+            .sum();
+        // Dwell quantiles over the window.
+        let histograms = i.metrics.dwell_histograms();
+        while self.dwell.len() > 1
+            && self
+                .dwell
+                .front()
+                .is_some_and(|(at, _)| i.now_ns.saturating_sub(*at) > self.dwell_window_ns)
+        {
+            self.dwell.pop_front();
+        }
+        let (since, then) = self
+            .dwell
+            .front()
+            .map_or((i.now_ns, &[][..]), |(at, h)| (*at, &h[..]));
+        for (state, buckets, count) in &histograms {
+            let before = then.iter().find(|(s, _, _)| s == state);
+            let (b0, c0) = before.map_or((&[][..], 0), |(_, b, c)| (&b[..], *c));
+            let window: Vec<u64> = buckets
+                .iter()
+                .enumerate()
+                .map(|(n, c)| c.saturating_sub(b0.get(n).copied().unwrap_or(0)))
+                .collect();
+            let total = count.saturating_sub(c0);
+            let view = &mut states[state.slot()];
+            view.dwell_p50_ns = quantile(0.5, &DURATION_BUCKETS, &window, total).map(|s| s * 1e9);
+            view.dwell_p99_ns = quantile(0.99, &DURATION_BUCKETS, &window, total).map(|s| s * 1e9);
+        }
+        self.dwell.push_back((i.now_ns, histograms));
+        let findings = i
+            .findings
+            .iter()
+            .map(|f| FindingLine {
+                severity: f.severity.name(),
+                kind: f.kind.name(),
+                statement: f.statement.clone(),
+            })
+            .collect();
+        let mut picture = Picture {
+            time: self
+                .clock
+                .time_of_day(i.now_ns)
+                .to_string()
+                .chars()
+                .take(8)
+                .collect(),
+            interval_s: dt_s,
+            dwell_window_s: i.now_ns.saturating_sub(since) as f64 / 1e9,
+            seeded: i.seeded,
+            states,
+            arrows,
+            other_per_s: other as f64 / dt_s,
+            gaps: i.metrics.gaps(),
+            findings,
+            owners: Vec::new(),
+            sockets: Vec::new(),
+        };
+        if self.lists > 0 {
+            self.lists_and_owners(i, &mut picture);
+        }
+        picture
+    }
+
+    /// The oldest sockets of each state, and who holds the ones in trouble.
+    fn lists_and_owners(&mut self, i: &Inputs<'_>, picture: &mut Picture) {
+        let mut oldest: Vec<BinaryHeap<Reverse<(u64, u64)>>> =
+            (0..STATE_SLOTS).map(|_| BinaryHeap::new()).collect();
+        let mut groups: [Groups; 3] = Default::default();
+        let troubled = [TcpState::CloseWait, TcpState::TimeWait, TcpState::SynRecv];
+        for (cookie, e) in i.table.iter() {
+            let age = e.since_ns().map(|s| i.now_ns.saturating_sub(s));
+            let heap = &mut oldest[e.state.slot()];
+            heap.push(Reverse((age.unwrap_or(0), cookie)));
+            if heap.len() > self.lists {
+                heap.pop();
+            }
+            let Some(g) = troubled.iter().position(|s| *s == e.state) else {
+                continue;
+            };
+            let (owner, local, remote, role) = self.who(i.window, cookie);
+            let endpoint = match e.state {
+                TcpState::TimeWait => service_end(role, local, remote),
+                _ => local.map_or("-".to_owned(), |l| format!(":{}", l.port())),
+            };
+            let entry = groups[g].entry((owner, endpoint)).or_insert((0, None));
+            entry.0 += 1;
+            entry.1 = entry.1.max(age);
+        }
+        let titles = [
+            "CLOSE_WAIT leakers",
+            "TIME_WAIT producers",
+            "SYN_RECV per listener",
+        ];
+        for ((title, state), group) in titles.into_iter().zip(troubled).zip(groups) {
+            picture.owners.push(OwnerPanel {
+                title,
+                state,
+                rows: top_rows(group),
+            });
+        }
+        // Failed connects in this window, per destination.
+        let mut failures: Groups = HashMap::new();
+        for e in &i.window.observations().ended {
+            let failed = matches!(
+                e.end,
+                End::Refused | End::Timeout | End::HandshakeAborted | End::PortsExhausted
+            );
+            if e.role == Role::Client && failed {
+                let owner = e
+                    .owner
+                    .map_or("-".to_owned(), |t| format!("{} {}", t.pid, t.comm.as_str()));
+                failures
+                    .entry((owner, e.remote.to_string()))
+                    .or_insert((0, None))
+                    .0 += 1;
+            }
+        }
+        picture.owners.push(OwnerPanel {
+            title: "connect failures",
+            state: TcpState::SynSent,
+            rows: top_rows(failures),
+        });
+        picture.sockets = vec![Vec::new(); STATE_SLOTS];
+        for (slot, heap) in oldest.into_iter().enumerate() {
+            let mut cookies = heap.into_sorted_vec();
+            // into_sorted_vec of Reverse: oldest first.
+            cookies.truncate(self.lists);
+            picture.sockets[slot] = cookies
+                .into_iter()
+                .map(|Reverse((age, cookie))| self.row(i, cookie, age))
+                .collect();
+        }
+    }
+
+    /// Owner, local and remote ends and role of a socket, from its story or the last
+    /// snapshot (and then its holder in `/proc`).
+    fn who(
+        &mut self,
+        window: &Window,
+        cookie: u64,
+    ) -> (
+        String,
+        Option<std::net::SocketAddr>,
+        Option<std::net::SocketAddr>,
+        Role,
+    ) {
+        if let Some(c) = window.story(cookie) {
+            let owner = c
+                .owner
+                .map_or("-".to_owned(), |t| format!("{} {}", t.pid, t.comm.as_str()));
+            return (
+                owner,
+                Some(c.endpoints.local()),
+                Some(c.endpoints.remote()),
+                c.role,
+            );
+        }
+        let Some(&(endpoints, inode)) = self.seen.get(&cookie) else {
+            return ("-".to_owned(), None, None, Role::Unknown);
+        };
+        let owner = if inode == 0 {
+            "-".to_owned()
+        } else {
+            self.holders
+                .get_or_insert_with(SocketOwners::scan)
+                .get(inode)
+                .map_or("-".to_owned(), |p| format!("{} {}", p.pid, p.comm))
+        };
+        (
+            owner,
+            Some(endpoints.local()),
+            Some(endpoints.remote()),
+            Role::Unknown,
+        )
+    }
+
+    fn row(&mut self, i: &Inputs<'_>, cookie: u64, age: u64) -> SocketRow {
+        let (owner, local, remote, _) = self.who(i.window, cookie);
+        let known = i.table.get(cookie).and_then(|e| e.since_ns()).is_some();
+        SocketRow {
+            cookie,
+            age_ns: known.then_some(age),
+            owner,
+            local: local.map_or("-".to_owned(), |a| a.to_string()),
+            remote: remote.map_or("-".to_owned(), |a| a.to_string()),
+            story: i
+                .window
+                .story(cookie)
+                .map(|c| story(c, i.now_ns))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The end of a TIME_WAIT connection that names the service: the server's port for a server
+/// socket, the server's address for a client's; when the role is unknown, the lower port.
+fn service_end(
+    role: Role,
+    local: Option<std::net::SocketAddr>,
+    remote: Option<std::net::SocketAddr>,
+) -> String {
+    match (role, local, remote) {
+        (Role::Server, Some(l), _) => format!(":{}", l.port()),
+        (Role::Client, _, Some(r)) => r.to_string(),
+        (_, Some(l), Some(r)) if l.port() < r.port() => format!(":{}", l.port()),
+        (_, _, Some(r)) => r.to_string(),
+        _ => "-".to_owned(),
+    }
+}
+
+/// The largest groups first (then the oldest, then by name), at most [`PANEL_ROWS`].
+fn top_rows(groups: Groups) -> Vec<OwnerRow> {
+    let mut rows: Vec<OwnerRow> = groups
+        .into_iter()
+        .map(|((owner, endpoint), (count, oldest_ns))| OwnerRow {
+            owner,
+            endpoint,
+            count,
+            oldest_ns,
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then(b.oldest_ns.cmp(&a.oldest_ns))
+            .then_with(|| (&a.owner, &a.endpoint).cmp(&(&b.owner, &b.endpoint)))
+    });
+    rows.truncate(PANEL_ROWS);
+    rows
+}
+
+/// A story so far with `life`'s fields (times in ms, as `life`'s table shows them).
+pub fn story(c: &Connection, now_ns: u64) -> Vec<(&'static str, String)> {
+    let ms = |ns: Option<u64>| ns.map_or("-".to_owned(), |n| format!("{:.3}", n as f64 / 1e6));
+    let states: Vec<&str> = c.states().map(TcpState::name).collect();
+    let mut out = vec![
+        ("cookie", c.cookie.to_string()),
+        ("role", c.role.name().to_owned()),
+        (
+            "owner",
+            c.owner
+                .map_or("-".to_owned(), |t| format!("{} {}", t.pid, t.comm.as_str())),
+        ),
+        ("local", c.endpoints.local().to_string()),
+        ("remote", c.endpoints.remote().to_string()),
+        ("netns", c.netns.map_or("-".to_owned(), |n| n.to_string())),
+        ("states", states.join(" -> ")),
+        (
+            "now",
+            c.time_wait
+                .map_or(c.state, |tw| tw.substate)
+                .name()
+                .to_owned(),
+        ),
+        (
+            "in_state_ms",
+            ms(Some(now_ns.saturating_sub(c.state_since_ns))),
+        ),
+        ("handshake_ms", ms(c.handshake_ns)),
+        ("established_ms", ms(c.established_ns)),
+        ("close_wait_ms", ms(c.close_wait_ns)),
+        (
+            "life_ms",
+            ms(c.start_ns()
+                .map(|s| c.closed_ns.unwrap_or(now_ns).saturating_sub(s))),
+        ),
+        ("closed_by", c.closed_by.name().to_owned()),
+        ("end", c.end.map_or("-".to_owned(), |e| e.name().to_owned())),
+    ];
+    if let Some(tw) = c.time_wait {
+        out.push((
+            "time_wait_ms",
+            ms(Some(
+                tw.ended_ns.unwrap_or(now_ns).saturating_sub(tw.entered_ns),
+            )),
+        ));
+    }
+    out
+}
+
+/// How much each counter grew since `before` (counters absent before grew from 0).
+pub fn deltas(
+    before: &HashMap<(TcpState, TcpState), u64>,
+    now: &HashMap<(TcpState, TcpState), u64>,
+) -> HashMap<(TcpState, TcpState), u64> {
+    now.iter()
+        .map(|(k, n)| (*k, n.saturating_sub(before.get(k).copied().unwrap_or(0))))
+        .filter(|(_, d)| *d > 0)
+        .collect()
+}
+
+/// Marks the busiest arrows hot: at least 1/s and at least a quarter of the busiest rate.
+pub fn mark_hot(arrows: &mut [ArrowView]) {
+    let max = arrows.iter().map(|a| a.rate).fold(0.0, f64::max);
+    for a in arrows {
+        a.hot = a.rate >= 1.0 && a.rate >= max / 4.0;
+    }
+}
+
+/// The `q` quantile of a histogram with cumulative counts `cumulative` for the finite upper
+/// bounds `bounds` and `total` observations (the +Inf bucket), as PromQL's
+/// `histogram_quantile` computes it: linear within the bucket the rank falls in, the highest
+/// finite bound when it falls in +Inf. `None` without observations.
+pub fn quantile(q: f64, bounds: &[f64], cumulative: &[u64], total: u64) -> Option<f64> {
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut below = 0u64;
+    let mut lower = 0.0;
+    for (bound, &count) in bounds.iter().zip(cumulative) {
+        if count as f64 >= rank {
+            let inside = count.saturating_sub(below);
+            if inside == 0 {
+                return Some(*bound);
+            }
+            return Some(lower + (bound - lower) * (rank - below as f64) / inside as f64);
+        }
+        below = count;
+        lower = *bound;
+    }
+    bounds.last().copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnosis::Thresholds;
+    use crate::model::filter::Filter;
+    use crate::output::metrics::MetricsSink;
+    use crate::pipeline::{Sink as _, Tick};
+    use crate::testing::step;
+    use TcpState::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn quantiles_interpolate_within_the_bucket_like_promql() {
+        let bounds = [1.0, 2.0, 4.0];
+        // 10 observations: 2 up to 1, 6 in (1, 2], 2 in (2, 4].
+        let cumulative = [2, 8, 10];
+        assert_eq!(quantile(0.5, &bounds, &cumulative, 10), Some(1.5));
+        assert_eq!(quantile(0.2, &bounds, &cumulative, 10), Some(1.0));
+        assert_eq!(quantile(0.9, &bounds, &cumulative, 10), Some(3.0));
+        assert_eq!(quantile(0.1, &bounds, &cumulative, 10), Some(0.5));
+        // Beyond the last finite bucket: its bound.
+        assert_eq!(quantile(0.99, &bounds, &cumulative, 20), Some(4.0));
+        assert_eq!(quantile(0.5, &bounds, &[0, 0, 0], 0), None);
+    }
+
+    #[test]
+    fn deltas_and_hot_arrows() {
+        let before = HashMap::from([((SynSent, Established), 10), ((Established, FinWait1), 5)]);
+        let now = HashMap::from([
+            ((SynSent, Established), 30),
+            ((Established, FinWait1), 5),
+            ((Established, CloseWait), 4),
+        ]);
+        let d = deltas(&before, &now);
+        assert_eq!(d.get(&(SynSent, Established)), Some(&20));
+        assert_eq!(d.get(&(Established, CloseWait)), Some(&4));
+        assert!(!d.contains_key(&(Established, FinWait1)), "no growth");
+        let view = |rate| ArrowView {
+            arrow: 0,
+            rate,
+            total: 0,
+            hot: false,
+        };
+        let mut arrows = [view(100.0), view(30.0), view(20.0), view(0.5), view(0.0)];
+        mark_hot(&mut arrows);
+        let hot: Vec<bool> = arrows.iter().map(|a| a.hot).collect();
+        assert_eq!(hot, [true, true, false, false, false]);
+        let mut quiet = [view(0.5), view(0.2)];
+        mark_hot(&mut quiet);
+        assert!(quiet.iter().all(|a| !a.hot), "under 1/s nothing is hot");
+    }
+
+    /// A metrics sink sampling into a feed, as `top` builds it.
+    fn sink(feed: &Feed) -> MetricsSink {
+        let metrics = Metrics::new(0);
+        let window = Window::new(100, Filter::default(), Thresholds::default()).with_stories(100);
+        MetricsSink::new(metrics, SocketTable::new(100, Filter::default()), window)
+            .with_diagram(Sampler::new(feed.clone(), 60 * S, 10, 0))
+    }
+
+    fn tick(sink: &mut MetricsSink, now_ns: u64) {
+        sink.tick(&Tick {
+            now_ns,
+            ..Default::default()
+        });
+    }
+
+    #[test]
+    fn rates_are_per_second_over_the_interval_and_ages_grow() {
+        let feed = Feed::default();
+        let mut sink = sink(&feed);
+        // Five clients connect at 1 s, then each closes first at 2 s; one more stays.
+        for c in 1..=6 {
+            sink.transition(&step(c, Close, SynSent).at(S).done(), None)
+                .unwrap();
+            sink.transition(
+                &step(c, SynSent, Established)
+                    .at(S)
+                    .dwell(Some(50_000))
+                    .done(),
+                None,
+            )
+            .unwrap();
+        }
+        tick(&mut sink, 2 * S);
+        let p = feed.latest();
+        let arrow = |from, to| {
+            ARROWS
+                .iter()
+                .position(|a| a.source == Source::Transition(from, to))
+                .unwrap()
+        };
+        assert_eq!(p.arrow(arrow(Close, SynSent)).rate, 3.0, "6 in 2 s");
+        assert_eq!(p.state(Established).count, 6);
+        assert_eq!(p.state(Established).oldest_ns, Some(S));
+        // The SYN_SENT dwell (50 µs) lands in the (25 µs, 50 µs] bucket: p50 interpolates.
+        let p50 = p.state(SynSent).dwell_p50_ns.unwrap();
+        assert!((25_000.0..=50_000.0).contains(&p50), "{p50}");
+        for c in 1..=5 {
+            sink.transition(
+                &step(c, Established, FinWait1)
+                    .at(2 * S)
+                    .dwell(Some(S))
+                    .done(),
+                None,
+            )
+            .unwrap();
+            sink.transition(&step(c, FinWait1, FinWait2).at(2 * S).done(), None)
+                .unwrap();
+            sink.transition(&step(c, FinWait2, Close).at(2 * S).done(), None)
+                .unwrap();
+        }
+        sink.transition(&step(6, Established, Close).at(2 * S).done(), None)
+            .unwrap();
+        tick(&mut sink, 4 * S);
+        let p = feed.latest();
+        assert_eq!(p.arrow(arrow(Close, SynSent)).rate, 0.0, "nothing new");
+        assert_eq!(p.arrow(arrow(Established, FinWait1)).rate, 2.5, "5 in 2 s");
+        assert!(p.arrow(arrow(Established, FinWait1)).hot);
+        assert_eq!(p.arrow(arrow(FinWait2, Close)).total, 5);
+        assert_eq!(p.state(TimeWait).count, 5, "inferred TIME_WAIT");
+        assert_eq!(p.state(TimeWait).oldest_ns, Some(2 * S));
+        assert_eq!(p.state(Established).aborts_per_s, 0.5, "one abort in 2 s");
+        // The TIME_WAIT stories are listed, oldest first, with their owner and story.
+        let tw = p.sockets_in(TimeWait);
+        assert_eq!(tw.len(), 5);
+        assert!(
+            tw[0]
+                .story
+                .iter()
+                .any(|(k, v)| *k == "closed_by" && v == "local")
+        );
+        let producers = p.owners.iter().find(|o| o.state == TimeWait).unwrap();
+        assert_eq!(producers.rows[0].count, 5);
+        // 60 s later the table lets them expire: the TIME_WAIT -> CLOSE arrow shows it.
+        tick(&mut sink, 2 * S + crate::model::tcp::TIME_WAIT_NS);
+        let p = feed.latest();
+        assert_eq!(p.state(TimeWait).count, 0);
+        let expiry = ARROWS
+            .iter()
+            .position(|a| a.source == Source::TimeWaitExpiry)
+            .unwrap();
+        assert_eq!(p.arrow(expiry).total, 5);
+        assert!(p.arrow(expiry).rate > 0.0);
+    }
+}
