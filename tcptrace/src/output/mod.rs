@@ -11,6 +11,7 @@ pub mod report;
 pub mod svg;
 pub mod table;
 pub mod time;
+pub mod tui;
 
 #[cfg(test)]
 mod golden_tests;
