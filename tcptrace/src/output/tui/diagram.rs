@@ -8,6 +8,7 @@ use ratatui::buffer::Buffer;
 use ratatui::layout::Rect as Area;
 use ratatui::style::{Color, Modifier, Style};
 
+use crate::model::tcp::TcpState;
 use crate::output::diagram::{
     ABORTS, ARROWS, Node, PLACES, Picture, ROWS, Rect, age, can_get_stuck, count, rate, route,
 };
@@ -280,20 +281,34 @@ fn draw_box(out: &mut Cells<'_>, geo: &Geometry, node: Node, p: &Picture, select
     let inner = r.w as usize;
     match geo.size {
         Size::Compact => {
-            // ` NAME     12 3m ` on one line.
+            // ` NAME     12 3m ` on one line; without the margins when that is too long.
             let right = [n.as_str(), oldest.as_str()]
                 .iter()
                 .filter(|s| !s.is_empty())
                 .copied()
                 .collect::<Vec<_>>()
                 .join(" ");
-            let pad = inner.saturating_sub(name.len() + right.chars().count() + 2);
-            let line = format!(" {name}{}{right} ", " ".repeat(pad));
+            let used = name.len() + right.chars().count();
+            let line = if used + 3 <= inner {
+                format!(" {name}{}{right} ", " ".repeat(inner - used - 2))
+            } else {
+                format!(
+                    "{name}{}{right}",
+                    " ".repeat(inner.saturating_sub(used).max(1))
+                )
+            };
             out.put(r.x, r.y, &line, style.add_modifier(Modifier::REVERSED));
             if let Some((text, left, st)) = mark {
                 let len = text.chars().count() as i32;
                 let x = if left { r.x } else { r.right() - len };
-                out.put(x, r.bottom(), &text, st);
+                // Below FIN_WAIT1 the line is full (the arrows to FIN_WAIT2 and CLOSING and
+                // their rates): its mark goes above, where only SYN_RECV's arrow arrives.
+                let y = if node == Node::State(TcpState::FinWait1) {
+                    r.y - 1
+                } else {
+                    r.bottom()
+                };
+                out.put(x, y, &text, st);
             }
         }
         Size::Framed | Size::Tall => {
@@ -337,7 +352,6 @@ fn draw_box(out: &mut Cells<'_>, geo: &Geometry, node: Node, p: &Picture, select
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::tcp::TcpState;
     use crate::output::diagram::{ArrowView, StateView};
 
     fn render(w: u16, h: u16, p: &Picture) -> Vec<String> {
@@ -358,6 +372,12 @@ mod tests {
             ..StateView::default()
         };
         p.states[TcpState::Established.slot()].count = 1234;
+        p.states[TcpState::TimeWait.slot()] = StateView {
+            count: 21_300,
+            oldest_ns: Some(64_000_000_000),
+            ..StateView::default()
+        };
+        p.states[TcpState::FinWait1.slot()].aborts_per_s = 7.0;
         p.states[TcpState::Established.slot()].aborts_per_s = 3.0;
         p.arrows = (0..ARROWS.len())
             .map(|arrow| ArrowView {
@@ -400,7 +420,11 @@ mod tests {
             text.contains("ESTABLISHED") && text.contains("1234"),
             "{text}"
         );
-        assert!(text.contains("✕3"), "abort mark: {text}");
+        assert!(text.contains("✕3.0"), "abort mark: {text}");
+        assert!(text.contains("TIME_WAIT  21.3k 64s"), "fits without margins: {text}");
+        // FIN_WAIT1's mark sits above its box, clear of its arrows' rates.
+        let fw1 = lines.iter().position(|l| l.contains("FIN_WAIT1")).unwrap();
+        assert!(lines[fw1 - 1].starts_with("✕7.0"), "{text}");
         assert!(text.contains(" 250 "), "CLOSE -> SYN_SENT rate: {text}");
         for s in [
             "LISTEN",

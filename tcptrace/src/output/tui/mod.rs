@@ -29,10 +29,11 @@ pub enum Mode {
         state: TcpState,
         index: usize,
     },
-    /// The selected socket's story.
+    /// A socket's story (by cookie: the list moves on while the story is open).
     Story {
         state: TcpState,
         index: usize,
+        cookie: u64,
     },
     /// Editing the filter (`f`).
     Filter(String),
@@ -125,7 +126,14 @@ impl App {
             Mode::Sockets { state, index } => {
                 let n = p.sockets_in(state).len();
                 match key.code {
-                    KeyCode::Enter if n > 0 => self.mode = Mode::Story { state, index },
+                    KeyCode::Enter if n > 0 => {
+                        let cookie = p.sockets_in(state)[index.min(n - 1)].cookie;
+                        self.mode = Mode::Story {
+                            state,
+                            index,
+                            cookie,
+                        }
+                    }
                     KeyCode::Esc => self.mode = Mode::PickState(pick_index(state)),
                     _ if up => {
                         self.mode = Mode::Sockets {
@@ -144,7 +152,7 @@ impl App {
                     _ => {}
                 }
             }
-            Mode::Story { state, index } => match key.code {
+            Mode::Story { state, index, .. } => match key.code {
                 KeyCode::Char('q') => return Action::Quit,
                 _ => self.mode = Mode::Sockets { state, index },
             },
@@ -243,9 +251,13 @@ pub fn draw(frame: &mut Frame<'_>, app: &App, p: &Picture) {
     match &app.mode {
         Mode::PickState(i) => draw_pick(frame, body, p, *i),
         Mode::Sockets { state, index } => draw_sockets(frame, body, p, *state, *index),
-        Mode::Story { state, index } => {
+        Mode::Story {
+            state,
+            index,
+            cookie,
+        } => {
             draw_sockets(frame, body, p, *state, *index);
-            draw_story(frame, body, p, *state, *index);
+            draw_story(frame, body, p, *state, *cookie);
         }
         Mode::Help => draw_help(frame, body),
         Mode::Diagram | Mode::Filter(_) => {}
@@ -506,8 +518,11 @@ fn draw_sockets(frame: &mut Frame<'_>, area: Area, p: &Picture, state: TcpState,
     frame.render_widget(Paragraph::new(lines), inner);
 }
 
-fn draw_story(frame: &mut Frame<'_>, area: Area, p: &Picture, state: TcpState, index: usize) {
-    let Some(row) = p.sockets_in(state).get(index) else {
+fn draw_story(frame: &mut Frame<'_>, area: Area, p: &Picture, state: TcpState, cookie: u64) {
+    let Some(row) = p.sockets_in(state).iter().find(|r| r.cookie == cookie) else {
+        let inner = popup(frame, area, 60, 3, " story so far ".to_owned());
+        let text = format!("socket {cookie} is no longer among the oldest in {state}");
+        frame.render_widget(Paragraph::new(text), inner);
         return;
     };
     let mut lines: Vec<Line<'_>> = row
@@ -695,7 +710,8 @@ mod tests {
             app.mode,
             Mode::Story {
                 state: TcpState::CloseWait,
-                index: 1
+                index: 1,
+                cookie: 101
             }
         );
         let s = screen(80, 24, &app, &p);
