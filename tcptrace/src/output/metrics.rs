@@ -432,18 +432,22 @@ impl MetricsSink {
         self
     }
 
-    /// Samples the diagram, if asked for, as of `now_ns`.
-    fn sample(&mut self, now_ns: u64) {
+    /// Samples the diagram, if asked for, as of `now_ns`; `rates`: a tick (an interval of
+    /// rates ends), else a snapshot.
+    fn sample(&mut self, now_ns: u64, rates: bool) {
         if let Some(sampler) = &mut self.diagram {
-            sampler.sample(&Inputs {
-                now_ns,
-                table: &self.table,
-                metrics: &self.metrics,
-                window: &self.window,
-                findings: &self.findings,
-                seeded: self.seeded,
-                expired_time_waits: self.expired_time_waits,
-            });
+            sampler.sample(
+                &Inputs {
+                    now_ns,
+                    table: &self.table,
+                    metrics: &self.metrics,
+                    window: &self.window,
+                    findings: &self.findings,
+                    seeded: self.seeded,
+                    expired_time_waits: self.expired_time_waits,
+                },
+                rates,
+            );
         }
     }
 
@@ -640,7 +644,7 @@ impl Sink for MetricsSink {
             &mut self.last_evicted,
             self.window.observations().evicted(),
         );
-        self.sample(tick.now_ns);
+        self.sample(tick.now_ns, true);
     }
 
     fn begin_snapshot(&mut self) {
@@ -665,7 +669,7 @@ impl Sink for MetricsSink {
         if let Some(sampler) = &mut self.diagram {
             sampler.snapshot(snapshot, &self.window);
         }
-        self.sample(monotonic_ns());
+        self.sample(monotonic_ns(), false);
         if let Some(tx) = self.on_seeded.take() {
             let _ = tx.send(());
         }

@@ -88,6 +88,8 @@ pub struct Sampler {
     seen: CookieMap<(Endpoints, u32)>,
     /// Holders of sockets by inode, scanned at most once per snapshot, when a row needs one.
     holders: Option<SocketOwners>,
+    /// The last picture whose rates cover a whole tick.
+    rates: Option<Picture>,
 }
 
 impl Sampler {
@@ -106,6 +108,7 @@ impl Sampler {
             dwell_window_ns,
             seen: CookieMap::default(),
             holders: None,
+            rates: None,
         }
     }
 
@@ -124,15 +127,32 @@ impl Sampler {
         }
     }
 
-    /// Samples a picture from `inputs` and publishes it.
-    pub fn sample(&mut self, inputs: &Inputs<'_>) {
-        let picture = self.picture(inputs);
+    /// Samples a picture from `inputs` and publishes it. With `rates` the interval since the
+    /// last such sample ends here (ticks); without, counts, findings and lists are renewed
+    /// and the rates of the last interval kept (snapshots: an interval of a few ms would make
+    /// one transition read as a thousand per second).
+    pub fn sample(&mut self, inputs: &Inputs<'_>, rates: bool) {
+        let mut picture = self.picture(inputs, rates);
+        if rates {
+            self.rates = Some(picture.clone());
+        } else if let Some(last) = &self.rates {
+            picture.interval_s = last.interval_s;
+            picture.dwell_window_s = last.dwell_window_s;
+            picture.arrows = last.arrows.clone();
+            picture.other_per_s = last.other_per_s;
+            for (now, then) in picture.states.iter_mut().zip(&last.states) {
+                now.aborts_per_s = then.aborts_per_s;
+                now.dwell_p50_ns = then.dwell_p50_ns;
+                now.dwell_p99_ns = then.dwell_p99_ns;
+            }
+        }
         self.feed.publish(picture);
     }
 
-    fn picture(&mut self, i: &Inputs<'_>) -> Picture {
+    /// A picture as of `i`; with `advance`, an interval ends here (the next rates count from
+    /// now).
+    fn picture(&mut self, i: &Inputs<'_>, advance: bool) -> Picture {
         let dt_s = (i.now_ns.saturating_sub(self.last_ns) as f64 / 1e9).max(1e-3);
-        self.last_ns = i.now_ns;
         let now_counts: HashMap<(TcpState, TcpState), u64> = i
             .metrics
             .transition_counts()
@@ -140,9 +160,7 @@ impl Sampler {
             .map(|(f, t, n)| ((f, t), n))
             .collect();
         let deltas = deltas(&self.last, &now_counts);
-        self.last = now_counts;
         let expired = i.expired_time_waits.saturating_sub(self.last_expired);
-        self.last_expired = i.expired_time_waits;
 
         let mut states = [StateView::default(); STATE_SLOTS];
         let oldest = i.table.oldest(i.now_ns);
@@ -161,7 +179,7 @@ impl Sampler {
                         shown.insert((f, t));
                         (
                             deltas.get(&(f, t)).copied().unwrap_or(0),
-                            self.last.get(&(f, t)).copied().unwrap_or(0),
+                            now_counts.get(&(f, t)).copied().unwrap_or(0),
                         )
                     }
                     Source::TimeWaitExpiry => (expired, i.expired_time_waits),
@@ -212,7 +230,12 @@ impl Sampler {
             view.dwell_p50_ns = quantile(0.5, &DURATION_BUCKETS, &window, total).map(|s| s * 1e9);
             view.dwell_p99_ns = quantile(0.99, &DURATION_BUCKETS, &window, total).map(|s| s * 1e9);
         }
-        self.dwell.push_back((i.now_ns, histograms));
+        if advance {
+            self.dwell.push_back((i.now_ns, histograms));
+            self.last_ns = i.now_ns;
+            self.last = now_counts;
+            self.last_expired = i.expired_time_waits;
+        }
         let findings = i
             .findings
             .iter()
@@ -653,5 +676,15 @@ mod tests {
             .unwrap();
         assert_eq!(p.arrow(expiry).total, 5);
         assert!(p.arrow(expiry).rate > 0.0);
+        // A snapshot a moment after the tick renews the counts, not the rates: an interval
+        // of a few ms would make each transition read as hundreds per second.
+        let rate = p.arrow(expiry).rate;
+        let at = 2 * S + crate::model::tcp::TIME_WAIT_NS + 1_000_000;
+        sink.begin_snapshot();
+        sink.snapshot(&crate::testing::snap(&[], at));
+        let q = feed.latest();
+        assert_eq!(q.arrow(expiry).rate, rate);
+        assert_eq!(q.interval_s, p.interval_s);
+        assert_eq!(q.state(Established).count, 0, "counts renewed");
     }
 }

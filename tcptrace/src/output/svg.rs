@@ -13,13 +13,13 @@ pub const REFRESH_S: u32 = 5;
 
 /// Pixels: each box's size, the distance between parallel arrows, and the grid.
 const BOX_W: i32 = 180;
-const BOX_H: i32 = 64;
+const BOX_H: i32 = 78;
 const OFF: i32 = 26;
 const COL_X: [i32; 3] = [20, 320, 620];
-const ROW_PITCH: i32 = 104;
+const ROW_PITCH: i32 = 112;
 const TOP: i32 = 16;
 const WIDTH: i32 = 820;
-const HEIGHT: i32 = TOP + 6 * ROW_PITCH + BOX_H + 34;
+const HEIGHT: i32 = TOP + 6 * ROW_PITCH + BOX_H + 44;
 
 fn rect(node: Node) -> Rect {
     let p = PLACES
@@ -51,7 +51,7 @@ pub fn diagram(p: &Picture) -> String {
     let _ = write!(
         s,
         "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" width=\"{WIDTH}\" height=\"{HEIGHT}\" font-family=\"monospace\" role=\"img\" aria-label=\"TCP state diagram\">\n\
-         <defs><marker id=\"head\" viewBox=\"0 0 10 10\" refX=\"9\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto-start-reverse\"><path d=\"M0,0 L10,5 L0,10 z\" fill=\"context-stroke\"/></marker></defs>\n\
+         <defs><marker id=\"head\" viewBox=\"0 0 10 10\" refX=\"9\" refY=\"5\" markerUnits=\"userSpaceOnUse\" markerWidth=\"11\" markerHeight=\"11\" orient=\"auto-start-reverse\"><path d=\"M0,0 L10,5 L0,10 z\" fill=\"context-stroke\"/></marker></defs>\n\
          <rect width=\"100%\" height=\"100%\" fill=\"#fcfcfa\"/>\n"
     );
     for (n, a) in ARROWS.iter().enumerate() {
@@ -121,22 +121,23 @@ pub fn diagram(p: &Picture) -> String {
                 r.y + 22,
                 count(view.count)
             );
-            let mut detail = String::new();
+            let line = |s: &mut String, dy: i32, text: &str| {
+                let _ = write!(
+                    s,
+                    "<text x=\"{}\" y=\"{}\" font-size=\"12\" fill=\"#566573\">{}</text>",
+                    r.x + 8,
+                    r.y + dy,
+                    escape(text)
+                );
+            };
             if can_get_stuck(st)
                 && let Some(ns) = view.oldest_ns.filter(|_| view.count > 0)
             {
-                let _ = write!(detail, "oldest {} ", age(ns as f64));
+                line(&mut s, 38, &format!("oldest {}", age(ns as f64)));
             }
             if let (Some(p50), Some(p99)) = (view.dwell_p50_ns, view.dwell_p99_ns) {
-                let _ = write!(detail, "p50 {} p99 {}", age(p50), age(p99));
+                line(&mut s, 54, &format!("p50 {} p99 {}", age(p50), age(p99)));
             }
-            let _ = write!(
-                s,
-                "<text x=\"{}\" y=\"{}\" font-size=\"12\" fill=\"#566573\">{}</text>",
-                r.x + 8,
-                r.y + 44,
-                escape(detail.trim_end())
-            );
             if let Some((_, left)) = ABORTS.iter().find(|(a, _)| *a == st) {
                 let (x, anchor) = if *left {
                     (r.x + 8, "start")
@@ -151,7 +152,7 @@ pub fn diagram(p: &Picture) -> String {
                 let _ = write!(
                     s,
                     "<text class=\"abort\" x=\"{x}\" y=\"{}\" font-size=\"12\" text-anchor=\"{anchor}\" fill=\"{color}\">✕ {}/s to CLOSE</text>",
-                    r.bottom() + 14,
+                    r.bottom() - 7,
                     rate(view.aborts_per_s)
                 );
             }
@@ -160,11 +161,13 @@ pub fn diagram(p: &Picture) -> String {
     }
     let _ = writeln!(
         s,
-        "<text x=\"{}\" y=\"{}\" font-size=\"12\" fill=\"#566573\">rates per second over {:.1} s; dwell over {:.0} s; ✕ moves straight to CLOSE (aborts, failed connects); dashed: the kernel's own moves</text>",
-        COL_X[0],
-        HEIGHT - 8,
+        "<text x=\"{x}\" y=\"{}\" font-size=\"12\" fill=\"#566573\">arrows: transitions per second over the last {:.0} s; p50/p99: time spent in the state over {:.0} s</text>\n\
+         <text x=\"{x}\" y=\"{}\" font-size=\"12\" fill=\"#566573\">✕: moves straight to CLOSE (failed connects, aborts, resets), which RFC 793's figure has no arrow for</text>",
+        HEIGHT - 24,
         p.interval_s,
-        p.dwell_window_s
+        p.dwell_window_s,
+        HEIGHT - 8,
+        x = COL_X[0],
     );
     s.push_str("</svg>\n");
     s
@@ -255,7 +258,7 @@ mod tests {
     fn boxes_carry_their_state_and_count_and_the_page_has_no_script() {
         let page = String::from_utf8(page(&picture(), "/metrics")).unwrap();
         assert!(page.contains("data-state=\"CLOSE_WAIT\" data-count=\"5\""));
-        assert!(page.contains("oldest 2m"));
+        assert!(page.contains(">oldest 2m<"));
         assert!(page.contains("data-state=\"TIME_WAIT\" data-count=\"12345\""));
         assert!(page.contains(">12.3k<"));
         assert!(page.contains("<meta http-equiv=\"refresh\" content=\"5\">"));

@@ -421,7 +421,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("✕3.0"), "abort mark: {text}");
-        assert!(text.contains("TIME_WAIT  21.3k 64s"), "fits without margins: {text}");
+        assert!(
+            text.contains("TIME_WAIT  21.3k 64s"),
+            "fits without margins: {text}"
+        );
         // FIN_WAIT1's mark sits above its box, clear of its arrows' rates.
         let fw1 = lines.iter().position(|l| l.contains("FIN_WAIT1")).unwrap();
         assert!(lines[fw1 - 1].starts_with("✕7.0"), "{text}");

@@ -219,7 +219,7 @@ pub fn draw(frame: &mut Frame<'_>, app: &App, p: &Picture) {
     let banner = Area::new(area.x, area.y + 1, area.width, 1);
     let bottom = Area::new(area.x, area.y + area.height - 1, area.width, 1);
     let body = Area::new(area.x, area.y + 2, area.width, area.height - 3);
-    frame.render_widget(Paragraph::new(header_line(app, p)), header);
+    frame.render_widget(Paragraph::new(header_line(app, p, area.width)), header);
     frame.render_widget(Paragraph::new(banner_line(p)), banner);
     frame.render_widget(Paragraph::new(bottom_line(app)), bottom);
 
@@ -264,7 +264,9 @@ pub fn draw(frame: &mut Frame<'_>, app: &App, p: &Picture) {
     }
 }
 
-fn header_line(app: &App, p: &Picture) -> Line<'static> {
+/// The top line: the time and the filter on the left, what the picture may miss on the
+/// right (always shown: a long filter is cut instead).
+fn header_line(app: &App, p: &Picture, width: u16) -> Line<'static> {
     let g = p.gaps;
     let lost = g.lost_ring_full + g.lost_recursion + g.unreadable;
     let gap_style = if lost > 0 {
@@ -272,6 +274,7 @@ fn header_line(app: &App, p: &Picture) -> Line<'static> {
     } else {
         Style::new().fg(Color::DarkGray)
     };
+    let right = format!(" lost {lost} corrected {}", g.corrections);
     let mut spans = vec![
         Span::styled("tcptrace top ", Style::new().add_modifier(Modifier::BOLD)),
         Span::raw(format!("{} ", p.time)),
@@ -290,14 +293,20 @@ fn header_line(app: &App, p: &Picture) -> Line<'static> {
     } else {
         app.filter.as_str()
     };
-    spans.push(Span::raw(format!("filter: {filter}  ")));
-    spans.push(Span::styled(
-        format!(
-            "lost {}/{}/{} corrected {}",
-            g.lost_ring_full, g.lost_recursion, g.unreadable, g.corrections
-        ),
-        gap_style,
-    ));
+    let used: usize = spans.iter().map(|s| s.content.chars().count()).sum();
+    let room = usize::from(width).saturating_sub(used + right.chars().count());
+    let mut left: String = format!("filter: {filter}").chars().collect();
+    if left.chars().count() > room {
+        left = left
+            .chars()
+            .take(room.saturating_sub(1))
+            .collect::<String>()
+            + "…";
+    }
+    let pad = room.saturating_sub(left.chars().count());
+    spans.push(Span::raw(left));
+    spans.push(Span::raw(" ".repeat(pad)));
+    spans.push(Span::styled(right, gap_style));
     Line::from(spans)
 }
 
@@ -391,11 +400,11 @@ fn panel_sections(p: &Picture) -> (Vec<Line<'static>>, Vec<Line<'static>>) {
         if panel.rows.is_empty() {
             continue;
         }
-        owners.push(title(format!("{} ({})", panel.title, panel.state.name())));
+        owners.push(title(panel.title.to_owned()));
         for r in &panel.rows {
             let oldest = r.oldest_ns.map(|ns| age(ns as f64)).unwrap_or_default();
             owners.push(Line::raw(format!(
-                "{:>5} {:<16} {:<15} {:>5}",
+                "{:>5} {:<16.16} {:<15} {:>5}",
                 count(r.count),
                 r.owner,
                 r.endpoint,
@@ -463,7 +472,8 @@ fn draw_pick(frame: &mut Frame<'_>, area: Area, p: &Picture, index: usize) {
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let text = format!("{:<12}{:>8}", s.name(), count(p.state(*s).count));
+            let pointer = if i == index { '▶' } else { ' ' };
+            let text = format!("{pointer}{:<12}{:>8}", s.name(), count(p.state(*s).count));
             if i == index {
                 Line::styled(text, Style::new().add_modifier(Modifier::REVERSED))
             } else {
@@ -497,7 +507,8 @@ fn draw_sockets(frame: &mut Frame<'_>, area: Area, p: &Picture, state: TcpState,
     let first = index.saturating_sub(visible.saturating_sub(1));
     for (i, r) in rows.iter().enumerate().skip(first).take(visible) {
         let text = format!(
-            "{:>6} {:<20} {:<24} {}",
+            "{}{:>5} {:<20} {:<24} {}",
+            if i == index { '▶' } else { ' ' },
             r.age_ns.map_or("-".to_owned(), |ns| age(ns as f64)),
             r.owner,
             r.local,
