@@ -309,11 +309,12 @@ pub fn run(args: TopArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let ended = ended?;
     warn_lost_kernel_log(&ended.stats, &ended.kernel);
     eprintln!(
-        "tcptrace: {} transitions, {} lost (ring full), {} lost (recursion), {} unreadable",
+        "tcptrace: {} transitions drawn, {} lost (ring full), {} lost (recursion), {} unreadable; {} sent by the kernel",
         ended.stats.delivered,
         ended.kernel.ring_full,
         ended.kernel.recursion_misses,
-        ended.stats.decode_errors + ended.kernel.read_failed
+        ended.stats.decode_errors + ended.kernel.read_failed,
+        ended.kernel.sent,
     );
     Ok(ExitCode::SUCCESS)
 }
