@@ -23,14 +23,20 @@ pub fn restore() {
 
 static HOOK: Once = Once::new();
 
+/// Fails with one clear line when stdout is not a terminal (call it before loading anything).
+pub fn require() -> anyhow::Result<()> {
+    if !io::IsTerminal::is_terminal(&io::stdout()) {
+        anyhow::bail!(
+            "tcptrace top draws on a terminal and stdout is not one (for a pipe or a file use `tcptrace tail`, `life` or `doctor`)"
+        );
+    }
+    Ok(())
+}
+
 impl Screen {
     /// Takes the terminal; fails with one clear line when stdout is not a terminal.
     pub fn take() -> anyhow::Result<Self> {
-        if !io::IsTerminal::is_terminal(&io::stdout()) {
-            anyhow::bail!(
-                "tcptrace top draws on a terminal and stdout is not one (for a pipe or a file use `tcptrace tail`, `life` or `doctor`)"
-            );
-        }
+        require()?;
         HOOK.call_once(|| {
             let previous = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
