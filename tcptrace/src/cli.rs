@@ -720,6 +720,39 @@ mod tests {
     }
 
     #[test]
+    fn top_flags() {
+        let top = |args: &[&str]| {
+            let mut argv = vec!["tcptrace", "top"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Top(t) => t,
+                _ => unreachable!("parsed top"),
+            })
+        };
+        let t = top(&[]).unwrap();
+        assert_eq!(t.reconcile_interval, std::time::Duration::from_secs(10));
+        assert_eq!(t.dwell_window, std::time::Duration::from_secs(60));
+        assert_eq!(t.list, 200);
+        let t = top(&[
+            "--lport",
+            "8080",
+            "--comm",
+            "nginx",
+            "--close-wait-age",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(t.filter.lports, [8080]);
+        assert_eq!(t.filter.comms, ["nginx"]);
+        assert_eq!(
+            t.thresholds.to_thresholds().close_wait_age,
+            std::time::Duration::from_secs(5)
+        );
+        assert!(top(&["--list", "0"]).is_err());
+        assert!(top(&["--dwell-window", "0"]).is_err());
+    }
+
+    #[test]
     fn bad_flags_are_rejected_with_a_reason() {
         for (args, needle) in [
             (&["--port", "70000"][..], "70000"),

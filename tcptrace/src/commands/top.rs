@@ -250,7 +250,7 @@ impl Drop for Session {
 const FRAME: Duration = Duration::from_millis(250);
 
 pub fn run(args: TopArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
-    crate::output::tui::terminal::require()?;
+    tui::terminal::require()?;
     let settings = Settings { args: &args, log };
     let mut session = Session::start(&settings, &args.filter)?;
     eprintln!("tcptrace: tracing; drawing the state diagram (q to quit)");

@@ -529,8 +529,9 @@ pub struct SocketRow {
     pub owner: String,
     pub local: String,
     pub remote: String,
-    /// Its story so far, as `life` would print it once it ends: `(field, value)` pairs.
-    pub story: Vec<(&'static str, String)>,
+    /// Its story so far (`life`'s fields: see [`crate::output::picture::story`]), when a
+    /// transition of it was seen.
+    pub story: Option<crate::model::connections::Connection>,
 }
 
 /// Everything one frame of the diagram shows, sampled from the agent's sinks.
@@ -538,6 +539,8 @@ pub struct SocketRow {
 pub struct Picture {
     /// Wall-clock time of the sample, `HH:MM:SS`.
     pub time: String,
+    /// Kernel monotonic ns of the sample (stories' times count to it).
+    pub now_ns: u64,
     /// Seconds the rates are over.
     pub interval_s: f64,
     /// Seconds the dwell quantiles are over.

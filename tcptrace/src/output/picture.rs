@@ -9,16 +9,18 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use crate::diagnosis::Finding;
 use crate::diagnosis::window::Window;
-use crate::host::owners::SocketOwners;
+use crate::host::owners::{ProcessName, SocketOwners};
 use crate::model::CookieMap;
 use crate::model::connections::{Connection, End, Role};
 use crate::model::snapshot::Snapshot;
 use crate::model::sockets::SocketTable;
 use crate::model::tcp::{Endpoints, STATE_SLOTS, TcpState};
+use crate::model::transition::Task;
 use crate::output::diagram::{
     ABORTS, ARROWS, ArrowView, COUNTED, FindingLine, OwnerPanel, OwnerRow, Picture, SocketRow,
     Source, StateView,
@@ -66,8 +68,9 @@ pub struct Inputs<'a> {
 /// Each state's dwell histogram as sampled: cumulative bucket counts and the total.
 type Dwell = Vec<(TcpState, Vec<u64>, u64)>;
 
-/// Sockets or events per (owner, endpoint): how many, and the oldest's age in ns.
-type Groups = HashMap<(String, String), (u64, Option<u64>)>;
+/// Sockets or events per (holder's pid, endpoint): how many, the oldest's age in ns, and the
+/// holder as shown.
+type Groups = HashMap<(Option<u32>, Endpoint), (u64, Option<u64>, String)>;
 
 /// Rows an owner panel lists at most.
 const PANEL_ROWS: usize = 5;
@@ -87,7 +90,7 @@ pub struct Sampler {
     /// Sockets of the last snapshot that no story tells about: their endpoints and inode.
     seen: CookieMap<(Endpoints, u32)>,
     /// Holders of sockets by inode, scanned at most once per snapshot, when a row needs one.
-    holders: Option<SocketOwners>,
+    holders: Holders,
     /// The last picture whose rates cover a whole tick.
     rates: Option<Picture>,
 }
@@ -107,7 +110,7 @@ impl Sampler {
             dwell: VecDeque::from([(now_ns, Vec::new())]),
             dwell_window_ns,
             seen: CookieMap::default(),
-            holders: None,
+            holders: Holders::Idle,
             rates: None,
         }
     }
@@ -115,7 +118,7 @@ impl Sampler {
     /// A snapshot came in: remembers the sockets no story covers (for their endpoints and
     /// owners), and forgets the last scan of holders.
     pub fn snapshot(&mut self, snapshot: &Snapshot, window: &Window) {
-        self.holders = None;
+        self.holders.forget();
         if self.lists == 0 {
             return;
         }
@@ -246,6 +249,7 @@ impl Sampler {
             })
             .collect();
         let mut picture = Picture {
+            now_ns: i.now_ns,
             time: self
                 .clock
                 .time_of_day(i.now_ns)
@@ -270,7 +274,9 @@ impl Sampler {
         picture
     }
 
-    /// The oldest sockets of each state, and who holds the ones in trouble.
+    /// The oldest sockets of each state, and who holds the ones in trouble. Runs each tick
+    /// over every tracked socket: groups are keyed by pid and endpoint (no text is made
+    /// but for the rows shown).
     fn lists_and_owners(&mut self, i: &Inputs<'_>, picture: &mut Picture) {
         let mut oldest: Vec<BinaryHeap<Reverse<(u64, u64)>>> =
             (0..STATE_SLOTS).map(|_| BinaryHeap::new()).collect();
@@ -286,12 +292,16 @@ impl Sampler {
             let Some(g) = troubled.iter().position(|s| *s == e.state) else {
                 continue;
             };
-            let (owner, local, remote, role) = self.who(i.window, cookie);
-            let endpoint = match e.state {
-                TcpState::TimeWait => service_end(role, local, remote),
-                _ => local.map_or("-".to_owned(), |l| format!(":{}", l.port())),
+            let who = self.who(i.window, cookie);
+            let end = match e.state {
+                TcpState::TimeWait => service_end(who.role, who.local, who.remote),
+                _ => who
+                    .local
+                    .map_or(Endpoint::Unknown, |l| Endpoint::Port(l.port())),
             };
-            let entry = groups[g].entry((owner, endpoint)).or_insert((0, None));
+            let entry = groups[g]
+                .entry((who.holder.pid(), end))
+                .or_insert_with(|| (0, None, who.holder.label()));
             entry.0 += 1;
             entry.1 = entry.1.max(age);
         }
@@ -315,12 +325,10 @@ impl Sampler {
                 End::Refused | End::Timeout | End::HandshakeAborted | End::PortsExhausted
             );
             if e.role == Role::Client && failed {
-                let owner = e
-                    .owner
-                    .map_or("-".to_owned(), |t| format!("{} {}", t.pid, t.comm.as_str()));
+                let holder = e.owner.map_or(Holder::Unknown, Holder::Task);
                 failures
-                    .entry((owner, e.remote.to_string()))
-                    .or_insert((0, None))
+                    .entry((holder.pid(), Endpoint::Addr(e.remote)))
+                    .or_insert_with(|| (0, None, holder.label()))
                     .0 += 1;
             }
         }
@@ -331,9 +339,8 @@ impl Sampler {
         });
         picture.sockets = vec![Vec::new(); STATE_SLOTS];
         for (slot, heap) in oldest.into_iter().enumerate() {
-            let mut cookies = heap.into_sorted_vec();
-            // into_sorted_vec of Reverse: oldest first.
-            cookies.truncate(self.lists);
+            // Sorting `Reverse`s ascending puts the oldest first.
+            let cookies = heap.into_sorted_vec();
             picture.sockets[slot] = cookies
                 .into_iter()
                 .map(|Reverse((age, cookie))| self.row(i, cookie, age))
@@ -341,79 +348,165 @@ impl Sampler {
         }
     }
 
-    /// Owner, local and remote ends and role of a socket, from its story or the last
-    /// snapshot (and then its holder in `/proc`).
-    fn who(
-        &mut self,
-        window: &Window,
-        cookie: u64,
-    ) -> (
-        String,
-        Option<std::net::SocketAddr>,
-        Option<std::net::SocketAddr>,
-        Role,
-    ) {
+    /// Who holds a socket and where its ends are, from its story or the last snapshot (and
+    /// then its holder in `/proc`, scanned on a thread of its own once per snapshot).
+    fn who(&mut self, window: &Window, cookie: u64) -> Who {
         if let Some(c) = window.story(cookie) {
-            let owner = c
-                .owner
-                .map_or("-".to_owned(), |t| format!("{} {}", t.pid, t.comm.as_str()));
-            return (
-                owner,
-                Some(c.endpoints.local()),
-                Some(c.endpoints.remote()),
-                c.role,
-            );
+            return Who {
+                holder: c.owner.map_or(Holder::Unknown, Holder::Task),
+                local: Some(c.endpoints.local()),
+                remote: Some(c.endpoints.remote()),
+                role: c.role,
+            };
         }
         let Some(&(endpoints, inode)) = self.seen.get(&cookie) else {
-            return ("-".to_owned(), None, None, Role::Unknown);
+            return Who {
+                holder: Holder::Unknown,
+                local: None,
+                remote: None,
+                role: Role::Unknown,
+            };
         };
-        let owner = if inode == 0 {
-            "-".to_owned()
+        let holder = if inode == 0 {
+            Holder::Unknown
         } else {
             self.holders
-                .get_or_insert_with(SocketOwners::scan)
-                .get(inode)
-                .map_or("-".to_owned(), |p| format!("{} {}", p.pid, p.comm))
+                .owner(inode)
+                .map_or(Holder::Unknown, |p| Holder::Process(p.pid, p.comm))
         };
-        (
-            owner,
-            Some(endpoints.local()),
-            Some(endpoints.remote()),
-            Role::Unknown,
-        )
+        Who {
+            holder,
+            local: Some(endpoints.local()),
+            remote: Some(endpoints.remote()),
+            role: Role::Unknown,
+        }
     }
 
     fn row(&mut self, i: &Inputs<'_>, cookie: u64, age: u64) -> SocketRow {
-        let (owner, local, remote, _) = self.who(i.window, cookie);
+        let who = self.who(i.window, cookie);
         let known = i.table.get(cookie).and_then(|e| e.since_ns()).is_some();
         SocketRow {
             cookie,
             age_ns: known.then_some(age),
-            owner,
-            local: local.map_or("-".to_owned(), |a| a.to_string()),
-            remote: remote.map_or("-".to_owned(), |a| a.to_string()),
-            story: i
-                .window
-                .story(cookie)
-                .map(|c| story(c, i.now_ns))
-                .unwrap_or_default(),
+            owner: who.holder.label(),
+            local: who.local.map_or("-".to_owned(), |a| a.to_string()),
+            remote: who.remote.map_or("-".to_owned(), |a| a.to_string()),
+            story: i.window.story(cookie).copied(),
+        }
+    }
+}
+
+/// Who holds a socket.
+#[derive(Debug, Clone)]
+enum Holder {
+    /// The owner transitions reported.
+    Task(Task),
+    /// The process `/proc` says holds it.
+    Process(u32, String),
+    Unknown,
+}
+
+impl Holder {
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Self::Task(t) => Some(t.pid),
+            Self::Process(pid, _) => Some(*pid),
+            Self::Unknown => None,
+        }
+    }
+
+    /// `pid comm`, or `-`.
+    fn label(&self) -> String {
+        match self {
+            Self::Task(t) => format!("{} {}", t.pid, t.comm.as_str()),
+            Self::Process(pid, comm) => format!("{pid} {comm}"),
+            Self::Unknown => "-".to_owned(),
+        }
+    }
+}
+
+/// A socket's holder, ends and role, as far as anything tells.
+struct Who {
+    holder: Holder,
+    local: Option<SocketAddr>,
+    remote: Option<SocketAddr>,
+    role: Role,
+}
+
+/// The end of a socket a panel row groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Endpoint {
+    /// A local port, shown `:8080`.
+    Port(u16),
+    /// An address and port, shown `10.0.0.1:443`.
+    Addr(SocketAddr),
+    Unknown,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Port(p) => write!(f, ":{p}"),
+            Self::Addr(a) => write!(f, "{a}"),
+            Self::Unknown => f.write_str("-"),
+        }
+    }
+}
+
+/// Socket holders from `/proc`, scanned on a thread of their own (a scan walks every
+/// process's descriptors: never on the thread that reads the ring).
+#[derive(Default)]
+enum Holders {
+    /// Not scanned since the last snapshot.
+    #[default]
+    Idle,
+    Scanning(std::thread::JoinHandle<SocketOwners>),
+    Done(SocketOwners),
+}
+
+impl Holders {
+    /// The holder of socket `inode`, once a scan is done; the first question starts one.
+    fn owner(&mut self, inode: u32) -> Option<ProcessName> {
+        if let Self::Scanning(scan) = self
+            && scan.is_finished()
+        {
+            let Self::Scanning(scan) = std::mem::take(self) else {
+                unreachable!("matched above")
+            };
+            *self = Self::Done(scan.join().unwrap_or_default());
+        }
+        match self {
+            Self::Done(owners) => owners.get(inode).cloned(),
+            Self::Scanning(_) => None,
+            Self::Idle => {
+                if let Ok(scan) = std::thread::Builder::new()
+                    .name("tcptrace-holders".into())
+                    .spawn(SocketOwners::scan)
+                {
+                    *self = Self::Scanning(scan);
+                }
+                None
+            }
+        }
+    }
+
+    /// Forgets a finished scan (holders change); a running one is kept.
+    fn forget(&mut self) {
+        if matches!(self, Self::Done(_)) {
+            *self = Self::Idle;
         }
     }
 }
 
 /// The end of a TIME_WAIT connection that names the service: the server's port for a server
 /// socket, the server's address for a client's; when the role is unknown, the lower port.
-fn service_end(
-    role: Role,
-    local: Option<std::net::SocketAddr>,
-    remote: Option<std::net::SocketAddr>,
-) -> String {
+fn service_end(role: Role, local: Option<SocketAddr>, remote: Option<SocketAddr>) -> Endpoint {
     match (role, local, remote) {
-        (Role::Server, Some(l), _) => format!(":{}", l.port()),
-        (Role::Client, _, Some(r)) => r.to_string(),
-        (_, Some(l), Some(r)) if l.port() < r.port() => format!(":{}", l.port()),
-        (_, _, Some(r)) => r.to_string(),
-        _ => "-".to_owned(),
+        (Role::Server, Some(l), _) => Endpoint::Port(l.port()),
+        (Role::Client, _, Some(r)) => Endpoint::Addr(r),
+        (_, Some(l), Some(r)) if l.port() < r.port() => Endpoint::Port(l.port()),
+        (_, _, Some(r)) => Endpoint::Addr(r),
+        _ => Endpoint::Unknown,
     }
 }
 
@@ -421,9 +514,9 @@ fn service_end(
 fn top_rows(groups: Groups) -> Vec<OwnerRow> {
     let mut rows: Vec<OwnerRow> = groups
         .into_iter()
-        .map(|((owner, endpoint), (count, oldest_ns))| OwnerRow {
+        .map(|((_, end), (count, oldest_ns, owner))| OwnerRow {
             owner,
-            endpoint,
+            endpoint: end.to_string(),
             count,
             oldest_ns,
         })
@@ -658,12 +751,15 @@ mod tests {
         // The TIME_WAIT stories are listed, oldest first, with their owner and story.
         let tw = p.sockets_in(TimeWait);
         assert_eq!(tw.len(), 5);
+        let story = tw[0].story.expect("a story");
+        assert_eq!(story.closed_by, crate::model::connections::ClosedBy::Local);
         assert!(
-            tw[0]
-                .story
+            super::story(&story, p.now_ns)
                 .iter()
-                .any(|(k, v)| *k == "closed_by" && v == "local")
+                .any(|(k, v)| *k == "states" && v.ends_with("CLOSE -> TIME_WAIT")),
+            "life's fields"
         );
+        assert_eq!(tw[0].owner, "1234 curl");
         let producers = p.owners.iter().find(|o| o.state == TimeWait).unwrap();
         assert_eq!(producers.rows[0].count, 5);
         // 60 s later the table lets them expire: the TIME_WAIT -> CLOSE arrow shows it.

@@ -21,6 +21,7 @@ use diagram::{MIN_WIDTH, Size};
 /// What the screen shows besides the diagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
+    /// The diagram and its panels alone.
     Diagram,
     /// Choosing a state (`s`): index into [`COUNTED`].
     PickState(usize),
@@ -43,7 +44,9 @@ pub enum Mode {
 /// What a key asks the command to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
+    /// Nothing for the command to do (the view changed, or not).
     None,
+    /// Stop tracing and give the terminal back.
     Quit,
     /// Trace again with this filter (the CLI's filter flags, e.g. `--port 80 --comm nginx`).
     Filter(String),
@@ -52,8 +55,9 @@ pub enum Action {
 /// The view's state between frames.
 #[derive(Debug, Clone)]
 pub struct App {
+    /// What is open over the diagram.
     pub mode: Mode,
-    /// The frozen picture while paused (`p`).
+    /// The picture on screen stays as it was (`p`); tracing goes on.
     pub paused: bool,
     /// The filter in force, as typed (empty: everything).
     pub filter: String,
@@ -538,7 +542,9 @@ fn draw_story(frame: &mut Frame<'_>, area: Area, p: &Picture, state: TcpState, c
     };
     let mut lines: Vec<Line<'_>> = row
         .story
-        .iter()
+        .map(|c| crate::output::picture::story(&c, p.now_ns))
+        .unwrap_or_default()
+        .into_iter()
         .map(|(k, v)| Line::raw(format!("{k:<15}{v}")))
         .collect();
     if lines.is_empty() {
@@ -575,6 +581,25 @@ mod tests {
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
     use ratatui::crossterm::event::KeyEventKind;
+
+    /// A server socket that took the peer's FIN: in CLOSE_WAIT.
+    fn story() -> crate::model::connections::Connection {
+        use crate::model::connections::ConnectionTable;
+        use crate::testing::step;
+        let mut table = ConnectionTable::new(10);
+        table.apply(&step(7, TcpState::Listen, TcpState::SynRecv).at(1).done());
+        table.apply(
+            &step(7, TcpState::SynRecv, TcpState::Established)
+                .at(2)
+                .done(),
+        );
+        table.apply(
+            &step(7, TcpState::Established, TcpState::CloseWait)
+                .at(3)
+                .done(),
+        );
+        *table.live(7).expect("live")
+    }
 
     fn picture() -> Picture {
         let mut p = Picture {
@@ -614,7 +639,7 @@ mod tests {
                 owner: "4242 leaky".into(),
                 local: "127.0.0.1:9000".into(),
                 remote: format!("127.0.0.1:5000{i}"),
-                story: vec![("role", "server".into()), ("closed_by", "remote".into())],
+                story: Some(story()),
             })
             .collect();
         p
