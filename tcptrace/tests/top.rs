@@ -109,8 +109,10 @@ struct Tmux {
 impl Tmux {
     /// Runs `command` in a new `cols` x `rows` terminal.
     fn start(command: &str, cols: u16, rows: u16) -> Self {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmux = Self {
-            socket: format!("tcptrace-test-{}", std::process::id()),
+            socket: format!("tcptrace-test-{}-{seq}", std::process::id()),
         };
         let ok = tmux
             .cmd(&[
@@ -336,6 +338,40 @@ fn top_draws_the_known_sockets_in_their_boxes_filters_and_restores_the_terminal(
         "the diagram stayed on screen:\n{after}"
     );
     drop(leaker);
+}
+
+#[test]
+#[ignore = "needs root, a BTF kernel and tmux; run by `cargo xtask test`"]
+fn top_gives_the_terminal_back_on_sigterm() {
+    require_root();
+    let ns = namespace();
+    let command = format!(
+        "{BIN} top --netns-path {}; echo TOP-EXITED $?; stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon; sleep 300",
+        ns.path()
+    );
+    let tmux = Tmux::start(&command, 100, 30);
+    let (screen, up) = tmux.wait(Duration::from_secs(60), |s| s.contains("tcptrace top"));
+    assert!(up, "top never drew:\n{screen}");
+    // The pane runs a shell; top is its child.
+    let out = tmux
+        .cmd(&["list-panes", "-t", "top", "-F", "#{pane_pid}"])
+        .output()
+        .unwrap();
+    let shell: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).unwrap();
+    let top: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: kill(2) on the pid of the agent this test started.
+    assert_eq!(unsafe { libc::kill(top, libc::SIGTERM) }, 0);
+    let (after, ok) = tmux.wait(Duration::from_secs(30), |s| {
+        s.contains("TOP-EXITED") && s.lines().any(|l| l.trim().ends_with("icanon"))
+    });
+    assert!(ok, "{after}");
+    assert!(after.contains("TOP-EXITED 0"), "{after}");
+    assert!(after.lines().any(|l| l.trim() == "icanon"), "{after}");
+    assert!(
+        !after.contains("ESTABLISHED"),
+        "the diagram stayed on screen:\n{after}"
+    );
 }
 
 /// Chromium as root, headless, with nothing reaching out (the flags the machines need).
