@@ -284,7 +284,7 @@ fn top_draws_the_known_sockets_in_their_boxes_filters_and_restores_the_terminal(
     assert!(ok, "{picker}");
     tmux.keys(&["Enter"]);
     let (list, ok) = tmux.wait(Duration::from_secs(10), |s| {
-        s.contains("CLOSE_WAIT : 5 sockets")
+        s.contains("CLOSE_WAIT : 5 sockets") && s.contains("5 oldest listed")
     });
     assert!(ok, "{list}");
     assert_eq!(list.matches(&leaker_row).count(), 5, "{list}");

@@ -258,6 +258,7 @@ pub fn run(args: TopArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let mut app = App::new(describe(&args.filter));
     let mut frozen = session.feed.latest();
     let result = loop {
+        session.feed.want(app.wanted());
         let picture = if app.paused {
             frozen.clone()
         } else {

@@ -558,9 +558,8 @@ pub struct Picture {
     pub findings: Vec<FindingLine>,
     /// Owners of the states that signal trouble (`top` only).
     pub owners: Vec<OwnerPanel>,
-    /// The oldest sockets of each counted state, oldest first (`top` only), indexed by
-    /// [`TcpState::slot`].
-    pub sockets: Vec<Vec<SocketRow>>,
+    /// The oldest sockets of the state the view asked for, oldest first (`top` only).
+    pub listed: Option<(TcpState, Vec<SocketRow>)>,
 }
 
 impl Picture {
@@ -579,9 +578,17 @@ impl Picture {
         })
     }
 
-    /// The oldest sockets in `state`, oldest first.
+    /// The oldest sockets in `state`, oldest first, if they were listed.
     pub fn sockets_in(&self, state: TcpState) -> &[SocketRow] {
-        self.sockets.get(state.slot()).map_or(&[], Vec::as_slice)
+        match &self.listed {
+            Some((listed, rows)) if *listed == state => rows,
+            _ => &[],
+        }
+    }
+
+    /// Whether `state`'s sockets were listed in this picture.
+    pub fn lists(&self, state: TcpState) -> bool {
+        self.listed.as_ref().is_some_and(|(s, _)| *s == state)
     }
 }
 

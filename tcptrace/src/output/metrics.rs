@@ -432,9 +432,9 @@ impl MetricsSink {
         self
     }
 
-    /// Samples the diagram, if asked for, as of `now_ns`; `rates`: a tick (an interval of
-    /// rates ends), else a snapshot.
-    fn sample(&mut self, now_ns: u64, rates: bool) {
+    /// Samples the diagram, if asked for, as of `now_ns` (the gauges were just published
+    /// with `oldest`); `rates`: a tick (an interval of rates ends), else a snapshot.
+    fn sample(&mut self, now_ns: u64, oldest: &[Option<u64>; STATE_SLOTS], rates: bool) {
         if let Some(sampler) = &mut self.diagram {
             sampler.sample(
                 &Inputs {
@@ -445,6 +445,7 @@ impl MetricsSink {
                     findings: &self.findings,
                     seeded: self.seeded,
                     expired_time_waits: self.expired_time_waits,
+                    oldest,
                 },
                 rates,
             );
@@ -482,7 +483,8 @@ impl MetricsSink {
         self
     }
 
-    fn publish_gauges(&mut self, now_ns: u64) {
+    /// Publishes the socket gauges; returns each state's oldest age (ns), which it computed.
+    fn publish_gauges(&mut self, now_ns: u64) -> [Option<u64>; STATE_SLOTS] {
         let oldest = self.table.oldest(now_ns);
         for state in GAUGE_STATES {
             let count = self.table.count(state).min(i64::MAX as u64) as i64;
@@ -497,6 +499,7 @@ impl MetricsSink {
                 .set(age);
         }
         self.publish_namespaces();
+        oldest
     }
 
     /// The per-namespace gauges: the namespaces with the most sockets, the rest as "other".
@@ -610,7 +613,7 @@ impl Sink for MetricsSink {
         self.table.time_wait_interval();
         self.expired_time_waits += self.table.expire(tick.now_ns) as u64;
         self.window.tick(tick.now_ns);
-        self.publish_gauges(tick.now_ns);
+        let oldest = self.publish_gauges(tick.now_ns);
         let m = &self.metrics;
         let k = tick.kernel;
         add_delta(
@@ -644,7 +647,7 @@ impl Sink for MetricsSink {
             &mut self.last_evicted,
             self.window.observations().evicted(),
         );
-        self.sample(tick.now_ns, true);
+        self.sample(tick.now_ns, &oldest, true);
     }
 
     fn begin_snapshot(&mut self) {
@@ -664,12 +667,13 @@ impl Sink for MetricsSink {
         self.metrics
             .reconcile_corrections
             .inc_by(report.corrections);
-        self.publish_gauges(monotonic_ns());
+        let now_ns = monotonic_ns();
+        let oldest = self.publish_gauges(now_ns);
         self.evaluate_findings(snapshot);
         if let Some(sampler) = &mut self.diagram {
             sampler.snapshot(snapshot, &self.window);
         }
-        self.sample(monotonic_ns(), false);
+        self.sample(now_ns, &oldest, false);
         if let Some(tx) = self.on_seeded.take() {
             let _ = tx.send(());
         }

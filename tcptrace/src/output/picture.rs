@@ -10,6 +10,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::diagnosis::Finding;
@@ -28,15 +29,21 @@ use crate::output::diagram::{
 use crate::output::metrics::{DURATION_BUCKETS, Metrics};
 use crate::output::time::WallClock;
 
-/// The latest picture, shared between the thread that samples it and those that show it.
+/// The latest picture, shared between the thread that samples it and those that show it;
+/// and which state's sockets the view wants listed.
 #[derive(Clone, Default)]
-pub struct Feed(Arc<Mutex<Arc<Picture>>>);
+pub struct Feed {
+    latest: Arc<Mutex<Arc<Picture>>>,
+    /// The kernel number of the state to list, 0 for none: listing walks every socket, so
+    /// it is done only for the state a person is looking at.
+    wanted: Arc<AtomicU8>,
+}
 
 impl Feed {
     /// Replaces the latest picture.
     pub fn publish(&self, picture: Picture) {
         let picture = Arc::new(picture);
-        match self.0.lock() {
+        match self.latest.lock() {
             Ok(mut slot) => *slot = picture,
             Err(poisoned) => *poisoned.into_inner() = picture,
         }
@@ -44,10 +51,20 @@ impl Feed {
 
     /// The latest picture (empty before the first sample).
     pub fn latest(&self) -> Arc<Picture> {
-        match self.0.lock() {
+        match self.latest.lock() {
             Ok(slot) => slot.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// Lists the oldest sockets of `state` from the next sample on (`None`: of no state).
+    pub fn want(&self, state: Option<TcpState>) {
+        self.wanted
+            .store(state.map_or(0, TcpState::number), Ordering::Relaxed);
+    }
+
+    fn wanted(&self) -> Option<TcpState> {
+        TcpState::from_kernel(self.wanted.load(Ordering::Relaxed))
     }
 }
 
@@ -63,6 +80,9 @@ pub struct Inputs<'a> {
     pub seeded: bool,
     /// TIME_WAIT sockets the table let expire, since start.
     pub expired_time_waits: u64,
+    /// The age of each state's oldest socket, as the gauges were just published with
+    /// ([`SocketTable::oldest`] at `now_ns`), indexed by [`TcpState::slot`].
+    pub oldest: &'a [Option<u64>; STATE_SLOTS],
 }
 
 /// Each state's dwell histogram as sampled: cumulative bucket counts and the total.
@@ -166,7 +186,7 @@ impl Sampler {
         let expired = i.expired_time_waits.saturating_sub(self.last_expired);
 
         let mut states = [StateView::default(); STATE_SLOTS];
-        let oldest = i.table.oldest(i.now_ns);
+        let oldest = i.oldest;
         for s in COUNTED {
             states[s.slot()].count = i.table.count(s);
             states[s.slot()].oldest_ns = oldest[s.slot()];
@@ -266,7 +286,7 @@ impl Sampler {
             gaps: i.metrics.gaps(),
             findings,
             owners: Vec::new(),
-            sockets: Vec::new(),
+            listed: None,
         };
         if self.lists > 0 {
             self.lists_and_owners(i, &mut picture);
@@ -274,20 +294,21 @@ impl Sampler {
         picture
     }
 
-    /// The oldest sockets of each state, and who holds the ones in trouble. Runs each tick
-    /// over every tracked socket: groups are keyed by pid and endpoint (no text is made
-    /// but for the rows shown).
+    /// Who holds the sockets in trouble, and the oldest sockets of the state the view wants
+    /// listed. Runs each tick over every tracked socket: groups are keyed by pid and endpoint
+    /// (no text is made but for the rows shown).
     fn lists_and_owners(&mut self, i: &Inputs<'_>, picture: &mut Picture) {
-        let mut oldest: Vec<BinaryHeap<Reverse<(u64, u64)>>> =
-            (0..STATE_SLOTS).map(|_| BinaryHeap::new()).collect();
+        let wanted = self.feed.wanted();
+        let mut oldest: BinaryHeap<Reverse<(u64, u64)>> = BinaryHeap::new();
         let mut groups: [Groups; 3] = Default::default();
         let troubled = [TcpState::CloseWait, TcpState::TimeWait, TcpState::SynRecv];
         for (cookie, e) in i.table.iter() {
             let age = e.since_ns().map(|s| i.now_ns.saturating_sub(s));
-            let heap = &mut oldest[e.state.slot()];
-            heap.push(Reverse((age.unwrap_or(0), cookie)));
-            if heap.len() > self.lists {
-                heap.pop();
+            if wanted == Some(e.state) {
+                oldest.push(Reverse((age.unwrap_or(0), cookie)));
+                if oldest.len() > self.lists {
+                    oldest.pop();
+                }
             }
             let Some(g) = troubled.iter().position(|s| *s == e.state) else {
                 continue;
@@ -337,14 +358,14 @@ impl Sampler {
             state: TcpState::SynSent,
             rows: top_rows(failures),
         });
-        picture.sockets = vec![Vec::new(); STATE_SLOTS];
-        for (slot, heap) in oldest.into_iter().enumerate() {
+        if let Some(state) = wanted {
             // Sorting `Reverse`s ascending puts the oldest first.
-            let cookies = heap.into_sorted_vec();
-            picture.sockets[slot] = cookies
+            let rows = oldest
+                .into_sorted_vec()
                 .into_iter()
                 .map(|Reverse((age, cookie))| self.row(i, cookie, age))
                 .collect();
+            picture.listed = Some((state, rows));
         }
     }
 
@@ -749,6 +770,10 @@ mod tests {
         assert_eq!(p.state(TimeWait).oldest_ns, Some(2 * S));
         assert_eq!(p.state(Established).aborts_per_s, 0.5, "one abort in 2 s");
         // The TIME_WAIT stories are listed, oldest first, with their owner and story.
+        assert!(p.sockets_in(TimeWait).is_empty(), "listed only when wanted");
+        feed.want(Some(TimeWait));
+        tick(&mut sink, 4 * S);
+        let p = feed.latest();
         let tw = p.sockets_in(TimeWait);
         assert_eq!(tw.len(), 5);
         let story = tw[0].story.expect("a story");

@@ -172,6 +172,16 @@ impl App {
         Action::None
     }
 
+    /// The state whose sockets the view shows, or is about to (the one picked): the
+    /// sampler lists only that one.
+    pub fn wanted(&self) -> Option<TcpState> {
+        match &self.mode {
+            Mode::PickState(i) => Some(COUNTED[*i]),
+            Mode::Sockets { state, .. } | Mode::Story { state, .. } => Some(*state),
+            _ => None,
+        }
+    }
+
     /// The box to highlight on the diagram.
     fn selected(&self) -> Option<Node> {
         match &self.mode {
@@ -524,7 +534,12 @@ fn draw_sockets(frame: &mut Frame<'_>, area: Area, p: &Picture, state: TcpState,
             Line::raw(text)
         });
     }
-    if rows.is_empty() {
+    if !p.lists(state) {
+        lines.push(Line::styled(
+            "listing at the next sample (each second)…",
+            Style::new().fg(Color::DarkGray),
+        ));
+    } else if rows.is_empty() {
         lines.push(Line::styled(
             "no socket in this state",
             Style::new().fg(Color::DarkGray),
@@ -631,17 +646,19 @@ mod tests {
                 oldest_ns: Some(42_000_000_000),
             }],
         });
-        p.sockets = vec![Vec::new(); crate::model::tcp::STATE_SLOTS];
-        p.sockets[TcpState::CloseWait.slot()] = (0..5)
-            .map(|i| SocketRow {
-                cookie: 100 + i,
-                age_ns: Some(42_000_000_000 - i * 1_000_000_000),
-                owner: "4242 leaky".into(),
-                local: "127.0.0.1:9000".into(),
-                remote: format!("127.0.0.1:5000{i}"),
-                story: Some(story()),
-            })
-            .collect();
+        p.listed = Some((
+            TcpState::CloseWait,
+            (0..5)
+                .map(|i| SocketRow {
+                    cookie: 100 + i,
+                    age_ns: Some(42_000_000_000 - i * 1_000_000_000),
+                    owner: "4242 leaky".into(),
+                    local: "127.0.0.1:9000".into(),
+                    remote: format!("127.0.0.1:5000{i}"),
+                    story: Some(story()),
+                })
+                .collect(),
+        ));
         p
     }
 
