@@ -9,6 +9,7 @@ use crate::commands::doctor::DoctorArgs;
 use crate::commands::life::LifeArgs;
 use crate::commands::serve::ServeArgs;
 use crate::commands::tail::TailArgs;
+use crate::commands::top::TopArgs;
 use crate::diagnosis::Thresholds;
 use crate::host::netns;
 use crate::kernel::loader::Sizes;
@@ -49,6 +50,7 @@ sudo tcptrace tail                         every transition, as a table\n  \
 sudo tcptrace tail --port 443              connections with 443 at either end\n  \
 sudo tcptrace tail --state close_wait      sockets entering or leaving CLOSE_WAIT\n  \
 sudo tcptrace tail -o json --count 100     100 JSON lines, then exit\n  \
+sudo tcptrace top                          the state diagram, live, in the terminal\n  \
 sudo tcptrace doctor                       diagnose CLOSE_WAIT leaks, SYN floods, ..."
 )]
 pub struct Cli {
@@ -201,6 +203,39 @@ tcptrace doctor --netns-path /run/netns/x  inside a network namespace\n  \
 tcptrace doctor --explain                  what each state and finding means"
     )]
     Doctor(DoctorArgs),
+
+    /// The TCP state diagram of this host, live, in the terminal: sockets in each state,
+    /// transitions per second on each arrow, who holds the sockets in trouble.
+    #[command(
+        long_about = "Draw the TCP state machine of this host, live, in the terminal.\n\n\
+The boxes are the kernel's TCP states, laid out as RFC 793's diagram: CLOSE and LISTEN at the \
+top, the server's SYN_RECV on the left and the client's SYN_SENT on the right, ESTABLISHED in \
+the middle, the active close (FIN_WAIT1, FIN_WAIT2) down the left, the passive close \
+(CLOSE_WAIT, LAST_ACK) down the right, CLOSING between them and TIME_WAIT at the bottom. Each \
+box shows the sockets in that state now and, for the states sockets get stuck in (SYN_SENT, \
+SYN_RECV, CLOSE_WAIT, FIN_WAIT2, LAST_ACK, TIME_WAIT), how long the oldest has been there. \
+Each arrow shows transitions per second over the last second, the busiest in red; a mark \
+✕N on a box counts its moves straight to CLOSE per second (failed connects, aborts, resets), \
+which RFC 793's figure has no arrow for.\n\n\
+The panels show, per state, the time sockets spent in it (p50/p99 over --dwell-window), who \
+holds the sockets in trouble (CLOSE_WAIT leakers and TIME_WAIT producers by process and \
+port, half-open SYN_RECV per listener, failed connects per destination), and what the \
+picture may miss: events the kernel lost and sockets a snapshot corrected. The banner shows \
+the findings of `tcptrace doctor`, evaluated at each reconcile.\n\n\
+Counts come from the same socket table `serve` exports: seeded from an INET_DIAG snapshot at \
+start (TIME_WAIT and older sockets included), kept by transitions, corrected every \
+--reconcile-interval.\n\n\
+Keys: q quit, p pause, f filter (the filter flags below, e.g. --port 80 --comm nginx), s pick \
+a state and list its sockets (oldest first; Enter on one shows its story so far, with \
+`life`'s fields), ? help. Needs a terminal of at least 64x16; an 80x24 one shows \
+everything, a larger one more.",
+        after_help = "Examples:\n  \
+tcptrace top                            the whole host\n  \
+tcptrace top --lport 8080               the sockets of local port 8080\n  \
+tcptrace top --netns-path /run/netns/x  one network namespace\n  \
+tcptrace top --comm nginx               the sockets nginx holds"
+    )]
+    Top(TopArgs),
 }
 
 /// Where each `doctor` finding starts (also used by `serve` for tcptrace_finding).
@@ -750,6 +785,39 @@ mod tests {
         }
         assert!(serve(&["--tail=yaml"]).is_err());
         assert!(serve(&["--capabilities.keep", "cap_nonsense"]).is_err());
+    }
+
+    #[test]
+    fn top_flags() {
+        let top = |args: &[&str]| {
+            let mut argv = vec!["tcptrace", "top"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Top(t) => t,
+                _ => unreachable!("parsed top"),
+            })
+        };
+        let t = top(&[]).unwrap();
+        assert_eq!(t.reconcile_interval, std::time::Duration::from_secs(10));
+        assert_eq!(t.dwell_window, std::time::Duration::from_secs(60));
+        assert_eq!(t.list, 200);
+        let t = top(&[
+            "--lport",
+            "8080",
+            "--comm",
+            "nginx",
+            "--close-wait-age",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(t.filter.lports, [8080]);
+        assert_eq!(t.filter.comms, ["nginx"]);
+        assert_eq!(
+            t.thresholds.to_thresholds().close_wait_age,
+            std::time::Duration::from_secs(5)
+        );
+        assert!(top(&["--list", "0"]).is_err());
+        assert!(top(&["--dwell-window", "0"]).is_err());
     }
 
     #[test]

@@ -78,6 +78,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => commands::serve::run(args, log),
         Command::Life(args) => commands::life::run(args, log),
         Command::Doctor(args) => commands::doctor::run(args, log),
+        Command::Top(args) => commands::top::run(args, log),
     };
     match result {
         Ok(code) => code,

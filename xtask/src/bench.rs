@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: what tcptrace costs the host and whether it misses anything.
 //!
 //! A loopback connection-churn load (about 10 transitions per connection) runs interleaved
-//! with no tracer, with `tcptrace tail -o json > /dev/null`, and with `tcptrace serve`
-//! (scraped every second), for several rounds (A B C A B C ...). For each run it records
+//! with no tracer, with `tcptrace tail -o json > /dev/null`, with `tcptrace serve` (scraped
+//! every second) and with `tcptrace top` drawing in a real terminal (tmux, 100x30), for
+//! several rounds (A B C D A B C D ...). For each run it records
 //! connections/s, transitions expected vs received vs lost (ring full, recursion misses)
 //! and that the agent read every record the kernel sent,
 //! the kernel program's ns per run (`kernel.bpf_stats_enabled` on for the bench), the agent's
@@ -31,7 +32,7 @@ pub struct BenchArgs {
     /// Concurrent client (and server) threads.
     #[arg(long, default_value_t = 2)]
     concurrency: u64,
-    /// Rounds of (no tracer, tail, serve).
+    /// Rounds of (no tracer, tail, serve, top).
     #[arg(long, default_value_t = 5)]
     rounds: u64,
     /// Which end closes first.
@@ -98,6 +99,8 @@ enum Kind {
     None,
     Tail,
     Serve,
+    /// `top` in a tmux terminal, drawing as it does for a person.
+    Top,
 }
 
 /// One column of the comparison: a kind of run, with which tcptrace binary.
@@ -117,6 +120,7 @@ impl Mode {
             Kind::None => "no tracer",
             Kind::Tail => "tail -o json > /dev/null",
             Kind::Serve => "serve (scraped 1/s)",
+            Kind::Top => "top (in tmux, 100x30)",
         };
         match &self.label {
             Some(label) => format!("{base} [{label}]"),
@@ -276,9 +280,91 @@ pub(crate) fn sample(metrics: &str, series: &str) -> Option<u64> {
 }
 
 struct Agent {
-    child: Child,
-    stderr: BufReader<std::process::ChildStderr>,
+    /// The agent process (`tail`, `serve`); `top` runs inside tmux, not as our child.
+    child: Option<Child>,
+    pid: u32,
+    stderr: Option<BufReader<std::process::ChildStderr>>,
     metrics_addr: Option<String>,
+    tmux: Option<Tmux>,
+}
+
+/// The tmux server `top` runs in, and the file its stderr goes to.
+struct Tmux {
+    socket: String,
+    log: PathBuf,
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .status();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// How long an agent may take to attach, and to stop.
+const AGENT_WAIT: Duration = Duration::from_secs(60);
+
+/// Starts `tcptrace top --port PORT` in a new 100x30 tmux terminal; returns once it says it
+/// is tracing (its stderr goes to a file, the terminal is its stdout).
+fn start_top(bin: &Path, port: &str, extra: &[&str]) -> anyhow::Result<Agent> {
+    let socket = format!("tcptrace-bench-{}-{port}", std::process::id());
+    let log = std::env::temp_dir().join(format!("{socket}.log"));
+    let mut command = format!("exec {} top --port {port}", bin.display());
+    for arg in extra {
+        command.push(' ');
+        command.push_str(arg);
+    }
+    command.push_str(&format!(" 2>{}", log.display()));
+    let tmux = Tmux { socket, log };
+    sh(Command::new("tmux").args([
+        "-L",
+        &tmux.socket,
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &command,
+    ]))
+    .context("tmux (cargo xtask setup installs it)")?;
+    let out = Command::new("tmux")
+        .args([
+            "-L",
+            &tmux.socket,
+            "list-panes",
+            "-t",
+            "top",
+            "-F",
+            "#{pane_pid}",
+        ])
+        .output()?;
+    let pid: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("the pid of top in tmux")?;
+    let deadline = Instant::now() + AGENT_WAIT;
+    loop {
+        let said = std::fs::read_to_string(&tmux.log).unwrap_or_default();
+        if said.contains("tcptrace: tracing") {
+            break;
+        }
+        if Instant::now() > deadline || !Path::new(&format!("/proc/{pid}")).exists() {
+            bail!("tcptrace top did not start: {said}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Agent {
+        child: None,
+        pid,
+        stderr: None,
+        metrics_addr: None,
+        tmux: Some(tmux),
+    })
 }
 
 fn start_agent(bin: &Path, kind: Kind, port: u16, extra: &[&str]) -> anyhow::Result<Agent> {
@@ -295,6 +381,7 @@ fn start_agent(bin: &Path, kind: Kind, port: u16, extra: &[&str]) -> anyhow::Res
             cmd.args(["serve", "--port", &port, "--web.listen-address", &addr]);
             metrics_addr = Some(addr);
         }
+        Kind::Top => return start_top(bin, &port, extra),
     }
     let mut child = cmd
         .args(extra)
@@ -310,19 +397,37 @@ fn start_agent(bin: &Path, kind: Kind, port: u16, extra: &[&str]) -> anyhow::Res
         bail!("tcptrace did not start: {line}");
     }
     Ok(Agent {
-        child,
-        stderr,
+        pid: child.id(),
+        child: Some(child),
+        stderr: Some(stderr),
         metrics_addr,
+        tmux: None,
     })
 }
 
+/// Stops the agent with SIGINT (as Ctrl-C would) and returns what it said on stderr after
+/// it started.
 fn stop(agent: &mut Agent) -> anyhow::Result<String> {
     Command::new("kill")
-        .args(["-INT", &agent.child.id().to_string()])
+        .args(["-INT", &agent.pid.to_string()])
         .status()?;
+    if let Some(tmux) = &agent.tmux {
+        let deadline = Instant::now() + AGENT_WAIT;
+        while Path::new(&format!("/proc/{}", agent.pid)).exists() {
+            if Instant::now() > deadline {
+                bail!("tcptrace top did not stop on SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        return Ok(std::fs::read_to_string(&tmux.log)?);
+    }
     let mut rest = String::new();
-    agent.stderr.read_to_string(&mut rest)?;
-    agent.child.wait()?;
+    if let Some(stderr) = &mut agent.stderr {
+        stderr.read_to_string(&mut rest)?;
+    }
+    if let Some(child) = &mut agent.child {
+        child.wait()?;
+    }
     Ok(rest)
 }
 
@@ -359,7 +464,7 @@ fn run_once(mode: &Mode, args: &BenchArgs, n: u64) -> anyhow::Result<RunResult> 
         });
     }
     let mut agent = start_agent(&mode.bin, mode.kind, port, &mode.extra)?;
-    let pid = agent.child.id();
+    let pid = agent.pid;
     let scraping = Arc::new(AtomicBool::new(true));
     let scraper = agent.metrics_addr.clone().map(|addr| {
         let scraping = scraping.clone();
@@ -410,10 +515,15 @@ fn run_once(mode: &Mode, args: &BenchArgs, n: u64) -> anyhow::Result<RunResult> 
         let _ = s.join();
     }
     let summary = stop(&mut agent)?;
-    let counts = if mode.kind == Kind::Tail {
+    let counts = if matches!(mode.kind, Kind::Tail | Kind::Top) {
         let get = |label: &str| number_before(&summary, label).unwrap_or(0);
+        let received = if mode.kind == Kind::Top {
+            "transitions drawn"
+        } else {
+            "shown"
+        };
         Counts {
-            received: get("shown"),
+            received: get(received),
             lost_ring: get("lost (ring full)"),
             lost_recursion: get("lost (recursion)"),
             sent: get("sent by the kernel"),
@@ -560,7 +670,7 @@ fn held(bin: &Path, n: u64) -> anyhow::Result<Held> {
     let addr = agent.metrics_addr.clone().context("metrics address")?;
     let metrics = http_get(&addr, "/metrics").unwrap_or_default();
     let tracked = sample(&metrics, "tcptrace_sockets{state=\"established\"}").unwrap_or(0);
-    let rss = field(&read_proc(agent.child.id(), "status"), "VmHWM").unwrap_or(0);
+    let rss = field(&read_proc(agent.pid, "status"), "VmHWM").unwrap_or(0);
     holders.release()?;
     stop(&mut agent)?;
     Ok((opened, rss, tracked))
@@ -600,7 +710,7 @@ fn churn_with_reconciles(bin: &Path, n: u64, secs: u64, c: u64) -> anyhow::Resul
     extra.extend(holders.port_args());
     extra.extend(["--port", port_arg.as_str()]);
     let mut agent = start_agent(bin, Kind::Serve, holders.ports[0].parse()?, &extra)?;
-    let pid = agent.child.id();
+    let pid = agent.pid;
     let addr = agent.metrics_addr.clone().context("metrics address")?;
     let held = holders.open()?;
     let start = Instant::now();
@@ -812,6 +922,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         mode(Kind::None, &bin, None),
         mode(Kind::Tail, &bin, None),
         mode(Kind::Serve, &bin, None),
+        mode(Kind::Top, &bin, None),
     ];
     if let Some(other) = &args.compare {
         let label = other.display().to_string();

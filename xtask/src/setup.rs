@@ -20,7 +20,9 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// under a real load generator), setpriv and sysctl; for `cargo xtask vm-test`: QEMU, a static
 /// busybox and cpio for the guests' initramfs, kmod, xz and zstd for kernel modules; for the
 /// checks of deploy/ and the package tests: systemd-analyze, adduser and deb-systemd-helper
-/// (the package's maintainer scripts), and Python's venv for the Kubernetes validators.
+/// (the package's maintainer scripts), and Python's venv for the Kubernetes validators; for
+/// `top`'s tests: tmux (a real terminal to drive it in) and Chromium (serve's web page loaded
+/// headless, screenshot taken).
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -41,6 +43,8 @@ const APT_PACKAGES: &[&str] = &[
     "adduser",
     "init-system-helpers",
     "python3-venv",
+    "tmux",
+    "chromium",
 ];
 /// Debian packages `cargo xtask package` uses besides dpkg-deb (dpkg is always there): strip
 /// (binutils) and umoci (OCI images without a daemon).

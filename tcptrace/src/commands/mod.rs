@@ -4,6 +4,7 @@ pub mod doctor;
 pub mod life;
 pub mod serve;
 pub mod tail;
+pub mod top;
 
 use anyhow::{Context as _, bail};
 

@@ -18,16 +18,22 @@ use crate::cli::{FilterArgs, KernelArgs, LogArgs, ThresholdArgs, parse_duration}
 use crate::commands::tail::{Format, TailSink};
 use crate::commands::{Shutdown, needs, runtime, start_tracer, warn_lost_kernel_log};
 use crate::diagnosis::window::Window;
+use crate::host::clock::monotonic_ns;
 use crate::host::process;
 use crate::host::snapshot::{self, Request};
 use crate::model::sockets::SocketTable;
 use crate::output::http::{self, Limits, Site};
 use crate::output::metrics::{Breakdowns, Metrics, MetricsSink, window_capacity};
+use crate::output::picture::{Feed, Sampler};
+use crate::output::svg;
 use crate::output::table::{self, TransitionTable};
 use crate::output::time::{TimeFormat, WallClock};
 use crate::output::web_config::{SharedWebConfig, WebConfig};
 use crate::output::{Lines, OutputFormat};
 use crate::pipeline::{Pipeline, RunOptions, Snapshots, StopReason};
+
+/// Seconds of history the web page's dwell quantiles cover.
+const DWELL_WINDOW_NS: u64 = 60_000_000_000;
 
 /// Default metrics address: loopback only; expose it deliberately.
 pub const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:9850";
@@ -344,8 +350,13 @@ pub fn run(args: ServeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
         Ok(listening) => window.learn_listeners(&listening),
         Err(e) => log::warn!("cannot list the listeners: {e:#}"),
     }
+    // The `/` page: the state diagram, sampled each second from the same sink.
+    let feed = Feed::default();
+    let sampler = Sampler::new(feed.clone(), DWELL_WINDOW_NS, 0, monotonic_ns());
     pipeline.subscribe(Box::new(
-        MetricsSink::new(metrics.clone(), table, window).notify_seeded(seeded_tx),
+        MetricsSink::new(metrics.clone(), table, window)
+            .with_diagram(sampler)
+            .notify_seeded(seeded_tx),
     ));
     if args.tail {
         if args.tail_format == OutputFormat::Json {
@@ -404,9 +415,11 @@ pub fn run(args: ServeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the event thread")?;
 
     let path = args.telemetry_path.clone();
+    let home_path = args.telemetry_path.clone();
     let site = Site {
         telemetry_path: args.telemetry_path,
         render: Box::new(move || metrics.render()),
+        home: Box::new(move || svg::page(&feed.latest(), &home_path)),
     };
     let addresses: Vec<String> = listeners
         .iter()

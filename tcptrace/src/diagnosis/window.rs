@@ -13,7 +13,7 @@ use crate::host::owners::ProcessName;
 use crate::host::stack::{Settings, TcpCounters};
 use crate::model::CookieMap;
 use crate::model::cgroup::CgroupInfo;
-use crate::model::connections::{CloseTracker, ClosedBy, Connection, End, Role};
+use crate::model::connections::{CloseTracker, ClosedBy, Connection, ConnectionTable, End, Role};
 use crate::model::filter::Filter;
 use crate::model::snapshot::{DiagSocket, Snapshot, Stack};
 use crate::model::tcp::TcpState;
@@ -35,10 +35,40 @@ pub(crate) struct Ended {
     pub netns: Option<u32>,
 }
 
+/// How the live connections are kept: as briefs (what findings need, a quarter of a story:
+/// `serve`, `doctor`), or as whole stories, TIME_WAIT included, for a view that shows them
+/// (`top`). Both report the same closes.
+enum Tracker {
+    Briefs(CloseTracker),
+    Stories(ConnectionTable),
+}
+
+impl Tracker {
+    fn apply(&mut self, t: &Transition) -> Option<Connection> {
+        match self {
+            Self::Briefs(b) => b.apply(t),
+            Self::Stories(s) => {
+                let closed = s.apply(t);
+                // Finished stories are not printed anywhere: only live ones are looked at.
+                while s.next_finished().is_some() {}
+                closed
+            }
+        }
+    }
+
+    /// The owner, state and entry time of a live connection.
+    fn live(&self, cookie: u64) -> Option<(Option<Task>, TcpState, u64)> {
+        match self {
+            Self::Briefs(b) => b.live(cookie).map(|b| (b.owner, b.state, b.state_since_ns)),
+            Self::Stories(s) => s.live(cookie).map(|c| (c.owner, c.state, c.state_since_ns)),
+        }
+    }
+}
+
 /// What the transitions of a window told: the live connections (when each entered its state,
 /// who owns it) and the connections that ended badly.
 pub struct Observations {
-    connections: CloseTracker,
+    connections: Tracker,
     pub(crate) ended: Vec<Ended>,
     /// Transitions seen in this window.
     pub transitions: u64,
@@ -51,7 +81,7 @@ pub struct Observations {
 impl Observations {
     pub fn new(capacity: usize) -> Self {
         Self {
-            connections: CloseTracker::new(capacity),
+            connections: Tracker::Briefs(CloseTracker::new(capacity)),
             ended: Vec::new(),
             transitions: 0,
             closed: 0,
@@ -100,15 +130,56 @@ impl Observations {
         closed
     }
 
-    /// Learns what a snapshot tells about the connections to come: its listeners (a socket
-    /// first seen later on a listening port is a server).
+    /// Keeps whole stories (TIME_WAIT included) instead of briefs, for [`Observations::story`].
+    pub fn keep_stories(&mut self, capacity: usize) {
+        let mut table = ConnectionTable::new(capacity);
+        table.wait_time_wait = true;
+        self.connections = Tracker::Stories(table);
+    }
+
+    /// Learns what a snapshot of every socket tells about the connections to come: its
+    /// listeners (a socket first seen later on a listening port is a server); with stories,
+    /// which TIME_WAITs are over.
     pub fn learn(&mut self, snapshot: &Snapshot) {
-        self.connections.snapshot(snapshot);
+        match &mut self.connections {
+            Tracker::Briefs(b) => b.snapshot(snapshot),
+            Tracker::Stories(s) => {
+                s.snapshot(snapshot);
+                while s.next_finished().is_some() {}
+            }
+        }
+    }
+
+    /// Learns the listeners of a snapshot of listeners only.
+    pub fn learn_listeners(&mut self, snapshot: &Snapshot) {
+        match &mut self.connections {
+            Tracker::Briefs(b) => b.snapshot(snapshot),
+            Tracker::Stories(s) => s.learn_listeners(snapshot),
+        }
+    }
+
+    /// Ends the TIME_WAITs of stories no snapshot could speak for (their 60 s passed).
+    pub fn expire(&mut self, now_ns: u64) {
+        if let Tracker::Stories(s) = &mut self.connections {
+            s.expire(now_ns);
+            while s.next_finished().is_some() {}
+        }
+    }
+
+    /// The story so far of a socket that is open or in TIME_WAIT (only when keeping stories).
+    pub fn story(&self, cookie: u64) -> Option<&Connection> {
+        match &self.connections {
+            Tracker::Briefs(_) => None,
+            Tracker::Stories(s) => s.story(cookie),
+        }
     }
 
     /// Connections dropped from the bounded table before they finished.
     pub fn evicted(&self) -> u64 {
-        self.connections.evicted
+        match &self.connections {
+            Tracker::Briefs(b) => b.evicted,
+            Tracker::Stories(s) => s.evicted,
+        }
     }
 
     /// Starts a new window: forgets ends and counts, keeps what is known of live sockets.
@@ -121,13 +192,13 @@ impl Observations {
 
     /// The owner transitions reported for a live socket.
     pub fn owner_of(&self, cookie: u64) -> Option<ProcessName> {
-        self.connections.live(cookie)?.owner.map(process)
+        self.connections.live(cookie)?.0.map(process)
     }
 
     /// When a live socket entered `state`, if a transition into it was seen.
     pub(crate) fn in_state_since(&self, cookie: u64, state: TcpState) -> Option<u64> {
-        let c = self.connections.live(cookie)?;
-        (c.state == state).then_some(c.state_since_ns)
+        let (_, now, since) = self.connections.live(cookie)?;
+        (now == state).then_some(since)
     }
 }
 
@@ -215,9 +286,27 @@ impl Window {
             .filter(|c| self.filter.matches_story(c))
     }
 
+    /// Keeps every live connection's whole story, TIME_WAIT included (see
+    /// [`Window::story`]); findings stay the same.
+    pub fn with_stories(mut self, capacity: usize) -> Self {
+        self.obs.keep_stories(capacity);
+        self
+    }
+
     /// Learns the listening ports a snapshot shows.
     pub fn learn_listeners(&mut self, snapshot: &Snapshot) {
-        self.obs.learn(snapshot);
+        self.obs.learn_listeners(snapshot);
+    }
+
+    /// Time passes (kernel monotonic ns): stories' TIME_WAITs no snapshot ended end by the
+    /// 60 s rule.
+    pub fn tick(&mut self, now_ns: u64) {
+        self.obs.expire(now_ns);
+    }
+
+    /// The story so far of an open socket or one in TIME_WAIT, when keeping stories.
+    pub fn story(&self, cookie: u64) -> Option<&Connection> {
+        self.obs.story(cookie)
     }
 
     /// What the window judges by.

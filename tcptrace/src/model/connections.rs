@@ -517,6 +517,13 @@ impl ConnectionTable {
         self.finished.len() - before
     }
 
+    /// A connection that is open, or closed and in its TIME_WAIT (when waiting for them).
+    pub fn story(&self, cookie: u64) -> Option<&Connection> {
+        self.live
+            .get(&cookie)
+            .or_else(|| self.time_wait.get(&cookie))
+    }
+
     /// Connections whose full socket has not closed yet.
     pub fn open(&self) -> usize {
         self.live.len()

@@ -163,6 +163,11 @@ impl SocketTable {
         self.map.get(&cookie)
     }
 
+    /// Every tracked socket: its cookie and entry.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Tracked)> {
+        self.map.iter().map(|(c, e)| (*c, e))
+    }
+
     /// Sockets in `state`. TIME_WAIT never counts more in a namespace than its
     /// `tcp_max_tw_buckets` lets the kernel hold.
     pub fn count(&self, state: TcpState) -> u64 {

@@ -51,6 +51,8 @@ pub struct Site {
     pub telemetry_path: String,
     /// Renders the metrics page (called per scrape, on a blocking thread).
     pub render: Box<dyn Fn() -> Vec<u8> + Send + Sync>,
+    /// Renders the `/` page, HTML (called per request).
+    pub home: Box<dyn Fn() -> Vec<u8> + Send + Sync>,
 }
 
 /// The endpoint's bounds (see the module documentation).
@@ -136,13 +138,6 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     r
 }
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 /// What a request gets before rendering: the routing decision. Pure, so it is unit-tested
 /// and fuzzed without sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,13 +207,8 @@ impl Server {
             }
             Route::NotFound => text(StatusCode::NOT_FOUND, "not found\n"),
             Route::Landing => {
-                let page = format!(
-                    "<!DOCTYPE html>\n<html><head><title>tcptrace</title></head><body>\n\
-                     <h1>tcptrace</h1>\n<p>TCP state transitions, dwell times and socket states \
-                     from the kernel.</p>\n<p><a href=\"{0}\">{0}</a></p>\n</body></html>\n",
-                    html_escape(&self.site.telemetry_path)
-                );
-                let mut r = Response::new(Full::new(Bytes::from(page)));
+                // The state diagram page: rendered from the last sample, no walk of the table.
+                let mut r = Response::new(Full::new(Bytes::from((self.site.home)())));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/html; charset=utf-8"),
@@ -420,6 +410,7 @@ mod tests {
                 let site = Site {
                     telemetry_path: "/metrics".into(),
                     render: Box::new(render),
+                    home: Box::new(|| b"<a href=\"/metrics\">/metrics</a>".to_vec()),
                 };
                 serve(vec![listener], site, web, limits).await;
             });

@@ -23,6 +23,8 @@ use crate::model::snapshot::Snapshot;
 use crate::model::sockets::{Origin, SocketTable};
 use crate::model::tcp::{STATE_SLOTS, TcpState};
 use crate::model::transition::Transition;
+use crate::output::diagram::Gaps;
+use crate::output::picture::{Inputs, Sampler};
 use crate::pipeline::{Flow, Sink, Tick};
 
 /// One bucket set for every duration, 10 µs to 4 h: 1-2.5-5 steps per decade up to 10 s
@@ -397,6 +399,62 @@ impl Metrics {
         self.finding_evaluations.inc();
     }
 
+    /// Every `tcptrace_transitions_total` series: from, to, count since start. Read, never
+    /// created: the exported series stay those transitions made.
+    pub fn transition_counts(&self) -> Vec<(TcpState, TcpState, u64)> {
+        let mut out = Vec::new();
+        for family in prometheus::core::Collector::collect(&self.transitions) {
+            for m in family.get_metric() {
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .and_then(|l| l.value().parse::<TcpState>().ok())
+                };
+                if let (Some(from), Some(to)) = (label("from"), label("to")) {
+                    out.push((from, to, m.get_counter().get_value() as u64));
+                }
+            }
+        }
+        out
+    }
+
+    /// Each state's `tcptrace_state_duration_seconds` histogram: the cumulative count of each
+    /// of [`DURATION_BUCKETS`] and the total count, since start (states no socket left yet
+    /// are absent).
+    pub fn dwell_histograms(&self) -> Vec<(TcpState, Vec<u64>, u64)> {
+        let mut out = Vec::new();
+        for family in prometheus::core::Collector::collect(&self.state_duration) {
+            for m in family.get_metric() {
+                let Some(state) = m
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "state")
+                    .and_then(|l| l.value().parse::<TcpState>().ok())
+                else {
+                    continue;
+                };
+                let h = m.get_histogram();
+                let buckets = h.get_bucket().iter().map(|b| b.cumulative_count());
+                out.push((state, buckets.collect(), h.get_sample_count()));
+            }
+        }
+        out
+    }
+
+    /// What the agent lost or corrected since start, as exported.
+    pub fn gaps(&self) -> Gaps {
+        Gaps {
+            lost_ring_full: self.lost_ring_full.get(),
+            lost_recursion: self.lost_recursion.get(),
+            unreadable: self.decode_errors.get(),
+            corrections: self.reconcile_corrections.get(),
+            reconciles: self.reconciles.get(),
+            snapshot_errors: self.snapshot_errors.get(),
+            untracked: self.tracked_overflow.get(),
+        }
+    }
+
     /// The text exposition format (version 0.0.4) of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(32 * 1024);
@@ -432,6 +490,12 @@ pub struct MetricsSink {
     /// For the per-port metrics: which ports listen, and which of them have a label.
     listening: Listeners,
     port_labels: Vec<u16>,
+    /// The findings of the last evaluation, most severe first.
+    findings: Vec<Finding>,
+    /// TIME_WAIT sockets the table let expire, since start.
+    expired_time_waits: u64,
+    /// Samples the state diagram at every tick and snapshot, when asked for.
+    diagram: Option<Sampler>,
 }
 
 impl MetricsSink {
@@ -456,6 +520,9 @@ impl MetricsSink {
             published: Vec::new(),
             listening: Listeners::default(),
             port_labels: Vec::new(),
+            findings: Vec::new(),
+            expired_time_waits: 0,
+            diagram: None,
         }
     }
 
@@ -507,6 +574,32 @@ impl MetricsSink {
         }
     }
 
+    /// Also samples the state diagram (`top`, serve's web page) at every tick and snapshot.
+    pub fn with_diagram(mut self, sampler: Sampler) -> Self {
+        self.diagram = Some(sampler);
+        self
+    }
+
+    /// Samples the diagram, if asked for, as of `now_ns` (the gauges were just published
+    /// with `oldest`); `rates`: a tick (an interval of rates ends), else a snapshot.
+    fn sample(&mut self, now_ns: u64, oldest: &[Option<u64>; STATE_SLOTS], rates: bool) {
+        if let Some(sampler) = &mut self.diagram {
+            sampler.sample(
+                &Inputs {
+                    now_ns,
+                    table: &self.table,
+                    metrics: &self.metrics,
+                    window: &self.window,
+                    findings: &self.findings,
+                    seeded: self.seeded,
+                    expired_time_waits: self.expired_time_waits,
+                    oldest,
+                },
+                rates,
+            );
+        }
+    }
+
     fn closed(&self, c: &Connection) {
         let role = c.role.name();
         if let Some(ns) = c.lifetime_ns() {
@@ -546,6 +639,7 @@ impl MetricsSink {
     fn evaluate_findings(&mut self, snapshot: &Snapshot) {
         if let Some(evaluation) = self.window.evaluate(snapshot, &mut LazyOwners::default()) {
             self.metrics.set_findings(&evaluation.findings);
+            self.findings = evaluation.findings;
         }
         self.window.restart(snapshot);
     }
@@ -556,7 +650,8 @@ impl MetricsSink {
         self
     }
 
-    fn publish_gauges(&mut self, now_ns: u64) {
+    /// Publishes the socket gauges; returns each state's oldest age (ns), which it computed.
+    fn publish_gauges(&mut self, now_ns: u64) -> [Option<u64>; STATE_SLOTS] {
         let oldest = self.table.oldest(now_ns);
         for state in GAUGE_STATES {
             let count = self.table.count(state).min(i64::MAX as u64) as i64;
@@ -572,6 +667,7 @@ impl MetricsSink {
         }
         self.publish_namespaces();
         self.publish_ports();
+        oldest
     }
 
     /// The per-namespace gauges: the namespaces with the most sockets, the rest as "other".
@@ -720,8 +816,9 @@ impl Sink for MetricsSink {
             self.metrics.time_wait_overflows.inc_by(overflows);
         }
         self.table.time_wait_interval();
-        self.table.expire(tick.now_ns);
-        self.publish_gauges(tick.now_ns);
+        self.expired_time_waits += self.table.expire(tick.now_ns) as u64;
+        self.window.tick(tick.now_ns);
+        let oldest = self.publish_gauges(tick.now_ns);
         let m = &self.metrics;
         let k = tick.kernel;
         add_delta(
@@ -755,6 +852,7 @@ impl Sink for MetricsSink {
             &mut self.last_evicted,
             self.window.observations().evicted(),
         );
+        self.sample(tick.now_ns, &oldest, true);
     }
 
     fn begin_snapshot(&mut self) {
@@ -789,8 +887,13 @@ impl Sink for MetricsSink {
         self.metrics
             .reconcile_corrections
             .inc_by(report.corrections);
-        self.publish_gauges(monotonic_ns());
+        let now_ns = monotonic_ns();
+        let oldest = self.publish_gauges(now_ns);
         self.evaluate_findings(snapshot);
+        if let Some(sampler) = &mut self.diagram {
+            sampler.snapshot(snapshot, &self.window);
+        }
+        self.sample(now_ns, &oldest, false);
         if let Some(tx) = self.on_seeded.take() {
             let _ = tx.send(());
         }

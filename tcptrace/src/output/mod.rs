@@ -1,12 +1,17 @@
 //! Everything tcptrace shows: tables and JSON lines on stdout, doctor's report, Prometheus
-//! metrics and the HTTP endpoint that serves them.
+//! metrics and the HTTP endpoint that serves them, and the live state diagram (`diagram` the
+//! model, `picture` its samples, `tui` for `top`, `svg` for serve's web page).
 
+pub mod diagram;
 pub mod http;
 pub mod json;
 pub mod metrics;
+pub mod picture;
 pub mod report;
+pub mod svg;
 pub mod table;
 pub mod time;
+pub mod tui;
 pub mod web_config;
 
 #[cfg(test)]
