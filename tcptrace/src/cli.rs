@@ -164,12 +164,12 @@ tcptrace serve --lport 443 --tail               only port 443, and print transit
         long_about = "Print one line per finished connection, when its socket closes.\n\n\
 Columns: TIME (when the story ended), PID/COMM (the owner), LOCAL/REMOTE, ROLE (client, server, \
 unknown when first seen mid-life), HS_MS (handshake: a client's SYN_SENT; a server's from its \
-first SYN-ACK), LIFE_MS (open to close, TIME_WAIT excluded), TX_KB/RX_KB (data bytes sent and \
+first SYN-ACK), LIFE_MS (open to close, TIME_WAIT excluded), TX_KB/RX_KB (KiB of data sent and \
 acknowledged / received, read from the socket at its close), RETRANS (segments retransmitted), \
-RTT_MS (smoothed RTT at the close), CLOSED_BY (local: this socket sent the first FIN; remote; \
-both: simultaneous close), END (fin, refused, timeout, ports_exhausted, handshake_aborted, \
-rst_received, aborted), TW_MS (with --time-wait: the TIME_WAIT after an active close, measured \
-with INET_DIAG snapshots; a FIN_WAIT2 suffix marks an orphaned socket that waited for the peer's \
+RTT_MS (smoothed RTT at the close), CLOSED_BY (local: this socket sent the first FIN, or reset a \
+connection that had none; remote; both: simultaneous close), END (fin, refused, timeout, ports_exhausted, handshake_aborted, \
+rst_received, aborted), TW_MS (after an active close: `wait`, its TIME_WAIT has just begun; with \
+--time-wait, how long it lasted, measured with INET_DIAG snapshots; a FIN_WAIT2 suffix marks an orphaned socket that waited for the peer's \
 FIN). A narrow terminal drops RTT_MS, RETRANS, TW_MS, HS_MS, RX_KB, TX_KB and TIME, in that \
 order, before cutting anything; --wide shows them all.\n\n\
 With --time-wait, a connection closed actively is printed when its TIME_WAIT ends (up to 60 s \

@@ -403,8 +403,8 @@ impl ConnectionTable {
             c.role.name().to_owned(),
             millis_or_dash(c.handshake_ns),
             millis_or_dash(c.lifetime_ns()),
-            c.tx_bytes().map_or("-".into(), |b| (b / 1024).to_string()),
-            c.rx_bytes().map_or("-".into(), |b| (b / 1024).to_string()),
+            c.tx_bytes().map_or("-".into(), kib),
+            c.rx_bytes().map_or("-".into(), kib),
             c.carried.map_or("-".into(), |x| x.retransmits.to_string()),
             millis_or_dash(
                 c.carried
@@ -419,8 +419,27 @@ impl ConnectionTable {
     }
 }
 
+/// Bytes as KiB with one decimal, so a short exchange (1000 B: `1.0`) does not read as 0; a
+/// few bytes show as `<0.1`, never as `0.0`.
+fn kib(bytes: u64) -> String {
+    let k = bytes as f64 / 1024.0;
+    if bytes > 0 && k < 0.05 {
+        "<0.1".to_owned()
+    } else {
+        format!("{k:.1}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn kib_never_shows_traffic_as_zero() {
+        assert_eq!(kib(0), "0.0");
+        assert_eq!(kib(5), "<0.1");
+        assert_eq!(kib(1000), "1.0");
+        assert_eq!(kib(1_048_576), "1024.0");
+    }
+
     use jiff::tz::TimeZone;
     use tcptrace_common::{AF_INET6, DWELL_UNKNOWN};
 
