@@ -2,8 +2,10 @@
 //!
 //! A loopback connection-churn load (about 10 transitions per connection) runs interleaved
 //! with no tracer, with `tcptrace tail -o json > /dev/null`, with `tcptrace serve` (scraped
-//! every second) and with `tcptrace top` drawing in a real terminal (tmux, 100x30), for
-//! several rounds (A B C D A B C D ...). For each run it records
+//! every second), with `tcptrace top` drawing in a real terminal (tmux, 100x30), and with the
+//! peers a user would otherwise run on the same tracepoint (libbpf-tools `tcpstates`, the same
+//! tool as a bpftrace script, and an empty bpftrace program: the floor any tracer pays), for
+//! several rounds (A B C D ... A B C D ...). For each run it records
 //! connections/s, transitions expected vs received vs lost (ring full, recursion misses)
 //! and that the agent read every record the kernel sent,
 //! the kernel program's ns per run (`kernel.bpf_stats_enabled` on for the bench), the agent's
@@ -66,6 +68,10 @@ pub struct BenchArgs {
     /// on it too (default: build and measure target/release/tcptrace).
     #[arg(long, value_name = "PATH")]
     bin: Option<PathBuf>,
+    /// Leave out the peers (libbpf-tools tcpstates, tcpstates as a bpftrace script, an empty
+    /// bpftrace program on the same tracepoint).
+    #[arg(long)]
+    no_peers: bool,
 }
 
 impl BenchArgs {
@@ -83,6 +89,7 @@ impl BenchArgs {
             kernel_log: false,
             churn_secs: 5,
             bin: None,
+            no_peers: false,
         }
     }
 }
@@ -101,6 +108,47 @@ enum Kind {
     Serve,
     /// `top` in a tmux terminal, drawing as it does for a person.
     Top,
+    /// Another tracer of the same tracepoint.
+    Peer(Peer),
+}
+
+/// The tools a user would otherwise run, and the floor: all on the classic tracepoint
+/// `sock:inet_sock_set_state` (bpftrace 0.17, Debian 12's, has no raw or BTF tracepoints, so
+/// the floor is the classic one; tcptrace's own program is `tp_btf`, which skips the classic
+/// tracepoint's perf-event glue, so the comparison favours the peers, if anything).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Peer {
+    /// libbpf-tools' `tcpstates` (Debian's `libbpf-tools`), printing to a pipe we drain.
+    Tcpstates,
+    /// `xtask/bench/tcpstates.bt`: the same tool as a bpftrace script.
+    BpftraceTcpstates,
+    /// A bpftrace program that does nothing on the tracepoint: the cost of being attached.
+    Empty,
+}
+
+impl Peer {
+    const ALL: [Self; 3] = [Self::Tcpstates, Self::BpftraceTcpstates, Self::Empty];
+
+    fn command(self) -> Command {
+        match self {
+            Self::Tcpstates => Command::new("/usr/sbin/tcpstates"),
+            Self::BpftraceTcpstates => {
+                let mut c = Command::new("bpftrace");
+                c.arg(workspace_root().join("xtask/bench/tcpstates.bt"));
+                c
+            }
+            Self::Empty => {
+                let mut c = Command::new("bpftrace");
+                c.args(["-e", "tracepoint:sock:inet_sock_set_state { }"]);
+                c
+            }
+        }
+    }
+
+    /// Whether its output has one line per transition, to count.
+    fn prints(self) -> bool {
+        self != Self::Empty
+    }
 }
 
 /// One column of the comparison: a kind of run, with which tcptrace binary.
@@ -121,6 +169,9 @@ impl Mode {
             Kind::Tail => "tail -o json > /dev/null",
             Kind::Serve => "serve (scraped 1/s)",
             Kind::Top => "top (in tmux, 100x30)",
+            Kind::Peer(Peer::Tcpstates) => "peer: libbpf-tools tcpstates",
+            Kind::Peer(Peer::BpftraceTcpstates) => "peer: tcpstates.bt (bpftrace)",
+            Kind::Peer(Peer::Empty) => "floor: empty program (bpftrace)",
         };
         match &self.label {
             Some(label) => format!("{base} [{label}]"),
@@ -243,6 +294,22 @@ fn prog_stats(pid: u32) -> Option<(u64, u64)> {
         .max_by_key(|(_, cnt)| *cnt)
 }
 
+/// `recursion_misses` of the process's busiest BPF program (runs the kernel skipped because a
+/// BPF program was already running on that CPU), from its fdinfo (Linux 5.12+).
+fn prog_misses(pid: u32) -> Option<u64> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    dir.filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("bpf-prog"))
+        })
+        .filter_map(|e| {
+            let info = read_proc(pid, &format!("fdinfo/{}", e.file_name().to_string_lossy()));
+            Some((field(&info, "run_cnt")?, field(&info, "recursion_misses")?))
+        })
+        .max_by_key(|(cnt, _)| *cnt)
+        .map(|(_, misses)| misses)
+}
+
 pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = read_proc(pid, "stat");
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -286,6 +353,14 @@ struct Agent {
     stderr: Option<BufReader<std::process::ChildStderr>>,
     metrics_addr: Option<String>,
     tmux: Option<Tmux>,
+    /// A peer's stdout and stderr readers: (transition lines on the bench's port, stderr).
+    peer_output: Option<PeerOutput>,
+}
+
+/// Threads draining a peer's output, so a full pipe never slows it.
+struct PeerOutput {
+    lines: std::thread::JoinHandle<u64>,
+    stderr: std::thread::JoinHandle<String>,
 }
 
 /// The tmux server `top` runs in, and the file its stderr goes to.
@@ -364,7 +439,84 @@ fn start_top(bin: &Path, port: &str, extra: &[&str]) -> anyhow::Result<Agent> {
         stderr: None,
         metrics_addr: None,
         tmux: Some(tmux),
+        peer_output: None,
     })
+}
+
+/// Starts a peer tracer; returns once its program is attached (the process holds a BPF
+/// program and the perf event or link that attaches it) and a moment has passed.
+fn start_peer(peer: Peer, port: u16) -> anyhow::Result<Agent> {
+    let mut child = peer
+        .command()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {peer:?} (cargo xtask setup installs libbpf-tools and bpftrace)"))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut stderr = child.stderr.take().context("stderr")?;
+    let word = format!(" {port} ");
+    let lines = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.contains(&word))
+            .count() as u64
+    });
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let pid = child.id();
+    let deadline = Instant::now() + AGENT_WAIT;
+    while !attached(pid) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("{peer:?} did not attach within {AGENT_WAIT:?}");
+        }
+        if let Some(status) = child.try_wait()? {
+            let said = stderr.join().unwrap_or_default();
+            bail!("{peer:?} exited ({status}): {}", said.trim());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(Agent {
+        pid,
+        child: Some(child),
+        stderr: None,
+        metrics_addr: None,
+        tmux: None,
+        peer_output: Some(PeerOutput { lines, stderr }),
+    })
+}
+
+/// Whether process `pid` holds a BPF program and what attaches one (a perf event for a
+/// classic tracepoint, or a BPF link).
+fn attached(pid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let links: Vec<String> = dir
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .collect();
+    links.iter().any(|l| l.contains("bpf-prog"))
+        && links
+            .iter()
+            .any(|l| l.contains("perf_event") || l.contains("bpf_link"))
+}
+
+/// Events a peer said it lost: libbpf-tools print `lost N events on CPU #C`, bpftrace
+/// `Lost N events`.
+fn peer_lost(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().contains("lost "))
+        .filter_map(|l| number_before(l, " events"))
+        .sum()
 }
 
 fn start_agent(bin: &Path, kind: Kind, port: u16, extra: &[&str]) -> anyhow::Result<Agent> {
@@ -382,6 +534,7 @@ fn start_agent(bin: &Path, kind: Kind, port: u16, extra: &[&str]) -> anyhow::Res
             metrics_addr = Some(addr);
         }
         Kind::Top => return start_top(bin, &port, extra),
+        Kind::Peer(peer) => return start_peer(peer, port.parse()?),
     }
     let mut child = cmd
         .args(extra)
@@ -402,6 +555,7 @@ fn start_agent(bin: &Path, kind: Kind, port: u16, extra: &[&str]) -> anyhow::Res
         stderr: Some(stderr),
         metrics_addr,
         tmux: None,
+        peer_output: None,
     })
 }
 
@@ -420,6 +574,18 @@ fn stop(agent: &mut Agent) -> anyhow::Result<String> {
             std::thread::sleep(Duration::from_millis(50));
         }
         return Ok(std::fs::read_to_string(&tmux.log)?);
+    }
+    if let Some(output) = agent.peer_output.take() {
+        if let Some(child) = &mut agent.child {
+            child.wait()?;
+        }
+        let lines = output.lines.join().unwrap_or(0);
+        let said = output.stderr.join().unwrap_or_default();
+        // In tail's words, for the parser below.
+        return Ok(format!(
+            "{lines} shown, {} lost (ring full), 0 lost (recursion)",
+            peer_lost(&said)
+        ));
     }
     let mut rest = String::new();
     if let Some(stderr) = &mut agent.stderr {
@@ -452,6 +618,21 @@ struct Counts {
     unreadable: u64,
 }
 
+impl Counts {
+    /// Zero received when the tool prints nothing to count (the table then shows `-`).
+    fn counted(self, prints: bool) -> Self {
+        if prints {
+            self
+        } else {
+            Self {
+                received: 0,
+                sent: 0,
+                ..self
+            }
+        }
+    }
+}
+
 fn run_once(mode: &Mode, args: &BenchArgs, n: u64) -> anyhow::Result<RunResult> {
     let port = free_port()?;
     let expected = n * TRANSITIONS_PER_CONNECTION + LISTENER_TRANSITIONS;
@@ -476,11 +657,13 @@ fn run_once(mode: &Mode, args: &BenchArgs, n: u64) -> anyhow::Result<RunResult> 
         })
     });
     let before = prog_stats(pid);
+    let misses_before = prog_misses(pid);
     let cpu_before = cpu_seconds(pid);
     let rate = churn(port, n, args.concurrency, args.close)?;
     // Let the agent drain what is queued.
     std::thread::sleep(Duration::from_millis(1500));
     let after = prog_stats(pid);
+    let misses_after = prog_misses(pid);
     let cpu_after = cpu_seconds(pid);
     let peak_rss_kb = field(&read_proc(pid, "status"), "VmHWM");
     let counts = match &agent.metrics_addr {
@@ -529,6 +712,22 @@ fn run_once(mode: &Mode, args: &BenchArgs, n: u64) -> anyhow::Result<RunResult> 
             sent: get("sent by the kernel"),
             unreadable: get("unreadable"),
         }
+    } else if let Kind::Peer(peer) = mode.kind {
+        let get = |label: &str| number_before(&summary, label).unwrap_or(0);
+        let received = get("shown");
+        Counts {
+            received,
+            lost_ring: get("lost (ring full)"),
+            // The kernel's count for the program (`recursion_misses` in its fdinfo).
+            lost_recursion: match (misses_before, misses_after) {
+                (Some(a), Some(b)) => b.saturating_sub(a),
+                _ => 0,
+            },
+            // A peer has no count of what its program sent: what it printed is all we know.
+            sent: received,
+            unreadable: 0,
+        }
+        .counted(peer.prints())
     } else {
         counts
     };
@@ -727,8 +926,11 @@ fn churn_with_reconciles(bin: &Path, n: u64, secs: u64, c: u64) -> anyhow::Resul
     std::thread::sleep(Duration::from_millis(2500));
     let metrics = http_get(&addr, "/metrics").unwrap_or_default();
     let get = |series: &str| sample(&metrics, series).unwrap_or(0);
+    // The same sockets the agent counts: its filter is the churn's and the holders' ports
+    // (earlier runs' TIME_WAIT, on other ports, may still be there).
+    let ss_filter = format!("( sport = :{port} or dport = :{port} )");
     let ss = Command::new("ss")
-        .args(["-tanH", "state", "time-wait"])
+        .args(["-tanH", "state", "time-wait", &ss_filter])
         .output()?;
     let status = read_proc(pid, "status");
     let report = ChurnReport {
@@ -924,6 +1126,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         mode(Kind::Serve, &bin, None),
         mode(Kind::Top, &bin, None),
     ];
+    if !args.no_peers {
+        modes.extend(Peer::ALL.map(|p| mode(Kind::Peer(p), &bin, None)));
+    }
     if let Some(other) = &args.compare {
         let label = other.display().to_string();
         modes.push(mode(Kind::Tail, other, Some(label.clone())));
@@ -982,7 +1187,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         },
         args.rounds
     );
-    md.push_str("| mode | conn/s (median, min–max) | vs no tracer in its round (median, min–max) | transitions received / expected | completeness | lost ring_full | lost recursion | kernel ns/run | agent CPU s per 1M transitions | agent peak RSS |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| mode | conn/s (median, min–max) | vs no tracer in its round (median, min–max) | transitions received / expected | completeness | lost ring_full | lost recursion | kernel ns/run | user-space CPU s per 1M transitions | user-space peak RSS |\n|---|---|---|---|---|---|---|---|---|---|\n");
     let mut report = Report {
         machine: machine.clone(),
         connections: args.connections,
@@ -1014,6 +1219,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 "| {} | {rate:.0} ({}) | 100 % | - | - | - | - | - | - | - |",
                 mode.name(),
                 spread(&rates)
+            );
+        } else if mode.kind == Kind::Peer(Peer::Empty) {
+            let _ = writeln!(
+                md,
+                "| {} | {rate:.0} ({}) | {:.1} % ({} %) | - | - | - | {rec} | {} | - | {} |",
+                mode.name(),
+                spread(&rates),
+                ratio,
+                spread(&ratios),
+                fmt(ns, 0),
+                rss.map_or("-".into(), |kb| format!("{:.1} MB", kb as f64 / 1024.0)),
             );
         } else {
             let _ = writeln!(

@@ -22,7 +22,7 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// checks of deploy/ and the package tests: systemd-analyze, adduser and deb-systemd-helper
 /// (the package's maintainer scripts), and Python's venv for the Kubernetes validators; for
 /// `top`'s tests: tmux (a real terminal to drive it in) and Chromium (serve's web page loaded
-/// headless, screenshot taken).
+/// headless, screenshot taken); for the bench's peers: libbpf-tools (tcpstates) and bpftrace.
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -45,6 +45,8 @@ const APT_PACKAGES: &[&str] = &[
     "python3-venv",
     "tmux",
     "chromium",
+    "libbpf-tools",
+    "bpftrace",
 ];
 /// Debian packages `cargo xtask package` uses besides dpkg-deb (dpkg is always there): strip
 /// (binutils) and umoci (OCI images without a daemon).
