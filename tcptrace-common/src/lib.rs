@@ -49,6 +49,11 @@ pub const PROGRAM_NAME: &str = "inet_sock_set_state";
 /// The same program for kernels whose tracing programs may not call `bpf_get_socket_cookie`
 /// (before Linux 5.12): sockets keyed by address, numbered by the program.
 pub const PROGRAM_NAME_NO_COOKIE: &str = "inet_sock_set_state_nocookie";
+/// The same program keeping each socket's entry in the socket (`BPF_MAP_TYPE_SK_STORAGE`),
+/// tried first: tracing programs may use socket storage since Linux 5.11.
+pub const PROGRAM_NAME_STORAGE: &str = "inet_sock_set_state_storage";
+/// The RST marker of the socket-storage variant.
+pub const RESET_PROGRAM_STORAGE: &str = "tcp_receive_reset_storage";
 pub const TRACEPOINT: &str = "inet_sock_set_state";
 /// Program that marks sockets that received a RST (optional: the agent degrades without it).
 /// There is no "sent" counterpart: aborts (`tcp_disconnect()`, close() with unread data) set

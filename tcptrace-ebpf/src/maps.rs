@@ -1,8 +1,14 @@
 //! The program's maps and its load-time configuration.
 
+use core::ffi::c_void;
+
+use crate::sock::Sock;
 use aya_ebpf::{
     Global,
-    macros::map,
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    btf_maps::SkStorage,
+    helpers::generated::bpf_sk_storage_get,
+    macros::{btf_map, map},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use tcptrace_common::{
@@ -24,6 +30,30 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 #[map(name = "SOCKETS")]
 pub static SOCKETS: LruHashMap<u64, SockEntry> =
     LruHashMap::with_max_entries(DEFAULT_MAX_SOCKETS, 0);
+
+/// Each socket's entry kept in the socket itself (the `_storage` programs): no lookup by key,
+/// no size limit, freed with the socket (`bpf_sk_storage_free()`).
+#[btf_map(name = "SOCK_STORAGE")]
+static SOCK_STORAGE: SkStorage<SockEntry> = SkStorage::new();
+
+/// `sk`'s entry in `SOCK_STORAGE`: the existing one, or, with `init`, a new one holding it
+/// (an existing one is returned unchanged). `None` when there is none, or it cannot be made.
+#[inline(always)]
+pub fn storage(sk: Sock, init: Option<&mut SockEntry>) -> Option<*mut SockEntry> {
+    let map = (&raw const SOCK_STORAGE).cast_mut().cast::<c_void>();
+    let (value, flags) = match init {
+        Some(v) => (
+            core::ptr::from_mut(v).cast::<c_void>(),
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+        ),
+        None => (core::ptr::null_mut(), 0),
+    };
+    // SAFETY: `map` is this program's socket-storage map; `sk` is the tracepoint's socket
+    // (a BTF pointer the verifier checks); `value` is null or a live `SockEntry` the helper
+    // copies from.
+    let entry = unsafe { bpf_sk_storage_get(map, sk.as_ptr(), value, flags) };
+    (!entry.is_null()).then_some(entry.cast::<SockEntry>())
+}
 
 /// Each listening socket, by its cookie (or address, see `ListenerEntry`) -> its owner and id,
 /// for the children it accepts. Written here at listen() and by the agent for listeners older

@@ -32,6 +32,12 @@ impl Sock {
         (!ptr.is_null()).then_some(Self(ptr))
     }
 
+    /// The pointer itself, for helpers that take a socket.
+    #[inline(always)]
+    pub fn as_ptr(self) -> *mut c_void {
+        self.0.cast_mut().cast()
+    }
+
     /// The socket's kernel address: a key only for as long as the socket lives (addresses are
     /// reused at once after it is freed).
     #[inline(always)]

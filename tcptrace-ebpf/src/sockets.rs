@@ -5,26 +5,43 @@ use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_smp_processor_id};
 use tcptrace_common::{DWELL_UNKNOWN, ListenerEntry, Owner, SYNTHETIC_ID, SockEntry, flags};
 
 use crate::log::klog;
-use crate::maps::{CHILDREN, HeldChild, LISTENERS, NEXT_ID, SOCKETS, bump, config};
+use crate::maps::{CHILDREN, HeldChild, LISTENERS, NEXT_ID, SOCKETS, bump, config, storage};
 use crate::record;
 use crate::sock::Sock;
 use crate::transition::{CLOSE, ESTABLISHED, LISTEN, SYN_RECV, Transition, state_name};
 
+/// Where a program keeps each socket's entry, and what identifies the socket.
+pub mod keying {
+    /// In `SOCKETS`, by address; ids numbered here (kernels without the cookie helper).
+    pub const BY_ADDR: u8 = 0;
+    /// In `SOCKETS`, by cookie (Linux 5.12+).
+    pub const BY_COOKIE: u8 = 1;
+    /// In the socket's own storage (`SOCK_STORAGE`); the cookie, read once per life, is the id.
+    pub const IN_SOCKET: u8 = 2;
+}
+
 /// The `SOCKETS` key: the socket cookie, or the socket's address. An address is reused as soon
 /// as the socket is freed, which is safe only because every life of a socket starts with a
 /// birth transition (see `Transition::is_birth`) that replaces whatever entry the address had.
+/// Unused (0) for `IN_SOCKET`: no cookie is read until a socket's entry starts.
 #[inline(always)]
-pub fn key<const COOKIE: bool>(sk: Sock) -> u64 {
-    if COOKIE { sk.cookie() } else { sk.addr() }
+pub fn key<const KEYING: u8>(sk: Sock) -> u64 {
+    match KEYING {
+        keying::BY_ADDR => sk.addr(),
+        keying::BY_COOKIE => sk.cookie(),
+        _ => 0,
+    }
 }
 
 /// The id userspace sees for a socket first seen now. Without the cookie helper: the kernel's
 /// cookie if one was already generated (sockets INET_DIAG has dumped, so ids match snapshots of
 /// sockets older than the agent), else a per-CPU sequence with `SYNTHETIC_ID` set.
 #[inline(always)]
-fn new_id<const COOKIE: bool>(key: u64, sk: Sock) -> u64 {
-    if COOKIE {
-        return key;
+fn new_id<const KEYING: u8>(key: u64, sk: Sock) -> u64 {
+    match KEYING {
+        keying::BY_COOKIE => return key,
+        keying::IN_SOCKET => return sk.cookie(),
+        _ => {}
     }
     if let Some(cookie) = sk.generated_cookie(&config().offsets) {
         return cookie;
@@ -111,11 +128,13 @@ pub fn hold_child(t: &Transition) {
 }
 
 /// The socket's entry, unless this transition starts a new life (a birth never continues an
-/// entry: one left under the same key belongs to an earlier life whose close was missed).
+/// entry: one left under the same key, or in the socket, belongs to an earlier life).
 #[inline(always)]
-pub fn existing(t: &Transition, key: u64) -> Option<*mut SockEntry> {
+pub fn existing<const KEYING: u8>(t: &Transition, key: u64) -> Option<*mut SockEntry> {
     if t.is_birth() {
         None
+    } else if KEYING == keying::IN_SOCKET {
+        storage(t.sk, None)
     } else {
         SOCKETS.get_ptr_mut(key)
     }
@@ -141,7 +160,7 @@ pub fn advance(t: &Transition, e: &mut SockEntry) -> u64 {
 /// held back at LISTEN -> SYN_RECV, whose held transition is emitted first (and whose
 /// `SYN_RECV -> ESTABLISHED` gets its request's first SYN-ACK time in `t.request_ns`).
 #[inline(always)]
-pub fn start<const COOKIE: bool>(t: &mut Transition, key: u64, fresh: &mut SockEntry) -> u64 {
+pub fn start<const KEYING: u8>(t: &mut Transition, key: u64, fresh: &mut SockEntry) -> u64 {
     let config = config();
     let off = &config.offsets;
     let child = if t.old == SYN_RECV {
@@ -162,7 +181,7 @@ pub fn start<const COOKIE: bool>(t: &mut Transition, key: u64, fresh: &mut SockE
         {
             t.request_ns = listener.request_sent_ns(off, t.sk);
         }
-        fresh.id = new_id::<COOKIE>(key, t.sk);
+        fresh.id = new_id::<KEYING>(key, t.sk);
         if t.lport != 0 {
             fresh.lport = t.lport;
         }
@@ -194,7 +213,7 @@ pub fn start<const COOKIE: bool>(t: &mut Transition, key: u64, fresh: &mut SockE
                 t.lport
             );
         }
-        fresh.id = new_id::<COOKIE>(key, t.sk);
+        fresh.id = new_id::<KEYING>(key, t.sk);
         fresh.entered_ns = t.now;
         fresh.lport = t.lport;
         fresh.netns = t.sk.netns(off);
@@ -203,9 +222,21 @@ pub fn start<const COOKIE: bool>(t: &mut Transition, key: u64, fresh: &mut SockE
             fresh.owner = capture(t);
         }
     }
-    if t.new != CLOSE && SOCKETS.insert(key, *fresh, 0).is_err() {
-        // An LRU map evicts the coldest entry instead of failing when full: this is rarer.
-        klog!(Warn, "cannot track a socket on local port {}", t.lport);
+    if t.new != CLOSE {
+        let kept = if KEYING == keying::IN_SOCKET {
+            // An earlier life's entry is returned as it is: overwrite it.
+            storage(t.sk, Some(fresh)).map(|entry| {
+                // SAFETY: the socket's own storage, plain data; the program does not nest on
+                // this CPU and the socket's state changes are serialised by its lock.
+                unsafe { *entry = *fresh };
+            })
+        } else {
+            // An LRU map evicts the coldest entry instead of failing when full: this is rarer.
+            SOCKETS.insert(key, *fresh, 0).ok()
+        };
+        if kept.is_none() {
+            klog!(Warn, "cannot track a socket on local port {}", t.lport);
+        }
     }
     dwell
 }
@@ -229,11 +260,16 @@ pub fn track_listener(t: &Transition, sock: &SockEntry) {
 /// Sets `flag` on a socket tcptrace already tracks, or on a server child still held back
 /// (a Fast Open child can be reset while in SYN_RECV).
 #[inline(always)]
-pub fn mark<const COOKIE: bool>(sk: *const u8, flag: u32) {
+pub fn mark<const KEYING: u8>(sk: *const u8, flag: u32) {
     let Some(sk) = Sock::new(sk) else {
         return;
     };
-    let entry = match SOCKETS.get_ptr_mut(key::<COOKIE>(sk)) {
+    let entry = if KEYING == keying::IN_SOCKET {
+        storage(sk, None)
+    } else {
+        SOCKETS.get_ptr_mut(key::<KEYING>(sk))
+    };
+    let entry = match entry {
         Some(entry) => entry,
         None => match CHILDREN.get_ptr_mut(sk.addr()) {
             // SAFETY: a live map value; only the address of a field is taken.

@@ -116,7 +116,7 @@ impl Transition {
 
 /// Handles one event; `Err(counter)` counts a dropped or filtered record.
 #[inline(always)]
-pub fn handle<const COOKIE: bool>(sk: *const u8, old: i32, new: i32) -> Result<(), u32> {
+pub fn handle<const KEYING: u8>(sk: *const u8, old: i32, new: i32) -> Result<(), u32> {
     let Some(sk) = Sock::new(sk) else {
         return Ok(());
     };
@@ -127,17 +127,17 @@ pub fn handle<const COOKIE: bool>(sk: *const u8, old: i32, new: i32) -> Result<(
         sockets::hold_child(&t);
         return Ok(());
     }
-    let key = sockets::key::<COOKIE>(sk);
+    let key = sockets::key::<KEYING>(sk);
     // Either the map's entry or, for a socket seen for the first time, one on the stack.
     let mut fresh = SockEntry::default();
-    let existing = sockets::existing(&t, key);
+    let existing = sockets::existing::<KEYING>(&t, key);
     let in_old_ns = match existing {
         Some(entry) => {
             // SAFETY: a live map value; the program does not nest on this CPU, and entries
             // are plain data.
             sockets::advance(&t, unsafe { &mut *entry })
         }
-        None => sockets::start::<COOKIE>(&mut t, key, &mut fresh),
+        None => sockets::start::<KEYING>(&mut t, key, &mut fresh),
     };
     let sock: &SockEntry = match existing {
         // SAFETY: as above; only read from here on.
@@ -146,8 +146,9 @@ pub fn handle<const COOKIE: bool>(sk: *const u8, old: i32, new: i32) -> Result<(
     };
     sockets::track_listener(&t, sock);
     let result = record::emit(config(), &t, sock, in_old_ns);
-    if new == CLOSE && existing.is_some() {
-        // The socket's story ends here; free the slot for the next one.
+    if new == CLOSE && existing.is_some() && KEYING != sockets::keying::IN_SOCKET {
+        // The socket's story ends here; free the slot for the next one. (Socket storage is
+        // freed with the socket, and a next life starts with a birth that overwrites it.)
         let _ = SOCKETS.remove(key);
     }
     result

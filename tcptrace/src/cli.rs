@@ -120,8 +120,8 @@ pub enum Command {
         long_about = "Print one line per TCP state transition as it happens.\n\n\
 Columns: TIME (local time of the transition), PID and COMM (the socket's owner, captured when \
 its process connected, listened or closed, and inherited by server sockets from their listener; \
-'-' when unknown; the task merely on the CPU is in the JSON as cpu_pid/cpu_comm), LOCAL and REMOTE (address:port of this socket and of its peer), OLD -> NEW (the \
-transition), IN_OLD_MS (milliseconds the socket spent in OLD, '-' when tcptrace first saw the \
+'-' when unknown; the task merely on the CPU is in the JSON as cpu_pid/cpu_comm), LOCAL and REMOTE (address:port of this socket and of its peer), FROM TO (the \
+transition), DWELL_MS (milliseconds the socket spent in FROM, '-' when tcptrace first saw the \
 socket at this transition and cannot know).\n\n\
 The kernel never reports TIME_WAIT here: an active close shows as FIN_WAIT2 -> CLOSE (or \
 CLOSING -> CLOSE) when the socket is handed over to a timewait socket.",
@@ -477,10 +477,17 @@ pub struct KernelArgs {
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_bytes, help_heading = "Kernel")]
     pub ring_bytes: u32,
 
-    /// Sockets whose state-entry time the kernel remembers (LRU). Beyond this, the coldest
-    /// socket is forgotten and its next transition shows an unknown time in state.
+    /// Sockets whose state-entry time the kernel remembers (LRU), on kernels before 5.11:
+    /// beyond this, the coldest socket is forgotten and its next transition shows an unknown
+    /// time in state. From Linux 5.11 each socket keeps its own entry (socket storage), with
+    /// no limit, and this is not used.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SOCKETS, value_parser = clap::value_parser!(u32).range(1024..), help_heading = "Kernel")]
     pub max_sockets: u32,
+
+    /// Keep socket entries in the --max-sockets hash even where socket storage works: the
+    /// older kernels' path, for tests and benchmarks.
+    #[arg(long, hide = true)]
+    pub no_socket_storage: bool,
 
     /// Capabilities to keep once the programs are attached, beyond what the command needs:
     /// `none`, `all`, or names such as cap_net_admin,cap_syslog. tcptrace checks at start
@@ -504,6 +511,7 @@ impl KernelArgs {
             ring_bytes: self.ring_bytes,
             max_sockets: self.max_sockets,
             kernel_log: log.kernel_level(),
+            socket_storage: !self.no_socket_storage,
         }
     }
 }

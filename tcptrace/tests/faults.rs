@@ -301,17 +301,19 @@ fn tables_far_smaller_than_the_live_sockets_count_evictions_and_never_guess_a_dw
     const HOLD: Duration = Duration::from_secs(2);
     let port = free_port("127.0.0.1");
     let p = port.to_string();
+    // The kernel program's socket hash (kernels before 5.11 have no other), on every kernel.
     let exporter = Exporter::start(&[
         "--port",
         &p,
         "--max-sockets",
         "1024",
+        "--no-socket-storage",
         "--max-tracked-sockets",
         "500",
         "--reconcile-interval",
         "1",
     ]);
-    let mut agent = Agent::start(&["--port", &p, "--max-sockets", "1024"]);
+    let mut agent = Agent::start(&["--port", &p, "--max-sockets", "1024", "--no-socket-storage"]);
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let pairs: Vec<(TcpStream, TcpStream)> = (0..HELD)
         .map(|_| {
@@ -353,6 +355,57 @@ fn tables_far_smaller_than_the_live_sockets_count_evictions_and_never_guess_a_dw
     );
     assert!(sample(&m, "tcptrace_tracked_sockets_overflow_total").unwrap() > 0.0);
     assert!(sample(&m, "tcptrace_sockets{state=\"established\"}").unwrap() <= 500.0);
+}
+
+/// Whether the running kernel is at least `major.minor` (`uname -r`).
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel; run by `cargo xtask test`"]
+fn socket_storage_knows_every_dwell_beyond_max_sockets() {
+    const HELD: usize = 3000;
+    const HOLD: Duration = Duration::from_secs(1);
+    let port = free_port("127.0.0.1");
+    let p = port.to_string();
+    let exporter = Exporter::start(&["--port", &p, "--max-sockets", "1024"]);
+    let mut agent = Agent::start(&["--port", &p, "--max-sockets", "1024"]);
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let pairs: Vec<(TcpStream, TcpStream)> = (0..HELD)
+        .map(|_| {
+            let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            (c, listener.accept().unwrap().0)
+        })
+        .collect();
+    std::thread::sleep(HOLD);
+    drop(pairs);
+    drop(listener);
+    agent.wait_for(Duration::from_secs(20), |e| e.len() >= 10 * HELD + 2);
+    let (status, stderr, events) = agent.stop();
+    assert!(status.success(), "{status}: {stderr}");
+    let unknown = events
+        .iter()
+        .filter(|e| e["from"] == "ESTABLISHED" && e["dwell_ns"].is_null())
+        .count();
+    let evicted = sample(&exporter.scrape(), "tcptrace_kernel_sockets_evicted_total").unwrap();
+    if kernel_at_least(5, 11) {
+        // Each socket keeps its own entry: --max-sockets does not bound anything.
+        assert_eq!(unknown, 0, "{} sockets, 1024-entry hash unused", 2 * HELD);
+        assert_eq!(evicted, 0.0);
+    } else {
+        // Before 5.11 the hash is all there is, and it is too small.
+        assert!(
+            unknown > 0 && evicted > 0.0,
+            "{unknown} unknown, {evicted} evicted"
+        );
+    }
 }
 
 /// Helper process for the 100k-socket test (the test runs this binary again with

@@ -68,6 +68,10 @@ pub struct BenchArgs {
     /// on it too (default: build and measure target/release/tcptrace).
     #[arg(long, value_name = "PATH")]
     bin: Option<PathBuf>,
+    /// Also run `tail` and `serve` with their socket entries in the kernel program's hash
+    /// (`--no-socket-storage`: the path of kernels before 5.11), to compare with socket storage.
+    #[arg(long)]
+    socket_hash: bool,
     /// Leave out the peers (libbpf-tools tcpstates, tcpstates as a bpftrace script, an empty
     /// bpftrace program on the same tracepoint).
     #[arg(long)]
@@ -89,6 +93,7 @@ impl BenchArgs {
             kernel_log: false,
             churn_secs: 5,
             bin: None,
+            socket_hash: false,
             no_peers: false,
         }
     }
@@ -452,7 +457,9 @@ fn start_peer(peer: Peer, port: u16) -> anyhow::Result<Agent> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("cannot start {peer:?} (cargo xtask setup installs libbpf-tools and bpftrace)"))?;
+        .with_context(|| {
+            format!("cannot start {peer:?} (cargo xtask setup installs libbpf-tools and bpftrace)")
+        })?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut stderr = child.stderr.take().context("stderr")?;
     let word = format!(" {port} ");
@@ -1126,6 +1133,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         mode(Kind::Serve, &bin, None),
         mode(Kind::Top, &bin, None),
     ];
+    if args.socket_hash {
+        for kind in [Kind::Tail, Kind::Serve] {
+            let mut hash = mode(kind, &bin, Some("socket hash".into()));
+            hash.extra = vec!["--no-socket-storage"];
+            modes.push(hash);
+        }
+    }
     if !args.no_peers {
         modes.extend(Peer::ALL.map(|p| mode(Kind::Peer(p), &bin, None)));
     }

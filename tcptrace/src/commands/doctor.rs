@@ -133,7 +133,7 @@ pub fn run(args: DoctorArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
 /// "netns blue", or "12 network namespaces".
 fn namespaces(s: &crate::model::snapshot::Snapshot) -> String {
     match s.namespaces.as_slice() {
-        [one] => format!("network namespace {}", one.name),
+        [one] => one.described(),
         all => format!("{} network namespaces", all.len()),
     }
 }

@@ -51,15 +51,21 @@ pub fn start_tracer(
         needs.iter().filter(|n| !have.contains(&n.cap)).collect()
     });
     if let Some(need) = missing.iter().find(|n| n.required) {
-        bail!("missing {}: {}", caps::name(need.cap), need.why);
+        let cap = caps::name(need.cap);
+        let short = cap.trim_start_matches("CAP_").to_ascii_lowercase();
+        bail!(
+            "missing {cap}: {}; run as root or grant it (systemd AmbientCapabilities={cap}, setpriv --inh-caps +{short} --ambient-caps +{short})",
+            need.why
+        );
     }
     // Loading fails first, alone, when its own capabilities are missing.
     let (tracer, ring) = Tracer::start(&filter.kernel(), kernel.sizes(log))?;
     for need in missing {
         log::warn!(
-            "missing {}: {}; without it some stay unknown",
+            "missing {}: {}; without it {}",
             caps::name(need.cap),
-            need.why
+            need.why,
+            need.without
         );
     }
     let Some(have) = have else {

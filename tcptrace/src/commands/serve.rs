@@ -234,7 +234,12 @@ fn bind(address: &ListenAddress) -> anyhow::Result<std::net::TcpListener> {
         }
         _ => "",
     };
-    Err(anyhow!("cannot listen on {address} ({addr}): {e}{hint}"))
+    let resolved = if addr.to_string() == address.to_string() {
+        String::new()
+    } else {
+        format!(" ({addr})")
+    };
+    Err(anyhow!("cannot listen on {address}{resolved}: {e}{hint}"))
 }
 
 /// The endpoint's bounds from the flags; connections also within the open-file limit (raised

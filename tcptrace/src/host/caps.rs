@@ -31,6 +31,8 @@ pub struct Need {
     pub cap: Capability,
     /// Shown when it is missing.
     pub why: &'static str,
+    /// What the command does without it (an optional need's warning).
+    pub without: &'static str,
     /// Missing: an error (else a warning, and the command runs with less).
     pub required: bool,
 }
@@ -44,11 +46,13 @@ pub const OWNERS: [Need; 2] = [
     Need {
         cap: Capability::CAP_SYS_PTRACE,
         why: "owners of sockets no transition told are read from other processes' /proc/PID/fd links",
+        without: "sockets opened before tcptrace started show owner unknown until a transition tells it",
         required: false,
     },
     Need {
         cap: Capability::CAP_DAC_READ_SEARCH,
         why: "owners of sockets no transition told are read from other users' /proc/PID/fd directories",
+        without: "sockets opened before tcptrace started show owner unknown until a transition tells it",
         required: false,
     },
 ];
@@ -57,6 +61,7 @@ pub const OWNERS: [Need; 2] = [
 pub const ENTER_NETNS: Need = Need {
     cap: Capability::CAP_SYS_ADMIN,
     why: "entering another network namespace (setns) for its snapshots and counters",
+    without: "only this namespace is snapshotted: other namespaces' socket gauges, findings and older owners are missing",
     required: true,
 };
 

@@ -86,6 +86,13 @@ pub fn refuses_cookie_helper(e: &ProgramError) -> bool {
         if verifier_log.to_string().contains("bpf_get_socket_cookie"))
 }
 
+/// Whether the verifier refused the program for using socket storage (tracing programs may
+/// since Linux 5.11: "unknown func bpf_sk_storage_get#107" before).
+pub fn refuses_socket_storage(e: &ProgramError) -> bool {
+    matches!(e, ProgramError::LoadError { verifier_log, .. }
+        if verifier_log.to_string().contains("bpf_sk_storage"))
+}
+
 fn write_verifier_log(log: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("tcptrace-verifier-{}.log", std::process::id()));
     match std::fs::write(&path, log) {

@@ -9,14 +9,17 @@ use aya::programs::{BtfTracePoint, ProgramError};
 use aya::{Ebpf, EbpfLoader};
 use tcptrace_common::{
     CONFIG_GLOBAL, COUNTERS_MAP, Config, EVENTS_MAP, LISTENERS_MAP, ListenerEntry, Owner,
-    PORT_FILTER_MAP, PROGRAM_NAME, PROGRAM_NAME_NO_COOKIE, PortSet, RESET_PROGRAM,
-    RESET_PROGRAM_NO_COOKIE, SOCKETS_MAP, TRACEPOINT, counter,
+    PORT_FILTER_MAP, PROGRAM_NAME, PROGRAM_NAME_NO_COOKIE, PROGRAM_NAME_STORAGE, PortSet,
+    RESET_PROGRAM, RESET_PROGRAM_NO_COOKIE, RESET_PROGRAM_STORAGE, SOCKETS_MAP, TRACEPOINT,
+    counter,
 };
 
 use crate::host::owners::ProcessName;
 use crate::host::{caps, process};
 use crate::kernel::btf;
-use crate::kernel::error::{LoadError, aya_err, is_eperm, program_error, refuses_cookie_helper};
+use crate::kernel::error::{
+    LoadError, aya_err, is_eperm, program_error, refuses_cookie_helper, refuses_socket_storage,
+};
 use crate::kernel::log::KernelLog;
 use crate::kernel::ring::Ring;
 use crate::model::filter::KernelFilter;
@@ -31,6 +34,8 @@ pub struct Sizes {
     pub ring_bytes: u32,
     pub max_sockets: u32,
     pub kernel_log: log::LevelFilter,
+    /// Try socket storage first (false: the hash, as on kernels before 5.11).
+    pub socket_storage: bool,
 }
 
 /// What a transition's `cookie` is on this kernel.
@@ -43,6 +48,18 @@ pub enum Identity {
     /// them, otherwise an id with `SYNTHETIC_ID` set that snapshots cannot know. Snapshot
     /// sockets are matched by address instead (see `model::socket_ids::SocketIds`).
     Numbered,
+}
+
+/// Where the kernel program keeps each socket's state-entry time and owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keeping {
+    /// In the socket itself (`BPF_MAP_TYPE_SK_STORAGE`, Linux 5.11+ for tracing programs):
+    /// no lookup by key, freed with the socket, no limit (`--max-sockets` is not used).
+    InSocket,
+    /// In an LRU hash of `--max-sockets` entries by cookie (Linux 5.12 lacking the above).
+    ByCookie,
+    /// In that hash by socket address (before Linux 5.12).
+    ByAddress,
 }
 
 /// The kernel program's listener map (`LISTENERS`): the owner it gives the children of each
@@ -188,12 +205,13 @@ impl Tracer {
             wakeup_bytes: sizes.ring_bytes / WAKEUP_FRACTION,
         };
         let log_level = kernel_log_level(sizes.kernel_log);
-        let mut ebpf =
-            loader
-                .override_global(CONFIG_GLOBAL, &config, true)
-                .override_global(aya_log::LEVEL, &log_level, true)
-                .map_max_entries(EVENTS_MAP, sizes.ring_bytes)
-                .map_max_entries(SOCKETS_MAP, sizes.max_sockets)
+        loader
+            .override_global(CONFIG_GLOBAL, &config, true)
+            .override_global(aya_log::LEVEL, &log_level, true)
+            .map_max_entries(EVENTS_MAP, sizes.ring_bytes);
+        let mut open = |max_sockets: u32| -> Result<Ebpf, LoadError> {
+            let mut ebpf = loader
+                .map_max_entries(SOCKETS_MAP, max_sockets)
                 .load(EBPF_OBJECT)
                 .map_err(|e| match e {
                     aya::EbpfError::MapError(aya::maps::MapError::CreateError {
@@ -201,41 +219,73 @@ impl Tracer {
                     }) if is_eperm(&io_error) => LoadError::NotPermitted,
                     e => aya_err("load the eBPF object")(e.into()),
                 })?;
-
-        if filter.port_filters != 0 {
-            let mut ports: Array<_, PortSet> = ebpf
-                .map_mut(PORT_FILTER_MAP)
-                .ok_or_else(|| aya_err("find map")(PORT_FILTER_MAP.into()))?
-                .try_into()
-                .map_err(|e: aya::maps::MapError| aya_err("open the port filter map")(e.into()))?;
-            for (index, set) in &filter.port_sets {
-                ports
-                    .set(*index, set.as_ref(), 0)
-                    .map_err(|e| aya_err("write the port filter map")(e.into()))?;
+            if filter.port_filters != 0 {
+                let mut ports: Array<_, PortSet> = ebpf
+                    .map_mut(PORT_FILTER_MAP)
+                    .ok_or_else(|| aya_err("find map")(PORT_FILTER_MAP.into()))?
+                    .try_into()
+                    .map_err(|e: aya::maps::MapError| {
+                        aya_err("open the port filter map")(e.into())
+                    })?;
+                for (index, set) in &filter.port_sets {
+                    ports
+                        .set(*index, set.as_ref(), 0)
+                        .map_err(|e| aya_err("write the port filter map")(e.into()))?;
+                }
             }
-        }
+            Ok(ebpf)
+        };
 
-        // The cookie variant first; a kernel whose verifier refuses the cookie helper in tracing
-        // programs ("unknown func bpf_get_socket_cookie" before 5.12) gets the numbering one.
-        let loaded = load_program(btf_program(&mut ebpf, PROGRAM_NAME)?, &attach_btf);
-        let (prog_fd, identity) = match loaded {
-            Ok(fd) => (fd, Identity::Cookie),
-            Err(e) if refuses_cookie_helper(&e) => {
-                let program = btf_program(&mut ebpf, PROGRAM_NAME_NO_COOKIE)?;
-                let fd = load_program(program, &attach_btf).map_err(program_error)?;
-                log::warn!(
-                    "this kernel gives tracing programs no socket cookies (Linux 5.12 does): the cookie field is tcptrace's own id, equal to `ss -e`'s cookie only for sockets older than tcptrace"
-                );
-                (fd, Identity::Numbered)
+        // Socket storage first, with a one-entry placeholder for the unused socket hash (its
+        // default 65536 entries are preallocated: megabytes of locked memory). Kernels whose
+        // verifier refuses socket storage or the cookie helper in tracing programs (before
+        // 5.11 and 5.12: "unknown func bpf_sk_storage_get", "... bpf_get_socket_cookie") get
+        // the object again with the hash at --max-sockets: the cookie variant, else the
+        // numbering one.
+        let storage = if sizes.socket_storage {
+            let mut ebpf = open(1)?;
+            match load_program(btf_program(&mut ebpf, PROGRAM_NAME_STORAGE)?, &attach_btf) {
+                Ok(fd) => Some((ebpf, fd)),
+                Err(e) if refuses_socket_storage(&e) || refuses_cookie_helper(&e) => {
+                    log::debug!("tracing programs may not use socket storage here: a hash it is");
+                    None
+                }
+                Err(e) => return Err(program_error(e)),
             }
-            Err(e) => return Err(program_error(e)),
+        } else {
+            None
+        };
+        let (mut ebpf, prog_fd, keeping) = match storage {
+            Some((ebpf, fd)) => (ebpf, fd, Keeping::InSocket),
+            None => {
+                let mut ebpf = open(sizes.max_sockets)?;
+                let loaded = load_program(btf_program(&mut ebpf, PROGRAM_NAME)?, &attach_btf);
+                match loaded {
+                    Ok(fd) => (ebpf, fd, Keeping::ByCookie),
+                    Err(e) if refuses_cookie_helper(&e) => {
+                        let program = btf_program(&mut ebpf, PROGRAM_NAME_NO_COOKIE)?;
+                        let fd = load_program(program, &attach_btf).map_err(program_error)?;
+                        log::warn!(
+                            "this kernel gives tracing programs no socket cookies (Linux 5.12 does): the cookie field is tcptrace's own id, equal to `ss -e`'s cookie only for sockets older than tcptrace"
+                        );
+                        (ebpf, fd, Keeping::ByAddress)
+                    }
+                    Err(e) => return Err(program_error(e)),
+                }
+            }
+        };
+        log::debug!("socket entries kept: {keeping:?}");
+        let identity = match keeping {
+            Keeping::InSocket | Keeping::ByCookie => Identity::Cookie,
+            Keeping::ByAddress => Identity::Numbered,
         };
 
         // The RST mark tells "reset by the peer" from "aborted here"; without it the agent
         // falls back to what transitions alone can tell.
-        let reset = match identity {
-            Identity::Cookie => RESET_PROGRAM,
-            Identity::Numbered => RESET_PROGRAM_NO_COOKIE,
+        let reset = match keeping {
+            Keeping::InSocket => RESET_PROGRAM_STORAGE,
+            Keeping::ByCookie => RESET_PROGRAM,
+            Keeping::ByAddress => RESET_PROGRAM_NO_COOKIE,
         };
         // RESET_PROGRAM is also the tracepoint's name.
         let attached = btf_program(&mut ebpf, reset).is_ok_and(|p| {

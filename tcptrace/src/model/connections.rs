@@ -209,6 +209,9 @@ impl Connection {
             (TcpState::Close, TcpState::SynSent) => (Role::Client, true),
             (TcpState::Listen, TcpState::SynRecv) => (Role::Server, true),
             (TcpState::Close, TcpState::Listen) => (Role::Listener, true),
+            // Only a listener itself leaves LISTEN other than for SYN_RECV (`LISTEN -> CLOSE`):
+            // one older than tcptrace, first seen as it closes.
+            (TcpState::Listen, _) => (Role::Listener, false),
             _ if listeners.contains(t.netns, t.endpoints.local_port) => (Role::Server, false),
             _ => (Role::Unknown, false),
         };
@@ -929,6 +932,15 @@ mod tests {
         let c = story(&mut t);
         assert_eq!((c.closed_by, c.end), (ClosedBy::Both, Some(End::Fin)));
         assert!(c.time_wait.is_some(), "TIME_WAIT follows CLOSING");
+    }
+
+    #[test]
+    fn a_listener_first_seen_as_it_closes_is_a_listener() {
+        let mut t = ConnectionTable::new(100);
+        feed(&mut t, 7, &[(Listen, Close, 1000)], false);
+        let c = story(&mut t);
+        assert_eq!(c.role, Role::Listener);
+        assert!(!c.from_start);
     }
 
     #[test]

@@ -109,6 +109,14 @@ pub struct Namespace {
     pub stack: Option<Stack>,
 }
 
+impl Namespace {
+    /// "network namespace blue", "network namespace 4026532177" (one known by its inode only).
+    pub fn described(&self) -> String {
+        let name = self.name.strip_prefix("netns ").unwrap_or(&self.name);
+        format!("network namespace {name}")
+    }
+}
+
 /// The TCP sockets of one or more network namespaces, dumped one namespace after the other
 /// from `taken_ns` on. Transitions newer than `taken_ns` may or may not be reflected in it.
 #[derive(Debug, Clone, Default, PartialEq)]

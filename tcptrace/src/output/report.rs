@@ -89,7 +89,7 @@ impl Report<'_> {
     /// What was looked at, in words: "the host" (every namespace) or one namespace.
     fn scope(&self) -> String {
         match self.netns() {
-            Some(ns) if ns.name != "host" => format!("network namespace {}", ns.name),
+            Some(ns) if ns.name != "host" => ns.described(),
             Some(_) => "the host".to_owned(),
             None => format!("the host ({} network namespaces)", self.namespaces.len()),
         }

@@ -183,8 +183,10 @@ impl Layout {
             let column = &self.columns[i];
             let last = n + 1 == shown.len();
             let text = cells.get(i).map_or("", String::as_str);
-            // The last column has nothing after it to misalign: never cut.
-            let cell = if last && column.align == Align::Left {
+            // The last column has nothing after it to misalign: never cut. Right-aligned cells
+            // are numbers (and state names, which fit): a cut number would be a wrong one, so
+            // a longer one pushes the rest of its row instead.
+            let cell = if last && column.align == Align::Left || column.align == Align::Right {
                 text.to_owned()
             } else {
                 fit(text, width, column.cut)
@@ -557,6 +559,24 @@ mod tests {
         assert_eq!(header.find("CONTAINER"), row.find("0123456789ab "));
         let none = line(|out| table.line(&t, None, out));
         assert!(none.ends_with(" 4026531840 -                -"), "{none}");
+    }
+
+    #[test]
+    fn numbers_are_never_cut() {
+        let columns = [
+            Column::new("NAME", 4, 4, Align::Left),
+            Column::new("MS", 8, 8, Align::Right),
+            Column::new("END", 3, 3, Align::Left),
+        ];
+        let layout = Layout::new(&columns, Some(20), &[]);
+        let mut out = Vec::new();
+        let cells = [
+            "long-name".to_owned(),
+            ">3339.821".to_owned(),
+            "fin".to_owned(),
+        ];
+        layout.row(&cells, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "lon… >3339.821 fin");
     }
 
     #[test]
