@@ -153,7 +153,7 @@ names.",
 tcptrace serve                                   metrics on http://127.0.0.1:9850/metrics\n  \
 tcptrace serve --web.listen-address :9850        every address, IPv4 and IPv6\n  \
 tcptrace serve --web.config.file web.yml         TLS and basic auth (exporter-toolkit format)\n  \
-tcptrace serve --lport 443 --tail               only port 443, and print transitions too"
+tcptrace serve --lport 443 --tail                only port 443, and print transitions too"
     )]
     Serve(ServeArgs),
 
@@ -242,12 +242,12 @@ tcptrace top --comm nginx               the sockets nginx holds"
 #[derive(Debug, Args)]
 pub struct ThresholdArgs {
     /// close_wait_leak: sockets in CLOSE_WAIT at least this many seconds.
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_duration, help_heading = "Thresholds")]
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_duration, allow_negative_numbers = true, help_heading = "Thresholds")]
     pub close_wait_age: std::time::Duration,
 
     /// fin_wait2_stuck: sockets held in FIN_WAIT2 at least this many seconds [default: the
     /// namespace's net.ipv4.tcp_fin_timeout].
-    #[arg(long, value_name = "SECS", value_parser = parse_duration, help_heading = "Thresholds")]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true, help_heading = "Thresholds")]
     pub fin_wait2_age: Option<std::time::Duration>,
 
     /// time_wait_pressure: percent of the ephemeral port range one client/server pair holds
@@ -268,7 +268,7 @@ pub struct ThresholdArgs {
     pub resets: u64,
 
     /// long_idle_established: ESTABLISHED without keepalive, idle at least this many seconds.
-    #[arg(long, value_name = "SECS", default_value = "3600", value_parser = parse_duration, help_heading = "Thresholds")]
+    #[arg(long, value_name = "SECS", default_value = "3600", value_parser = parse_duration, allow_negative_numbers = true, help_heading = "Thresholds")]
     pub idle_age: std::time::Duration,
 }
 
@@ -313,7 +313,7 @@ pub struct OutputArgs {
     pub time_format: TimeFormat,
 
     /// Stop after this many seconds (fractions allowed).
-    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true)]
     pub duration: Option<std::time::Duration>,
 
     /// Stop after printing this many lines.

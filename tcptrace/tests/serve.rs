@@ -190,6 +190,10 @@ fn sockets_opened_before_start_are_counted_then_tracked() {
         sample(&metrics, "tcptrace_sockets{state=\"established\"}"),
         Some(8.0)
     );
+    // The seed was a reconcile, and it took some time, well under a second here.
+    assert!(sample(&metrics, "tcptrace_reconcile_duration_seconds_count").unwrap() >= 1.0);
+    let took = sample(&metrics, "tcptrace_reconcile_duration_seconds_sum").unwrap();
+    assert!(took > 0.0 && took < 5.0, "{took}");
     assert_eq!(
         sample(&metrics, "tcptrace_sockets{state=\"close_wait\"}"),
         Some(1.0)

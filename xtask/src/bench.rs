@@ -862,7 +862,8 @@ fn held_options(n: u64, reconcile: &str) -> Vec<String> {
     .to_vec()
 }
 
-/// Holds `n` connections open under `serve` and reports its peak RSS (kB) and tracked sockets.
+/// Holds `n` connections open under `serve` (reconciled every second) and reports its peak
+/// RSS, the sockets its gauge counted, and what a reconcile of them all costs.
 fn held(bin: &Path, n: u64) -> anyhow::Result<Held> {
     let mut holders = Holders::spawn(n)?;
     // A reconcile every second: each takes an INET_DIAG snapshot of every held socket, the
@@ -871,15 +872,43 @@ fn held(bin: &Path, n: u64) -> anyhow::Result<Held> {
     let mut extra: Vec<&str> = options.iter().map(String::as_str).collect();
     extra.extend(holders.port_args());
     let mut agent = start_agent(bin, Kind::Serve, holders.ports[0].parse()?, &extra)?;
+    let started = Instant::now();
     let opened = holders.open()?;
+    let open_s = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(3));
     let addr = agent.metrics_addr.clone().context("metrics address")?;
+    // Reconciles over a quiet window of a few seconds: their mean wall time, and the agent's
+    // CPU per reconcile.
+    let read = || {
+        let m = http_get(&addr, "/metrics").unwrap_or_default();
+        let count = sample(&m, "tcptrace_reconcile_duration_seconds_count").unwrap_or(0);
+        let sum = m
+            .lines()
+            .find_map(|l| l.strip_prefix("tcptrace_reconcile_duration_seconds_sum "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        (count, sum, cpu_seconds(agent.pid))
+    };
+    let (c0, s0, cpu0) = read();
+    std::thread::sleep(Duration::from_secs(6));
+    let (c1, s1, cpu1) = read();
+    let reconciles = c1.saturating_sub(c0);
+    let per = |v: f64| (reconciles > 0).then(|| v / reconciles as f64);
+    let reconcile_s = per(s1 - s0);
+    let reconcile_cpu_s = cpu0.zip(cpu1).and_then(|(a, b)| per(b - a));
     let metrics = http_get(&addr, "/metrics").unwrap_or_default();
     let tracked = sample(&metrics, "tcptrace_sockets{state=\"established\"}").unwrap_or(0);
-    let rss = field(&read_proc(agent.pid, "status"), "VmHWM").unwrap_or(0);
+    let peak_rss_kb = field(&read_proc(agent.pid, "status"), "VmHWM").unwrap_or(0);
     holders.release()?;
     stop(&mut agent)?;
-    Ok((opened, rss, tracked))
+    Ok(HeldReport {
+        connections: opened,
+        tracked,
+        peak_rss_kb,
+        open_s,
+        reconcile_s,
+        reconcile_cpu_s,
+    })
 }
 
 /// What `--churn-secs` measured: reconciles of many sockets while connections churn.
@@ -1066,11 +1095,18 @@ struct ModeReport {
 #[derive(serde::Serialize)]
 struct HeldReport {
     connections: u64,
+    /// Sockets `tcptrace_sockets{state="established"}` counted.
     tracked: u64,
     peak_rss_kb: u64,
+    /// Seconds to open the connections (the agent tracing them as they come).
+    open_s: f64,
+    /// Mean wall time of the reconciles over a quiet window (`tcptrace_reconcile_duration_seconds`).
+    reconcile_s: Option<f64>,
+    /// The agent's CPU seconds per reconcile over that window (it does nothing else then).
+    reconcile_cpu_s: Option<f64>,
 }
-/// Held mode: (connections held, agent peak RSS kB, sockets the gauge counted).
-type Held = (u64, u64, u64);
+/// Held mode's result.
+type Held = HeldReport;
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
@@ -1207,11 +1243,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         connections: args.connections,
         rounds: args.rounds,
         modes: Vec::new(),
-        held: held.map(|(connections, peak_rss_kb, tracked)| HeldReport {
-            connections,
-            tracked,
-            peak_rss_kb,
-        }),
+        held,
         churn_with_reconciles: None,
     };
     for (mode, rs) in &runs {
@@ -1277,10 +1309,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if let Some(h) = &report.held {
         let _ = writeln!(
             md,
-            "\nHeld: {} connections ESTABLISHED under `serve` ({} sockets in `tcptrace_sockets{{state=\"established\"}}`): agent peak RSS {:.1} MB.",
+            "\nHeld: {} connections ESTABLISHED under `serve` ({} sockets in `tcptrace_sockets{{state=\"established\"}}`), opened in {:.1} s: agent peak RSS {:.1} MB; a reconcile of them all (every second) took {} of wall time and {} of the agent's CPU.",
             h.connections,
             h.tracked,
-            h.peak_rss_kb as f64 / 1024.0
+            h.open_s,
+            h.peak_rss_kb as f64 / 1024.0,
+            h.reconcile_s
+                .map_or("-".into(), |s| format!("{:.0} ms", s * 1e3)),
+            h.reconcile_cpu_s
+                .map_or("-".into(), |s| format!("{:.0} ms", s * 1e3)),
         );
     }
     if let Some(c) = &churned {

@@ -77,8 +77,9 @@ const NOT_IN_GUESTS: &[(&str, &str)] = &[
 /// Host tools the tests (and the guest's init) call; copied with their shared libraries.
 const GUEST_TOOLS: &[&str] = &["ip", "ss", "nft", "socat", "setpriv", "sysctl", "dash"];
 /// Kernel modules the tests need: INET_DIAG for TCP (snapshots, `ss -K`; hosts load it on
-/// demand with modprobe, guests have none), veth pairs, nftables rules. Built-ins are skipped.
-const GUEST_MODULES: &[&str] = &["tcp_diag", "veth", "nf_tables"];
+/// demand with modprobe, guests have none), veth pairs, nftables rules and their `numgen`
+/// expression (every Nth segment dropped). Built-ins are skipped.
+const GUEST_MODULES: &[&str] = &["tcp_diag", "veth", "nf_tables", "nft_numgen"];
 
 /// Marker the guest prints last: `<MARKER> <exit status>`.
 const MARKER: &str = "vm-test: exit status";

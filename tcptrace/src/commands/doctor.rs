@@ -31,7 +31,7 @@ pub enum DoctorFormat {
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// Seconds to watch transitions between the two snapshots (fractions allowed).
-    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_duration)]
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_duration, allow_negative_numbers = true)]
     pub duration: std::time::Duration,
 
     /// Output format.

@@ -37,7 +37,7 @@ pub struct LifeArgs {
     pub no_time_wait: bool,
 
     /// With --time-wait: seconds between INET_DIAG snapshots that confirm and end TIME_WAIT.
-    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_duration)]
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_duration, allow_negative_numbers = true)]
     pub snapshot_interval: Duration,
 
     /// Connections tracked at once; beyond this the oldest is dropped (and counted).

@@ -75,7 +75,7 @@ pub struct ServeArgs {
     pub max_connections_per_source: u64,
 
     /// Seconds between INET_DIAG snapshots that reconcile the per-state socket gauges.
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_duration)]
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_duration, allow_negative_numbers = true)]
     pub reconcile_interval: Duration,
 
     /// Sockets the agent tracks for the gauges (beyond this, new sockets are counted in

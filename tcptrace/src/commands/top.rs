@@ -35,11 +35,11 @@ use crate::pipeline::{Pipeline, RunOptions, Snapshots, Stats};
 pub struct TopArgs {
     /// Seconds between INET_DIAG snapshots that correct the counts; doctor's findings (the
     /// banner) are evaluated at each, over the interval before it.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_duration)]
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_duration, allow_negative_numbers = true)]
     pub reconcile_interval: Duration,
 
     /// Seconds of history the dwell quantiles (p50/p99 per state) cover.
-    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_duration)]
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_duration, allow_negative_numbers = true)]
     pub dwell_window: Duration,
 
     /// Sockets listed per state on `s` (the oldest).

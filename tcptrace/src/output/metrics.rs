@@ -72,6 +72,8 @@ pub struct Metrics {
     kernel_sent: IntCounter,
     reconcile_corrections: IntCounter,
     reconciles: IntCounter,
+    /// Wall time of each reconcile, from the snapshot's first dump to the gauges published.
+    reconcile_duration: Histogram,
     snapshot_errors: IntCounter,
     tracked_overflow: IntCounter,
     dwell_forgotten: IntCounter,
@@ -256,6 +258,13 @@ impl Metrics {
                 &["role"],
             ),
         );
+        let reconcile_duration = registered(
+            &registry,
+            Histogram::with_opts(duration_opts(
+                "tcptrace_reconcile_duration_seconds",
+                "Wall time of each reconcile: the INET_DIAG snapshot of every traced namespace, its comparison with the tracked sockets and the gauges published (on the agent's own threads, never the ring reader's).",
+            )),
+        );
         let ports = (breakdowns.ports > 0).then(|| PortMetrics {
             limit: breakdowns.ports as usize,
             sockets: registered(
@@ -360,6 +369,7 @@ impl Metrics {
             connection_retransmits,
             connection_rtt,
             connections_closed,
+            reconcile_duration,
             ports,
             connections_evicted: counter(
                 "tcptrace_connections_evicted_total",
@@ -890,6 +900,9 @@ impl Sink for MetricsSink {
         let now_ns = monotonic_ns();
         let oldest = self.publish_gauges(now_ns);
         self.evaluate_findings(snapshot);
+        self.metrics
+            .reconcile_duration
+            .observe(monotonic_ns().saturating_sub(snapshot.taken_ns) as f64 / 1e9);
         if let Some(sampler) = &mut self.diagram {
             sampler.snapshot(snapshot, &self.window);
         }

@@ -475,46 +475,77 @@ impl std::fmt::Display for Endpoint {
 }
 
 /// Socket holders from `/proc`, scanned on a thread of their own (a scan walks every
-/// process's descriptors: never on the thread that reads the ring).
+/// process's descriptors: never on the thread that reads the ring). A scan older than the
+/// last snapshot still answers while the next one runs: holders rarely change, and a picture
+/// taken at each snapshot must not lose every owner the scan had found.
 #[derive(Default)]
 enum Holders {
-    /// Not scanned since the last snapshot.
+    /// Never scanned.
     #[default]
     Idle,
-    Scanning(std::thread::JoinHandle<SocketOwners>),
+    /// A scan runs; the previous one's result, if any, answers meanwhile.
+    Scanning(std::thread::JoinHandle<SocketOwners>, Option<SocketOwners>),
+    /// Scanned since the last snapshot.
     Done(SocketOwners),
+    /// Scanned before the last snapshot: answers, and the next question starts a new scan.
+    Stale(SocketOwners),
 }
 
 impl Holders {
-    /// The holder of socket `inode`, once a scan is done; the first question starts one.
+    /// The holder of socket `inode`, from the latest scan done; a question with no scan since
+    /// the last snapshot starts one.
     fn owner(&mut self, inode: u32) -> Option<ProcessName> {
-        if let Self::Scanning(scan) = self
+        if let Self::Scanning(scan, _) = self
             && scan.is_finished()
         {
-            let Self::Scanning(scan) = std::mem::take(self) else {
+            let Self::Scanning(scan, previous) = std::mem::take(self) else {
                 unreachable!("matched above")
             };
-            *self = Self::Done(scan.join().unwrap_or_default());
+            *self = Self::Done(scan.join().unwrap_or_else(|_| previous.unwrap_or_default()));
         }
-        match self {
-            Self::Done(owners) => owners.get(inode).cloned(),
-            Self::Scanning(_) => None,
+        match std::mem::take(self) {
+            Self::Done(owners) => {
+                let found = owners.get(inode).cloned();
+                *self = Self::Done(owners);
+                found
+            }
+            Self::Scanning(scan, previous) => {
+                let found = previous.as_ref().and_then(|o| o.get(inode).cloned());
+                *self = Self::Scanning(scan, previous);
+                found
+            }
             Self::Idle => {
-                if let Ok(scan) = std::thread::Builder::new()
-                    .name("tcptrace-holders".into())
-                    .spawn(SocketOwners::scan)
-                {
-                    *self = Self::Scanning(scan);
-                }
+                *self = Self::start(None);
                 None
+            }
+            Self::Stale(owners) => {
+                let found = owners.get(inode).cloned();
+                *self = Self::start(Some(owners));
+                found
             }
         }
     }
 
-    /// Forgets a finished scan (holders change); a running one is kept.
+    /// A scan on its own thread, `previous` answering meanwhile (`Idle` or `Stale` when the
+    /// thread cannot start).
+    fn start(previous: Option<SocketOwners>) -> Self {
+        match std::thread::Builder::new()
+            .name("tcptrace-holders".into())
+            .spawn(SocketOwners::scan)
+        {
+            Ok(scan) => Self::Scanning(scan, previous),
+            Err(_) => previous.map_or(Self::Idle, Self::Stale),
+        }
+    }
+
+    /// A snapshot came: holders may have changed, so the next question starts a new scan
+    /// (the last result answers until it is done).
     fn forget(&mut self) {
         if matches!(self, Self::Done(_)) {
-            *self = Self::Idle;
+            let Self::Done(owners) = std::mem::take(self) else {
+                unreachable!("matched above")
+            };
+            *self = Self::Stale(owners);
         }
     }
 }
@@ -659,6 +690,32 @@ pub fn quantile(q: f64, bounds: &[f64], cumulative: &[u64], total: u64) -> Optio
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn holders_found_by_a_scan_survive_the_next_snapshot() {
+        use std::os::unix::fs::MetadataExt as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        let inode = std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .unwrap()
+            .ino() as u32;
+        let me = std::process::id();
+        let mut holders = Holders::Idle;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let found = loop {
+            if let Some(p) = holders.owner(inode) {
+                break p;
+            }
+            assert!(std::time::Instant::now() < deadline, "no scan finished");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(found.pid, me);
+        // A snapshot: the next question starts a new scan, and the last one still answers.
+        holders.forget();
+        assert_eq!(holders.owner(inode).map(|p| p.pid), Some(me));
+        assert_eq!(holders.owner(inode).map(|p| p.pid), Some(me));
+        drop(listener);
+    }
+
     use super::*;
     use crate::diagnosis::Thresholds;
     use crate::model::filter::Filter;
