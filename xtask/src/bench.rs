@@ -195,6 +195,8 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 #[derive(Default, Clone, Debug)]
 struct RunResult {
     conns_per_s: f64,
+    /// conn/s of the untraced run just before this one (its pair).
+    paired_with: f64,
     expected: u64,
     received: u64,
     /// Records the kernel program wrote to the ring (its own counter), and records the agent
@@ -757,6 +759,7 @@ fn run_once(mode: &Mode, args: &BenchArgs, n: u64) -> anyhow::Result<RunResult> 
     };
     Ok(RunResult {
         conns_per_s: rate,
+        paired_with: rate,
         expected,
         received,
         sent,
@@ -1191,19 +1194,29 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let result = (|| -> anyhow::Result<(Runs, Option<Held>, Option<ChurnReport>)> {
         let mut runs: Runs = modes.into_iter().map(|m| (m, Vec::new())).collect();
+        // Each traced run right after an untraced one (its pair), the traced modes in an
+        // order that rotates each round: this VM's speed drifts by up to 2x within a round,
+        // far more than a tracer costs, so only adjacent runs compare.
+        let mut order: Vec<usize> = (1..runs.len()).collect();
         for round in 1..=args.rounds {
-            for (mode, results) in &mut runs {
-                let r = run_once(mode, &args, args.connections)?;
-                println!(
-                    "xtask: round {round} {:<26} {:>8.0} conn/s received {}/{} lost ring {} recursion {}",
-                    mode.name(),
-                    r.conns_per_s,
-                    r.received,
-                    r.expected,
-                    r.lost_ring,
-                    r.lost_recursion
-                );
-                results.push(r);
+            order.rotate_left(1);
+            for &i in &order {
+                let mut pair = Vec::with_capacity(2);
+                for index in [0, i] {
+                    let mut r = run_once(&runs[index].0, &args, args.connections)?;
+                    println!(
+                        "xtask: round {round} {:<26} {:>8.0} conn/s received {}/{} lost ring {} recursion {}",
+                        runs[index].0.name(),
+                        r.conns_per_s,
+                        r.received,
+                        r.expected,
+                        r.lost_ring,
+                        r.lost_recursion
+                    );
+                    r.paired_with = pair.first().map_or(r.conns_per_s, |b: &RunResult| b.conns_per_s);
+                    pair.push(r.clone());
+                    runs[index].1.push(r);
+                }
             }
         }
         let held = (args.held > 0).then(|| held(&bin, args.held)).transpose()?;
@@ -1217,17 +1230,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
 
     // Each traced run is compared with the untraced run of its own round: on a shared VM the
     // machine's speed drifts between rounds far more than the tracer costs.
-    let untraced: Vec<f64> = runs[0].1.iter().map(|r| r.conns_per_s).collect();
     let paired = |rs: &[RunResult]| -> Vec<f64> {
         rs.iter()
-            .zip(&untraced)
-            .map(|(r, base)| 100.0 * r.conns_per_s / base.max(1e-9))
+            .map(|r| 100.0 * r.conns_per_s / r.paired_with.max(1e-9))
             .collect()
     };
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Machine: {machine}. {} connections per run, {} client threads, {} closes first, {} rounds, interleaved.\n",
+        "Machine: {machine}. {} connections per run, {} client threads, {} closes first, {} rounds; each traced run paired with an untraced run just before it, the modes in a rotating order.\n",
         args.connections,
         args.concurrency,
         if args.close == CloseOrder::Client {
@@ -1237,7 +1248,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         },
         args.rounds
     );
-    md.push_str("| mode | conn/s (median, min–max) | vs no tracer in its round (median, min–max) | transitions received / expected | completeness | lost ring_full | lost recursion | kernel ns/run | user-space CPU s per 1M transitions | user-space peak RSS |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| mode | conn/s (median, min–max) | vs the untraced run just before (median, min–max) | transitions received / expected | completeness | lost ring_full | lost recursion | kernel ns/run | user-space CPU s per 1M transitions | user-space peak RSS |\n|---|---|---|---|---|---|---|---|---|---|\n");
     let mut report = Report {
         machine: machine.clone(),
         connections: args.connections,
