@@ -3,7 +3,7 @@
 //!
 //! Also tells bpf-linker not to pass `-bpf-expand-memcpy-in-order` to LLVM. With it, the BPF
 //! backend sets its inline limits for memset and memmove to zero, so every struct zeroing or
-//! copy (a 72-byte `SockEntry`, a 16-byte comm) became a call to a byte-at-a-time loop; without
+//! copy (an 80-byte `SockEntry`, a 16-byte comm) became a call to a byte-at-a-time loop; without
 //! it they are a few 8-byte stores.
 fn main() {
     println!("cargo:rustc-link-arg-bins=--disable-expand-memcpy-in-order");
