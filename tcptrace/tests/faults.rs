@@ -314,17 +314,7 @@ fn tables_far_smaller_than_the_live_sockets_count_evictions_and_never_guess_a_dw
         "1",
     ]);
     let mut agent = Agent::start(&["--port", &p, "--max-sockets", "1024", "--no-socket-storage"]);
-    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-    let pairs: Vec<(TcpStream, TcpStream)> = (0..HELD)
-        .map(|_| {
-            let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            (c, listener.accept().unwrap().0)
-        })
-        .collect();
-    let opened = Instant::now();
-    std::thread::sleep(HOLD);
-    drop(pairs);
-    drop(listener);
+    let opened = hold_then_close(port, HELD, HOLD);
     // 10 transitions per connection and the listener's two (a cheap check: it runs per line).
     agent.wait_for(Duration::from_secs(20), |e| e.len() >= 10 * HELD + 2);
     let held_for = opened.elapsed();
@@ -357,6 +347,23 @@ fn tables_far_smaller_than_the_live_sockets_count_evictions_and_never_guess_a_dw
     assert!(sample(&m, "tcptrace_sockets{state=\"established\"}").unwrap() <= 500.0);
 }
 
+/// Opens `n` connections to a listener on `port`, holds them for `hold`, closes them and the
+/// listener; returns when they were all open.
+fn hold_then_close(port: u16, n: usize, hold: Duration) -> Instant {
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let pairs: Vec<(TcpStream, TcpStream)> = (0..n)
+        .map(|_| {
+            let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            (c, listener.accept().unwrap().0)
+        })
+        .collect();
+    let opened = Instant::now();
+    std::thread::sleep(hold);
+    drop(pairs);
+    drop(listener);
+    opened
+}
+
 /// Whether the running kernel is at least `major.minor` (`uname -r`).
 fn kernel_at_least(major: u32, minor: u32) -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
@@ -377,16 +384,7 @@ fn socket_storage_knows_every_dwell_beyond_max_sockets() {
     let p = port.to_string();
     let exporter = Exporter::start(&["--port", &p, "--max-sockets", "1024"]);
     let mut agent = Agent::start(&["--port", &p, "--max-sockets", "1024"]);
-    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-    let pairs: Vec<(TcpStream, TcpStream)> = (0..HELD)
-        .map(|_| {
-            let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            (c, listener.accept().unwrap().0)
-        })
-        .collect();
-    std::thread::sleep(HOLD);
-    drop(pairs);
-    drop(listener);
+    hold_then_close(port, HELD, HOLD);
     agent.wait_for(Duration::from_secs(20), |e| e.len() >= 10 * HELD + 2);
     let (status, stderr, events) = agent.stop();
     assert!(status.success(), "{status}: {stderr}");

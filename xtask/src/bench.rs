@@ -287,34 +287,27 @@ pub(crate) fn field(text: &str, key: &str) -> Option<u64> {
     })
 }
 
-/// (run_time_ns, run_cnt) of the agent's busiest BPF program, from its fds' fdinfo.
-fn prog_stats(pid: u32) -> Option<(u64, u64)> {
+/// The fdinfo of process `pid`'s busiest BPF program (the most runs).
+fn busiest_prog(pid: u32) -> Option<String> {
     let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
     dir.filter_map(Result::ok)
         .filter(|e| {
             std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("bpf-prog"))
         })
-        .filter_map(|e| {
-            let info = read_proc(pid, &format!("fdinfo/{}", e.file_name().to_string_lossy()));
-            Some((field(&info, "run_time_ns")?, field(&info, "run_cnt")?))
-        })
-        .max_by_key(|(_, cnt)| *cnt)
+        .map(|e| read_proc(pid, &format!("fdinfo/{}", e.file_name().to_string_lossy())))
+        .max_by_key(|info| field(info, "run_cnt").unwrap_or(0))
+}
+
+/// (run_time_ns, run_cnt) of the process's busiest BPF program.
+fn prog_stats(pid: u32) -> Option<(u64, u64)> {
+    let info = busiest_prog(pid)?;
+    Some((field(&info, "run_time_ns")?, field(&info, "run_cnt")?))
 }
 
 /// `recursion_misses` of the process's busiest BPF program (runs the kernel skipped because a
-/// BPF program was already running on that CPU), from its fdinfo (Linux 5.12+).
+/// BPF program was already running on that CPU; Linux 5.12+).
 fn prog_misses(pid: u32) -> Option<u64> {
-    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
-    dir.filter_map(Result::ok)
-        .filter(|e| {
-            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("bpf-prog"))
-        })
-        .filter_map(|e| {
-            let info = read_proc(pid, &format!("fdinfo/{}", e.file_name().to_string_lossy()));
-            Some((field(&info, "run_cnt")?, field(&info, "recursion_misses")?))
-        })
-        .max_by_key(|(cnt, _)| *cnt)
-        .map(|(_, misses)| misses)
+    field(&busiest_prog(pid)?, "recursion_misses")
 }
 
 pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
@@ -1213,7 +1206,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
                         r.lost_ring,
                         r.lost_recursion
                     );
-                    r.paired_with = pair.first().map_or(r.conns_per_s, |b: &RunResult| b.conns_per_s);
+                    r.paired_with = pair
+                        .first()
+                        .map_or(r.conns_per_s, |b: &RunResult| b.conns_per_s);
                     pair.push(r.clone());
                     runs[index].1.push(r);
                 }
