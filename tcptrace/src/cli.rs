@@ -182,7 +182,8 @@ tcptrace life --time-wait             print after TIME_WAIT, with its length"
     Life(LifeArgs),
 
     /// Diagnose the classic TCP state pathologies (CLOSE_WAIT leaks, TIME_WAIT pressure,
-    /// stuck FIN_WAIT2, SYN floods, failed connects, resets, ghost connections).
+    /// stuck FIN_WAIT2, SYN floods, full accept queues, failed connects, resets, ghost
+    /// connections).
     #[command(
         long_about = "Diagnose TCP state pathologies on this host, with evidence and advice.\n\n\
 doctor takes an INET_DIAG snapshot, watches transitions for --duration, takes a second \
