@@ -77,14 +77,18 @@ pub fn package() -> anyhow::Result<Artifacts> {
 }
 
 fn build_static() -> anyhow::Result<PathBuf> {
-    sh(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "tcptrace",
-        "--target",
-        MUSL_TARGET,
-    ]))?;
+    // rustls' `ring` compiles C for the target: Debian's musl-tools names its compiler
+    // `musl-gcc`, not the `x86_64-linux-musl-gcc` cc-rs looks for.
+    sh(cargo()
+        .env("CC_x86_64_unknown_linux_musl", "musl-gcc")
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "tcptrace",
+            "--target",
+            MUSL_TARGET,
+        ]))?;
     Ok(workspace_root().join(format!("target/{MUSL_TARGET}/release/tcptrace")))
 }
 

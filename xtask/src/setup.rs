@@ -49,8 +49,9 @@ const APT_PACKAGES: &[&str] = &[
     "bpftrace",
 ];
 /// Debian packages `cargo xtask package` uses besides dpkg-deb (dpkg is always there): strip
-/// (binutils) and umoci (OCI images without a daemon).
-const PACKAGE_APT_PACKAGES: &[&str] = &["binutils", "umoci"];
+/// (binutils), umoci (OCI images without a daemon) and musl-gcc (musl-tools: the C that
+/// rustls' `ring` compiles for the static binary).
+const PACKAGE_APT_PACKAGES: &[&str] = &["binutils", "umoci", "musl-tools"];
 /// Python tools for the Kubernetes manifests, in a venv under target/: kubernetes-validate
 /// (Kubernetes' own schemas, `--strict`) and the Prometheus Operator's resource models, whose
 /// JSON schemas check the ServiceMonitor and PrometheusRule (kubernetes-validate has no schema
