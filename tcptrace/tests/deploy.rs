@@ -164,6 +164,9 @@ fn systemd_root(unit: &str) -> Scratch {
     std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
     std::fs::copy(env!("CARGO_BIN_EXE_tcptrace"), &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // ExecReload's /bin/kill, as a merged-/usr Debian has it (procps).
+    std::os::unix::fs::symlink("usr/bin", scratch.path("bin")).unwrap();
+    std::fs::copy("/usr/bin/kill", scratch.path("usr/bin/kill")).unwrap();
     scratch
 }
 
