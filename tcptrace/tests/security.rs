@@ -311,9 +311,13 @@ fn every_command_runs_as_nobody_with_the_documented_capabilities_and_keeps_only_
     assert_only_kept(serve.pid(), OWNER_CAPS, 3);
     let (status, _, stderr) = serve.stop();
     assert!(status.success(), "{status}: {stderr}");
-    // Only other namespaces stay out of reach: their snapshots need setns.
+    // Only other namespaces stay out of reach: their snapshots need setns (other tests'
+    // namespaces may come and go meanwhile, reported as not dumped).
     for line in stderr.lines().filter(|l| l.contains("warning")) {
-        assert!(line.contains("missing CAP_SYS_ADMIN"), "{stderr}");
+        assert!(
+            line.contains("missing CAP_SYS_ADMIN") || line.contains("could not be dumped"),
+            "{stderr}"
+        );
     }
 
     // serve without the owner capabilities: a warning each, and it runs with none kept.
