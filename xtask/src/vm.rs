@@ -368,6 +368,13 @@ fn init_script(ip: &Path, tests: &[(String, PathBuf)]) -> String {
         .map(|(name, _)| format!(" --skip {name}"))
         .collect();
     let ip = ip.display();
+    // A checkout under /tmp puts the test binaries there: a tmpfs over /tmp would hide them,
+    // and the initramfs root is writable anyway.
+    let tmp = if tests.iter().any(|(_, exe)| exe.starts_with("/tmp")) {
+        ""
+    } else {
+        "mount -t tmpfs tmpfs /tmp\n"
+    };
     let mut s = format!(
         r#"#!/busybox/busybox sh
 /busybox/busybox --install -s /busybox
@@ -375,8 +382,7 @@ export PATH=/usr/sbin:/usr/bin:/busybox HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
+{tmp}mount -t tmpfs tmpfs /run
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
