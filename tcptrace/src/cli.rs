@@ -478,9 +478,9 @@ pub struct KernelArgs {
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_bytes, help_heading = "Kernel")]
     pub ring_bytes: u32,
 
-    /// Sockets whose state-entry time the kernel remembers (LRU), on kernels before 5.11:
+    /// Sockets whose state-entry time the kernel remembers (LRU), on kernels before 5.12:
     /// beyond this, the coldest socket is forgotten and its next transition shows an unknown
-    /// time in state. From Linux 5.11 each socket keeps its own entry (socket storage), with
+    /// time in state. From Linux 5.12 each socket keeps its own entry (socket storage), with
     /// no limit, and this is not used.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SOCKETS, value_parser = clap::value_parser!(u32).range(1024..), help_heading = "Kernel")]
     pub max_sockets: u32,

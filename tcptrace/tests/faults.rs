@@ -301,7 +301,7 @@ fn tables_far_smaller_than_the_live_sockets_count_evictions_and_never_guess_a_dw
     const HOLD: Duration = Duration::from_secs(2);
     let port = free_port("127.0.0.1");
     let p = port.to_string();
-    // The kernel program's socket hash (kernels before 5.11 have no other), on every kernel.
+    // The kernel program's socket hash (kernels before 5.12 have no other), on every kernel.
     let exporter = Exporter::start(&[
         "--port",
         &p,
@@ -393,12 +393,12 @@ fn socket_storage_knows_every_dwell_beyond_max_sockets() {
         .filter(|e| e["from"] == "ESTABLISHED" && e["dwell_ns"].is_null())
         .count();
     let evicted = sample(&exporter.scrape(), "tcptrace_kernel_sockets_evicted_total").unwrap();
-    if kernel_at_least(5, 11) {
+    if kernel_at_least(5, 12) {
         // Each socket keeps its own entry: --max-sockets does not bound anything.
         assert_eq!(unknown, 0, "{} sockets, 1024-entry hash unused", 2 * HELD);
         assert_eq!(evicted, 0.0);
     } else {
-        // Before 5.11 the hash is all there is, and it is too small.
+        // Before 5.12 the hash is all there is, and it is too small.
         assert!(
             unknown > 0 && evicted > 0.0,
             "{unknown} unknown, {evicted} evicted"

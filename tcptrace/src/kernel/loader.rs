@@ -34,7 +34,7 @@ pub struct Sizes {
     pub ring_bytes: u32,
     pub max_sockets: u32,
     pub kernel_log: log::LevelFilter,
-    /// Try socket storage first (false: the hash, as on kernels before 5.11).
+    /// Try socket storage first (false: the hash, as on kernels before 5.12).
     pub socket_storage: bool,
 }
 
@@ -53,10 +53,11 @@ pub enum Identity {
 /// Where the kernel program keeps each socket's state-entry time and owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Keeping {
-    /// In the socket itself (`BPF_MAP_TYPE_SK_STORAGE`, Linux 5.11+ for tracing programs):
-    /// no lookup by key, freed with the socket, no limit (`--max-sockets` is not used).
+    /// In the socket itself (`BPF_MAP_TYPE_SK_STORAGE`: tracing programs may use it since
+    /// Linux 5.11, and the cookie helper this variant also calls since 5.12): no lookup by
+    /// key, freed with the socket, no limit (`--max-sockets` is not used).
     InSocket,
-    /// In an LRU hash of `--max-sockets` entries by cookie (Linux 5.12 lacking the above).
+    /// In an LRU hash of `--max-sockets` entries by cookie (a 5.12+ kernel refusing the above).
     ByCookie,
     /// In that hash by socket address (before Linux 5.12).
     ByAddress,
