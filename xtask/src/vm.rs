@@ -95,6 +95,13 @@ pub struct VmArgs {
     /// Only the tail and owner tests (what `cargo xtask test` runs).
     #[arg(long)]
     pub quick: bool,
+    /// Only these test binaries (repeat for several); overrides --quick's set.
+    #[arg(long = "test", value_name = "NAME", value_parser = ["tail", "owner", "stories", "serve", "doctor"])]
+    pub tests: Vec<String>,
+    /// Run the tests this many times in each guest (to catch a flaky test); the first failing
+    /// round fails the guest.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
     /// Resolve and download the kernels again instead of using the cache in target/vm.
     #[arg(long)]
     pub refresh: bool,
@@ -112,6 +119,8 @@ impl VmArgs {
         Self {
             kernels: QUICK_SERIES.iter().map(|s| (*s).to_owned()).collect(),
             quick: true,
+            tests: Vec::new(),
+            repeat: 1,
             refresh: false,
             jobs: 2,
             timeout: 1800,
@@ -125,7 +134,12 @@ struct Outcome {
     release: String,
     passed: bool,
     summary: String,
+    /// libtest's `failures:` sections (panic messages of the failed tests), bounded.
+    details: Vec<String>,
 }
+
+/// At most this many lines of failure details per guest are printed.
+const MAX_DETAIL_LINES: usize = 200;
 
 pub fn run(args: &VmArgs) -> anyhow::Result<ExitCode> {
     Ok(if matrix(args)? {
@@ -158,10 +172,17 @@ pub fn matrix(args: &VmArgs) -> anyhow::Result<bool> {
     }
     let vm_dir = target_dir().join("vm");
     fs::create_dir_all(&vm_dir)?;
-    let tests = if args.quick { QUICK_TESTS } else { FULL_TESTS };
+    let chosen: Vec<&str> = args.tests.iter().map(String::as_str).collect();
+    let tests = if !chosen.is_empty() {
+        &chosen[..]
+    } else if args.quick {
+        QUICK_TESTS
+    } else {
+        FULL_TESTS
+    };
     let binaries = build_tests(tests)?;
     let common = vm_dir.join("common.cpio");
-    build_common_initramfs(&vm_dir.join("root"), &common, &binaries)?;
+    build_common_initramfs(&vm_dir.join("root"), &common, &binaries, args.repeat)?;
 
     let mut kernels = Vec::new();
     let mut outcomes = Vec::new();
@@ -173,6 +194,7 @@ pub fn matrix(args: &VmArgs) -> anyhow::Result<bool> {
                 release: "?".into(),
                 passed: false,
                 summary: format!("cannot get the kernel: {e:#}"),
+                details: Vec::new(),
             }),
         }
     }
@@ -196,6 +218,13 @@ pub fn matrix(args: &VmArgs) -> anyhow::Result<bool> {
     }
     let passed = outcomes.iter().filter(|o| o.passed).count();
     let failed = outcomes.len() - passed;
+    // Why a test failed, from the guest's console, so a CI log alone explains it.
+    for o in outcomes.iter().filter(|o| !o.details.is_empty()) {
+        println!("\n--- {} failures ---", o.series);
+        for line in &o.details {
+            println!("{line}");
+        }
+    }
     println!();
     for o in &outcomes {
         println!(
@@ -294,7 +323,12 @@ fn target_name(line: &str) -> Option<String> {
 }
 
 /// Builds the part of the initramfs every kernel shares.
-fn build_common_initramfs(stage: &Path, out: &Path, binaries: &TestBinaries) -> anyhow::Result<()> {
+fn build_common_initramfs(
+    stage: &Path,
+    out: &Path,
+    binaries: &TestBinaries,
+    repeat: u32,
+) -> anyhow::Result<()> {
     if stage.exists() {
         fs::remove_dir_all(stage)?;
     }
@@ -356,13 +390,14 @@ fn build_common_initramfs(stage: &Path, out: &Path, binaries: &TestBinaries) -> 
     )?;
     let init = stage.join("init");
     let ip = fs::canonicalize(which("ip").context("ip")?)?;
-    fs::write(&init, init_script(&ip, &binaries.tests))?;
+    fs::write(&init, init_script(&ip, &binaries.tests, repeat))?;
     set_mode(&init, 0o755)?;
     cpio(stage, out)
 }
 
-/// The guest's /init: mount what the tests expect, load modules, run the tests, power off.
-fn init_script(ip: &Path, tests: &[(String, PathBuf)]) -> String {
+/// The guest's /init: mount what the tests expect, load modules, run the tests (`repeat`
+/// rounds), power off.
+fn init_script(ip: &Path, tests: &[(String, PathBuf)], repeat: u32) -> String {
     let skips: String = NOT_IN_GUESTS
         .iter()
         .map(|(name, _)| format!(" --skip {name}"))
@@ -391,14 +426,18 @@ for m in $(cat /modules/order 2>/dev/null); do insmod /modules/$m || echo "vm-te
 echo "vm-test: kernel $(uname -r)"
 cd /tmp
 status=0
+round=0
+while [ $round -lt {repeat} ] && [ $status = 0 ]; do
+round=$((round + 1))
 "#,
     );
     for (name, exe) in tests {
         s.push_str(&format!(
-            "echo \"vm-test: running {name}\"\n{} --ignored --test-threads 1{skips} || status=1\n",
+            "echo \"vm-test: running {name} (round $round)\"\n{} --ignored --test-threads 1{skips} || status=1\n",
             exe.display()
         ));
     }
+    s.push_str("done\n");
     s.push_str(&format!("echo \"{MARKER} $status\"\npoweroff -f\n"));
     s
 }
@@ -828,10 +867,21 @@ fn await_guest(
     let mut passed = 0u64;
     let mut failures = Vec::new();
     let mut qemu_errors = Vec::new();
+    let mut details = Vec::new();
+    let mut in_failures = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match guest.lines.recv_timeout(left) {
             Ok(line) => {
+                // libtest prints `failures:`, each failed test's output, then `test result:`.
+                if line.trim_end() == "failures:" {
+                    in_failures = true;
+                } else if line.starts_with("test result:") {
+                    in_failures = false;
+                }
+                if in_failures && details.len() < MAX_DETAIL_LINES {
+                    details.push(line.clone());
+                }
                 if let Some(rest) = line.strip_prefix(MARKER) {
                     status = rest.trim().parse::<i32>().ok();
                 } else if let Some(name) = line
@@ -895,6 +945,7 @@ fn await_guest(
         release: kernel.release.clone(),
         passed: ok,
         summary,
+        details,
     })
 }
 
@@ -921,11 +972,13 @@ mod tests {
                 ("tail".into(), PathBuf::from("/w/t/tail-1")),
                 ("owner".into(), PathBuf::from("/w/t/owner-2")),
             ],
+            3,
         );
         assert!(script.starts_with("#!/busybox/busybox sh\n"));
         assert!(script.contains("\n/usr/bin/ip link set lo up\n"));
         assert!(script.contains("/w/t/tail-1 --ignored --test-threads 1 --skip "));
         assert!(script.contains("/w/t/owner-2 --ignored"));
+        assert!(script.contains("while [ $round -lt 3 ] && [ $status = 0 ]; do\n"));
         assert!(script.contains(&format!("echo \"{MARKER} $status\"")));
         assert!(script.trim_end().ends_with("poweroff -f"));
     }
