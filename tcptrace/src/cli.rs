@@ -380,9 +380,9 @@ pub struct FilterArgs {
     #[arg(long = "comm", value_name = "NAME", help_heading = "Filters")]
     pub comms: Vec<String>,
 
-    /// Keep sockets whose cgroup path starts with PREFIX, e.g. /system.slice/nginx.service
-    /// (repeatable).
-    #[arg(long = "cgroup", value_name = "PREFIX", help_heading = "Filters")]
+    /// Keep sockets in cgroup PATH or below it, e.g. /system.slice/nginx.service (whole path
+    /// components: not /system.slice/nginx.service-canary; repeatable).
+    #[arg(long = "cgroup", value_name = "PATH", help_heading = "Filters")]
     pub cgroups: Vec<String>,
 
     /// Keep sockets of containers whose id starts with PREFIX (docker, containerd, cri-o,

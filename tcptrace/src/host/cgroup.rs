@@ -2,10 +2,12 @@
 //!
 //! The kernel program reports the socket's cgroup v2 id (`sk->sk_cgrp_data.cgroup->kn->id`),
 //! which is the inode number of the cgroup's directory in the cgroup2 filesystem. The agent
-//! walks that filesystem to map ids to paths, caches the result, and rescans (at most once a
-//! second) when it meets an id it does not know.
+//! walks that filesystem to map ids to paths, caches the result, and rescans when it meets an
+//! id it does not know: at once for an id never missed before (a container that just started;
+//! at most one scan per [`NEW_ID_GAP`]), at most once a second for an id a scan already missed
+//! (a cgroup removed before it was seen).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,12 +43,22 @@ pub fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
 pub struct CgroupResolver {
     root: Option<PathBuf>,
     cache: HashMap<u64, Arc<CgroupInfo>>,
+    /// Ids a scan did not find (removed before they were seen, or not cgroup2 ids).
+    missed: HashSet<u64>,
     last_scan: Option<Instant>,
 }
 
+/// How often an id a scan already missed may cause another scan.
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
+/// The least time between two scans, so a burst of new ids costs at most 100 walks a second.
+pub const NEW_ID_GAP: Duration = Duration::from_millis(10);
 /// Bound the walk on hosts with very many cgroups.
 const MAX_CGROUPS: usize = 100_000;
+/// Forget missed ids beyond this many (they are then scanned for once more).
+const MAX_MISSED: usize = 10_000;
+/// Cached cgroups beyond the live ones that are kept (removed cgroups whose sockets still
+/// change state name their old path) before a scan drops the removed ones.
+const MAX_REMOVED: usize = 4096;
 
 impl CgroupResolver {
     pub fn new() -> Self {
@@ -57,20 +69,34 @@ impl CgroupResolver {
         Self {
             root,
             cache: HashMap::new(),
+            missed: HashSet::new(),
             last_scan: None,
         }
     }
 
-    /// The info for `id`, rescanning the hierarchy when the id is new.
+    /// The info for `id`, rescanning the hierarchy when the id is new; `None` when the id
+    /// is not (or no longer) in the hierarchy, or a scan for it is not yet due.
     pub fn resolve(&mut self, id: u64) -> Option<Arc<CgroupInfo>> {
         if let Some(info) = self.cache.get(&id) {
             return Some(info.clone());
         }
-        if self.last_scan.is_some_and(|t| t.elapsed() < RESCAN_EVERY) {
+        let wait = if self.missed.contains(&id) {
+            RESCAN_EVERY
+        } else {
+            NEW_ID_GAP
+        };
+        if self.last_scan.is_some_and(|t| t.elapsed() < wait) {
             return None;
         }
         self.scan();
-        self.cache.get(&id).cloned()
+        let found = self.cache.get(&id).cloned();
+        if found.is_none() {
+            if self.missed.len() >= MAX_MISSED {
+                self.missed.clear();
+            }
+            self.missed.insert(id);
+        }
+        found
     }
 
     fn scan(&mut self) {
@@ -78,6 +104,7 @@ impl CgroupResolver {
         let Some(root) = self.root.clone() else {
             return;
         };
+        let mut live = HashSet::new();
         let mut stack = vec![root.clone()];
         let mut seen = 0;
         while let Some(dir) = stack.pop() {
@@ -89,6 +116,7 @@ impl CgroupResolver {
                 continue;
             };
             let rel = relative(&root, &dir);
+            live.insert(meta.ino());
             self.cache.entry(meta.ino()).or_insert_with(|| {
                 Arc::new(CgroupInfo {
                     container: container_id(&rel),
@@ -104,6 +132,10 @@ impl CgroupResolver {
                 }
             }
         }
+        if self.cache.len() > live.len() + MAX_REMOVED {
+            self.cache.retain(|id, _| live.contains(id));
+        }
+        self.missed.retain(|id| !live.contains(id));
     }
 }
 
@@ -152,13 +184,26 @@ mod tests {
         assert_eq!(info.path, format!("/system.slice/docker-{ID}.scope"));
         assert_eq!(info.container.as_deref(), Some(ID));
         assert_eq!(r.resolve(root_ino).unwrap().path, "/");
-        // Unknown ids do not trigger a rescan more than once a second.
+        // An id a scan missed does not trigger another scan more than once a second...
+        r.last_scan = None;
         assert!(r.resolve(u64::MAX).is_none());
+        assert!(r.missed.contains(&u64::MAX));
         let later = root.join("new");
         std::fs::create_dir(&later).unwrap();
         let later_ino = std::fs::metadata(&later).unwrap().ino();
-        assert!(r.resolve(later_ino).is_none(), "rate-limited");
+        r.last_scan = Some(Instant::now() - NEW_ID_GAP);
+        assert!(r.resolve(u64::MAX).is_none());
+        assert!(
+            r.cache.get(&later_ino).is_none(),
+            "no rescan for a missed id"
+        );
+        // ...but a new id (a cgroup created since the last scan) is looked for at once.
+        r.last_scan = Some(Instant::now() - NEW_ID_GAP);
+        assert_eq!(r.resolve(later_ino).unwrap().path, "/new");
+        // A removed cgroup keeps its path: its sockets may still change state.
+        std::fs::remove_dir(&later).unwrap();
         r.last_scan = None;
+        assert!(r.resolve(u64::MAX - 1).is_none());
         assert_eq!(r.resolve(later_ino).unwrap().path, "/new");
         std::fs::remove_dir_all(&root).unwrap();
         assert!(CgroupResolver::with_root(None).resolve(1).is_none());

@@ -230,7 +230,7 @@ impl Filter {
     /// The cgroup part of the filter, given what is known of the socket's cgroup.
     pub fn matches_cgroup(&self, info: Option<&CgroupInfo>) -> bool {
         (self.cgroups.is_empty()
-            || info.is_some_and(|i| self.cgroups.iter().any(|c| i.path.starts_with(c.as_str()))))
+            || info.is_some_and(|i| self.cgroups.iter().any(|c| in_cgroup(&i.path, c))))
             && (self.containers.is_empty()
                 || info
                     .and_then(|i| i.container.as_deref())
@@ -274,6 +274,17 @@ impl Filter {
                     .iter()
                     .any(|c| c.contains(e.local_ip) || c.contains(e.remote_ip)))
     }
+}
+
+/// Whether cgroup `path` is `prefix` or lies below it, comparing whole path components:
+/// `/system.slice/nginx.service` holds `/system.slice/nginx.service/worker` but not
+/// `/system.slice/nginx.service-canary`. A trailing `/` on `prefix` changes nothing.
+fn in_cgroup(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    prefix.is_empty()
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 #[cfg(test)]
@@ -434,6 +445,24 @@ mod tests {
         };
         assert!(!cg.matches_cgroup(Some(&elsewhere)));
         assert!(Filter::default().matches_cgroup(None));
+    }
+
+    #[test]
+    fn cgroup_prefix_compares_whole_path_components() {
+        assert!(in_cgroup(
+            "/system.slice/nginx.service",
+            "/system.slice/nginx.service"
+        ));
+        assert!(in_cgroup(
+            "/system.slice/nginx.service/w",
+            "/system.slice/nginx.service/"
+        ));
+        assert!(!in_cgroup(
+            "/system.slice/nginx.service-canary",
+            "/system.slice/nginx.service"
+        ));
+        assert!(!in_cgroup("/test-12", "/test-1"));
+        assert!(in_cgroup("/", "/") && in_cgroup("/user.slice", "/"));
     }
 
     #[test]
