@@ -194,7 +194,7 @@ mod tests {
         r.last_scan = Some(Instant::now() - NEW_ID_GAP);
         assert!(r.resolve(u64::MAX).is_none());
         assert!(
-            r.cache.get(&later_ino).is_none(),
+            !r.cache.contains_key(&later_ino),
             "no rescan for a missed id"
         );
         // ...but a new id (a cgroup created since the last scan) is looked for at once.
