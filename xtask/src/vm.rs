@@ -235,7 +235,7 @@ pub fn matrix(args: &VmArgs) -> anyhow::Result<bool> {
             o.summary
         );
     }
-    if !args.quick {
+    if tests.contains(&"serve") {
         for (test, why) in NOT_IN_GUESTS {
             println!("not run in guests: {test} ({why}; runs on the host)");
         }
