@@ -216,6 +216,12 @@ pub fn run(args: LifeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
             kernel.ring_full,
             kernel.recursion_misses
         );
+        if sink.table.lost_races.count > 0 {
+            eprintln!(
+                "tcptrace: {} server children lost the race for their request socket (LISTEN -> SYN_RECV -> CLOSE beside a sibling that went on); not connections, not printed",
+                sink.table.lost_races.count
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
