@@ -30,8 +30,8 @@
 //!   each clones a child (`LISTEN -> SYN_RECV`); the one whose `inet_ehash_nolisten()` finds
 //!   the request already taken closes at once (`SYN_RECV -> CLOSE`), never accepted. A
 //!   `SYN_RECV -> CLOSE` whose namespace and endpoints a sibling child born just before has is
-//!   that loser: counted in [`LostRaces`], not told as a story nor counted as a close. (The kernel's
-//!   `PassiveOpens` counts both children, as `LISTEN -> SYN_RECV` transitions do.)
+//!   that loser: counted in [`LostRaces`], not told as a story nor counted as a close. (The
+//!   kernel's `PassiveOpens` counts both children, as `LISTEN -> SYN_RECV` transitions do.)
 //! - TIME_WAIT is inferred at `FIN_WAIT2/CLOSING -> CLOSE` and confirmed from INET_DIAG
 //!   snapshots (a timewait socket keeps its cookie); when it leaves the snapshot the story
 //!   ends with its TIME_WAIT dwell. Orphaned sockets become timewait sockets in the FIN_WAIT2
