@@ -96,7 +96,7 @@ pub struct VmArgs {
     #[arg(long)]
     pub quick: bool,
     /// Only these test binaries (repeat for several); overrides --quick's set.
-    #[arg(long = "test", value_name = "NAME", value_parser = ["tail", "owner", "stories", "serve", "doctor"])]
+    #[arg(long = "test", value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(FULL_TESTS))]
     pub tests: Vec<String>,
     /// Run the tests this many times in each guest (to catch a flaky test); the first failing
     /// round fails the guest.
