@@ -216,10 +216,10 @@ pub fn run(args: LifeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
             kernel.ring_full,
             kernel.recursion_misses
         );
-        if sink.table.lost_races.count > 0 {
+        if sink.table.discarded.count > 0 {
             eprintln!(
-                "tcptrace: {} server children lost the race for their request socket (LISTEN -> SYN_RECV -> CLOSE beside a sibling that went on); not connections, not printed",
-                sink.table.lost_races.count
+                "tcptrace: {} server children were discarded by the kernel at birth (SYN_RECV -> CLOSE within 10 ms: lost the race for their request socket); not connections, not printed",
+                sink.table.discarded.count
             );
         }
     }
