@@ -172,7 +172,12 @@ pub fn matrix(args: &VmArgs) -> anyhow::Result<bool> {
     }
     let vm_dir = target_dir().join("vm");
     fs::create_dir_all(&vm_dir)?;
-    let chosen: Vec<&str> = args.tests.iter().map(String::as_str).collect();
+    let mut chosen: Vec<&str> = Vec::new();
+    for name in &args.tests {
+        if !chosen.contains(&name.as_str()) {
+            chosen.push(name);
+        }
+    }
     let tests = if !chosen.is_empty() {
         &chosen[..]
     } else if args.quick {
@@ -876,7 +881,7 @@ fn await_guest(
                 // libtest prints `failures:`, each failed test's output, then `test result:`.
                 if line.trim_end() == "failures:" {
                     in_failures = true;
-                } else if line.starts_with("test result:") {
+                } else if line.starts_with("test result:") || line.starts_with("vm-test: running") {
                     in_failures = false;
                 }
                 if in_failures && details.len() < MAX_DETAIL_LINES {

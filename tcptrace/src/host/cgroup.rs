@@ -42,22 +42,26 @@ pub fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
 /// Caches cgroup id -> info for the cgroup2 hierarchy.
 pub struct CgroupResolver {
     root: Option<PathBuf>,
-    cache: HashMap<u64, Arc<CgroupInfo>>,
+    /// Each cgroup seen, with the number of the last scan that found it.
+    cache: HashMap<u64, (Arc<CgroupInfo>, u64)>,
     /// Ids a scan did not find (removed before they were seen, or not cgroup2 ids).
     missed: HashSet<u64>,
-    last_scan: Option<Instant>,
+    /// When the last scan ended, and how long it took.
+    last_scan: Option<(Instant, Duration)>,
+    scans: u64,
 }
 
 /// How often an id a scan already missed may cause another scan.
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
-/// The least time between two scans, so a burst of new ids costs at most 100 walks a second.
+/// The least time between two scans, so a burst of new ids costs at most 100 walks a second;
+/// at least ten times the last walk's length, so walks take at most a tenth of the time.
 pub const NEW_ID_GAP: Duration = Duration::from_millis(10);
 /// Bound the walk on hosts with very many cgroups.
 const MAX_CGROUPS: usize = 100_000;
-/// Forget missed ids beyond this many (they are then scanned for once more).
+/// Missed ids remembered at most (further ones count as new, within [`NEW_ID_GAP`]).
 const MAX_MISSED: usize = 10_000;
-/// Cached cgroups beyond the live ones that are kept (removed cgroups whose sockets still
-/// change state name their old path) before a scan drops the removed ones.
+/// Removed cgroups kept (their sockets may still change state and name their old path);
+/// beyond this many, the ones gone longest are forgotten.
 const MAX_REMOVED: usize = 4096;
 
 impl CgroupResolver {
@@ -71,36 +75,44 @@ impl CgroupResolver {
             cache: HashMap::new(),
             missed: HashSet::new(),
             last_scan: None,
+            scans: 0,
         }
     }
 
     /// The info for `id`, rescanning the hierarchy when the id is new; `None` when the id
     /// is not (or no longer) in the hierarchy, or a scan for it is not yet due.
     pub fn resolve(&mut self, id: u64) -> Option<Arc<CgroupInfo>> {
-        if let Some(info) = self.cache.get(&id) {
+        if let Some((info, _)) = self.cache.get(&id) {
             return Some(info.clone());
         }
-        let wait = if self.missed.contains(&id) {
-            RESCAN_EVERY
-        } else {
-            NEW_ID_GAP
+        let due = match self.last_scan {
+            None => true,
+            Some((ended, took)) if self.missed.contains(&id) => {
+                ended.elapsed() >= RESCAN_EVERY.max(10 * took)
+            }
+            Some((ended, took)) => ended.elapsed() >= NEW_ID_GAP.max(10 * took),
         };
-        if self.last_scan.is_some_and(|t| t.elapsed() < wait) {
+        if !due {
             return None;
         }
         self.scan();
-        let found = self.cache.get(&id).cloned();
-        if found.is_none() {
-            if self.missed.len() >= MAX_MISSED {
-                self.missed.clear();
-            }
+        let found = self.cache.get(&id).map(|(info, _)| info.clone());
+        if found.is_none() && self.missed.len() < MAX_MISSED {
             self.missed.insert(id);
         }
         found
     }
 
     fn scan(&mut self) {
-        self.last_scan = Some(Instant::now());
+        let started = Instant::now();
+        self.walk();
+        let ended = Instant::now();
+        self.last_scan = Some((ended, ended - started));
+    }
+
+    fn walk(&mut self) {
+        self.scans += 1;
+        let scan = self.scans;
         let Some(root) = self.root.clone() else {
             return;
         };
@@ -117,12 +129,16 @@ impl CgroupResolver {
             };
             let rel = relative(&root, &dir);
             live.insert(meta.ino());
-            self.cache.entry(meta.ino()).or_insert_with(|| {
-                Arc::new(CgroupInfo {
-                    container: container_id(&rel),
-                    path: rel,
+            self.cache
+                .entry(meta.ino())
+                .or_insert_with(|| {
+                    let info = CgroupInfo {
+                        container: container_id(&rel),
+                        path: rel,
+                    };
+                    (Arc::new(info), scan)
                 })
-            });
+                .1 = scan;
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
@@ -133,7 +149,21 @@ impl CgroupResolver {
             }
         }
         if self.cache.len() > live.len() + MAX_REMOVED {
-            self.cache.retain(|id, _| live.contains(id));
+            // Forget the removed cgroups gone longest, down to half the allowance.
+            let mut removed: Vec<(u64, u64)> = self
+                .cache
+                .iter()
+                .filter(|(_, (_, seen))| *seen != scan)
+                .map(|(id, (_, seen))| (*seen, *id))
+                .collect();
+            removed.sort_unstable();
+            let forget = removed.len().saturating_sub(MAX_REMOVED / 2);
+            for (_, id) in &removed[..forget] {
+                self.cache.remove(id);
+                if self.missed.len() < MAX_MISSED {
+                    self.missed.insert(*id);
+                }
+            }
         }
         self.missed.retain(|id| !live.contains(id));
     }
@@ -191,15 +221,19 @@ mod tests {
         let later = root.join("new");
         std::fs::create_dir(&later).unwrap();
         let later_ino = std::fs::metadata(&later).unwrap().ino();
-        r.last_scan = Some(Instant::now() - NEW_ID_GAP);
+        r.last_scan = Some((Instant::now() - NEW_ID_GAP, Duration::ZERO));
         assert!(r.resolve(u64::MAX).is_none());
         assert!(
             !r.cache.contains_key(&later_ino),
             "no rescan for a missed id"
         );
         // ...but a new id (a cgroup created since the last scan) is looked for at once.
-        r.last_scan = Some(Instant::now() - NEW_ID_GAP);
+        r.last_scan = Some((Instant::now() - NEW_ID_GAP, Duration::ZERO));
         assert_eq!(r.resolve(later_ino).unwrap().path, "/new");
+        // A long walk pushes the next one back by ten times its length.
+        r.last_scan = Some((Instant::now() - NEW_ID_GAP, Duration::from_secs(1)));
+        assert!(r.resolve(u64::MAX - 2).is_none());
+        assert!(!r.missed.contains(&(u64::MAX - 2)), "not scanned for");
         // A removed cgroup keeps its path: its sockets may still change state.
         std::fs::remove_dir(&later).unwrap();
         r.last_scan = None;
