@@ -425,11 +425,28 @@ impl FilterArgs {
                 comm.get(..MAX_COMM).unwrap_or(comm)
             );
         }
-        let by_cgroup = !self.cgroups.is_empty() || !self.containers.is_empty();
-        if by_cgroup && !crate::host::cgroup::has_cgroup2() {
+        if let Some(path) = self.cgroups.iter().find(|c| !c.starts_with('/')) {
             anyhow::bail!(
-                "--cgroup and --container need a cgroup v2 hierarchy, and this host has only cgroup v1: every socket reports the root cgroup"
+                "--cgroup {path} can never match: cgroup paths start at the cgroup2 root with `/`, as /proc/PID/cgroup shows them (e.g. /system.slice/nginx.service)"
             );
+        }
+        let by_cgroup = !self.cgroups.is_empty() || !self.containers.is_empty();
+        if by_cgroup {
+            let Some(mount) = crate::host::cgroup::cgroup2_mount() else {
+                anyhow::bail!(
+                    "--cgroup and --container need a cgroup v2 hierarchy, and this host has only cgroup v1: every socket reports the root cgroup"
+                );
+            };
+            let mount = mount.to_string_lossy();
+            if let Some(path) = self.cgroups.iter().find(|c| {
+                c.strip_prefix(mount.as_ref())
+                    .is_some_and(|rest| rest.starts_with('/'))
+            }) {
+                anyhow::bail!(
+                    "--cgroup {path} is a file system path: give the cgroup relative to the cgroup2 root, `{}`",
+                    &path[mount.len()..]
+                );
+            }
         }
         for pid in &self.pids {
             if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
@@ -679,6 +696,16 @@ mod tests {
             "{err}"
         );
         assert!(tail(&["--netns", "1", "--netns-path", "/x"]).is_err());
+        let relative = tail(&["--cgroup", "system.slice/nginx.service"]).unwrap();
+        let err = relative.filter.to_filter().unwrap_err().to_string();
+        assert!(err.contains("start at the cgroup2 root"), "{err}");
+        // A file system path names the cgroup to give instead (on hosts with cgroup v2).
+        if let Some(mount) = crate::host::cgroup::cgroup2_mount() {
+            let fs_path = format!("{}/system.slice", mount.display());
+            let args = tail(&["--cgroup", &fs_path]).unwrap();
+            let err = args.filter.to_filter().unwrap_err().to_string();
+            assert!(err.contains("`/system.slice`"), "{err}");
+        }
     }
 
     #[test]

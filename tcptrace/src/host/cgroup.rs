@@ -22,12 +22,6 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
     parse_cgroup2_mount(&mountinfo)
 }
 
-/// Whether this host mounts a cgroup v2 hierarchy (sockets then carry their cgroup; with
-/// cgroup v1 only, every socket reports the root).
-pub fn has_cgroup2() -> bool {
-    cgroup2_mount().is_some()
-}
-
 /// The cgroup2 mount point in a /proc/PID/mountinfo text.
 pub fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
