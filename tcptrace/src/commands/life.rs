@@ -12,7 +12,7 @@ use crate::commands::{
 };
 use crate::host::snapshot::{self, Request};
 use crate::model::cgroup::CgroupInfo;
-use crate::model::connections::{ConnectionTable, Role};
+use crate::model::connections::{ConnectionTable, DISCARD_WINDOW_NS, Role};
 use crate::model::filter::Filter;
 use crate::model::snapshot::Snapshot;
 use crate::model::tcp::TcpState;
@@ -216,10 +216,11 @@ pub fn run(args: LifeArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
             kernel.ring_full,
             kernel.recursion_misses
         );
-        if sink.table.discarded.count > 0 {
+        if sink.table.discarded > 0 {
             eprintln!(
-                "tcptrace: {} server children were discarded by the kernel at birth (SYN_RECV -> CLOSE within 10 ms: lost the race for their request socket); not connections, not printed",
-                sink.table.discarded.count
+                "tcptrace: {} server children were discarded by the kernel at birth (SYN_RECV -> CLOSE within {} ms: lost the race for their request socket); not connections, not printed",
+                sink.table.discarded,
+                DISCARD_WINDOW_NS / 1_000_000
             );
         }
     }

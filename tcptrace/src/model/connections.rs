@@ -32,7 +32,7 @@
 //!   race for its request socket (the final ACK and the next segment processed on two CPUs at
 //!   once, both run `tcp_check_req()` and clone a child; the one whose
 //!   `inet_ehash_nolisten()` finds the request taken is closed at once), or the kernel could
-//!   not set it up (`__inet_inherit_port()` failed). Counted in [`DiscardedChildren`], not told
+//!   not set it up (`__inet_inherit_port()` failed). Counted (`discarded`), not told
 //!   as a story nor counted as a close. (The kernel's `PassiveOpens` counts it, as
 //!   `LISTEN -> SYN_RECV` transitions do.)
 //! - TIME_WAIT is inferred at `FIN_WAIT2/CLOSING -> CLOSE` and confirmed from INET_DIAG
@@ -406,16 +406,9 @@ pub struct ConnectionTable {
     /// finished at once, with the TIME_WAIT that follows not yet measured).
     pub wait_time_wait: bool,
     pub evicted: u64,
-    pub discarded: DiscardedChildren,
+    /// Server children discarded at birth ([`DISCARD_WINDOW_NS`]): not connections.
+    pub discarded: u64,
     listeners: Listeners,
-}
-
-/// Recognizes server children discarded before they became connections (see the module
-/// documentation).
-#[derive(Debug, Default)]
-pub struct DiscardedChildren {
-    /// How many were recognized.
-    pub count: u64,
 }
 
 /// A server child that closes this soon after its birth was discarded by the kernel. Its
@@ -424,16 +417,12 @@ pub struct DiscardedChildren {
 /// SYN-ACK's round trip.
 pub const DISCARD_WINDOW_NS: u64 = 10_000_000;
 
-impl DiscardedChildren {
-    /// True (and counted) when `t` is a child's `SYN_RECV -> CLOSE` within
-    /// [`DISCARD_WINDOW_NS`] of its birth; a child whose birth time is unknown is not judged.
-    pub fn discarded(&mut self, t: &Transition) -> bool {
-        let discarded = t.old == TcpState::SynRecv
-            && t.new == TcpState::Close
-            && t.in_old_ns.is_some_and(|dwell| dwell < DISCARD_WINDOW_NS);
-        self.count += u64::from(discarded);
-        discarded
-    }
+/// Whether `t` is a child's `SYN_RECV -> CLOSE` within [`DISCARD_WINDOW_NS`] of its birth (see
+/// the module documentation); a child whose birth time is unknown is not judged.
+fn discarded_at_birth(t: &Transition) -> bool {
+    t.old == TcpState::SynRecv
+        && t.new == TcpState::Close
+        && t.in_old_ns.is_some_and(|dwell| dwell < DISCARD_WINDOW_NS)
 }
 
 impl ConnectionTable {
@@ -447,7 +436,7 @@ impl ConnectionTable {
             time_wait: CookieMap::default(),
             wait_time_wait: false,
             evicted: 0,
-            discarded: DiscardedChildren::default(),
+            discarded: 0,
             listeners: Listeners::default(),
         }
     }
@@ -468,7 +457,8 @@ impl ConnectionTable {
     /// Applies a transition. Returns the connection when this transition closed it (the full
     /// socket reached CLOSE), for callers that count closes at once.
     pub fn apply(&mut self, t: &Transition) -> Option<Connection> {
-        if self.discarded.discarded(t) {
+        if discarded_at_birth(t) {
+            self.discarded += 1;
             self.live.remove(&t.cookie);
             return None;
         }
@@ -680,7 +670,8 @@ pub struct CloseTracker {
     order: VecDeque<u64>,
     capacity: usize,
     pub evicted: u64,
-    pub discarded: DiscardedChildren,
+    /// Server children discarded at birth ([`DISCARD_WINDOW_NS`]): not connections.
+    pub discarded: u64,
     listeners: Listeners,
 }
 
@@ -691,7 +682,7 @@ impl CloseTracker {
             order: VecDeque::new(),
             capacity,
             evicted: 0,
-            discarded: DiscardedChildren::default(),
+            discarded: 0,
             listeners: Listeners::default(),
         }
     }
@@ -712,7 +703,8 @@ impl CloseTracker {
 
     /// Applies a transition. Returns the connection when this transition closed it.
     pub fn apply(&mut self, t: &Transition) -> Option<Connection> {
-        if self.discarded.discarded(t) {
+        if discarded_at_birth(t) {
+            self.discarded += 1;
             self.live.remove(&t.cookie);
             return None;
         }
@@ -832,7 +824,7 @@ mod tests {
             &[(Listen, SynRecv, 1000), (SynRecv, Close, 1000)],
             false,
         );
-        assert_eq!(t.discarded.count, 1);
+        assert_eq!(t.discarded, 1);
         assert!(t.next_finished().is_none());
         assert!(t.live(11).is_none());
         feed(
@@ -853,7 +845,7 @@ mod tests {
         // ...and a child whose birth was not seen is not judged.
         feed(&mut t, 13, &[(SynRecv, Close, 9100)], false);
         assert_eq!(story(&mut t).end, Some(End::HandshakeAborted));
-        assert_eq!(t.discarded.count, 1);
+        assert_eq!(t.discarded, 1);
     }
 
     #[test]
@@ -969,7 +961,7 @@ mod tests {
         }
         assert_eq!(from_full.len(), paths.len() - 1);
         assert!(!from_full.contains_key(&9) && !from_brief.contains_key(&9));
-        assert_eq!((full.discarded.count, brief.discarded.count), (1, 1));
+        assert_eq!((full.discarded, brief.discarded), (1, 1));
         for (cookie, f) in &from_full {
             let b = &from_brief[cookie];
             assert_eq!(
