@@ -121,8 +121,8 @@ mod tests {
         let owner = t.owner.unwrap();
         let task = owner.task;
         assert_eq!(
-            (task.pid, task.tid, task.comm.as_str()),
-            (1234, 1240, "curl")
+            (task.pid, task.comm.as_str()),
+            (1234, "curl")
         );
         assert_eq!((owner.captured_ns, owner.inherited), (4_000_000_000, false));
         let cpu = t.cpu.unwrap();

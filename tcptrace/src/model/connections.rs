@@ -45,7 +45,7 @@ use std::collections::{HashMap, VecDeque};
 use crate::model::CookieMap;
 use crate::model::snapshot::{DiagSocket, Snapshot};
 use crate::model::tcp::{Endpoints, SYN_RETRANSMIT_NS, TIME_WAIT_NS, TcpState};
-use crate::model::transition::{Carried, Task, Transition};
+use crate::model::transition::{Carried, Comm, Task, Transition};
 /// How long past its expected end an unconfirmed TIME_WAIT waits for a snapshot.
 const TIME_WAIT_GRACE_NS: u64 = 5_000_000_000;
 
@@ -459,7 +459,7 @@ impl ConnectionTable {
     pub fn apply(&mut self, t: &Transition) -> Option<Connection> {
         if discarded_at_birth(t) {
             self.discarded += 1;
-            self.live.remove(&t.cookie);
+            self.live.swap_remove(&t.cookie);
             return None;
         }
         let conn = match self.live.get_mut(&t.cookie) {
@@ -480,7 +480,7 @@ impl ConnectionTable {
         self.listeners.apply(t);
         conn.apply(t);
         if conn.end.is_some() {
-            let c = self.live.remove(&t.cookie)?;
+            let c = self.live.swap_remove(&t.cookie)?;
             return self.close(c);
         }
         None
@@ -543,7 +543,7 @@ impl ConnectionTable {
     /// far (`complete` false). Returns how many.
     pub fn flush(&mut self, now_ns: u64) -> usize {
         let before = self.finished.len();
-        for (_, mut c) in self.time_wait.drain() {
+        for (_, mut c) in self.time_wait.drain(..) {
             if let Some(tw) = &mut c.time_wait {
                 tw.ended_ns = Some(now_ns.max(tw.entered_ns));
             }
@@ -583,7 +583,7 @@ impl ConnectionTable {
             c.time_wait = Some(tw);
         }
         for cookie in done {
-            if let Some(c) = self.time_wait.remove(&cookie) {
+            if let Some(c) = self.time_wait.swap_remove(&cookie) {
                 self.finished.push_back(c);
             }
         }
@@ -604,7 +604,7 @@ fn make_room<V>(live: &mut CookieMap<V>, order: &mut VecDeque<u64>, capacity: us
         let Some(oldest) = order.pop_front() else {
             break;
         };
-        if live.remove(&oldest).is_some() {
+        if live.swap_remove(&oldest).is_some() {
             evicted += 1;
         }
     }
@@ -626,7 +626,10 @@ pub struct Brief {
     pub opened_ns: u64,
     /// When the socket entered `state`.
     pub state_since_ns: u64,
-    pub owner: Option<Task>,
+    /// The owner's pid, 0 for none: with `owner_comm`, 40 bytes a brief instead of the 48 an
+    /// `Option<Task>` would take (a million live connections: 8 MB).
+    owner_pid: u32,
+    owner_comm: Comm,
     pub state: TcpState,
     role: Role,
     closed_by: ClosedBy,
@@ -638,12 +641,21 @@ impl Brief {
         Self {
             opened_ns: c.opened_ns,
             state_since_ns: c.state_since_ns,
-            owner: c.owner,
+            owner_pid: c.owner.map_or(0, |o| o.pid),
+            owner_comm: c.owner.map_or_else(Comm::default, |o| o.comm),
             state: c.state,
             role: c.role,
             closed_by: c.closed_by,
             from_start: c.from_start,
         }
+    }
+
+    /// The process that owns the connection, when known.
+    pub fn owner(&self) -> Option<Task> {
+        (self.owner_pid != 0).then_some(Task {
+            pid: self.owner_pid,
+            comm: self.owner_comm,
+        })
     }
 
     /// The connection as far as the brief knows it, ready for its next transition `t`
@@ -654,7 +666,7 @@ impl Brief {
         c.from_start = self.from_start;
         c.opened_ns = self.opened_ns;
         c.closed_by = self.closed_by;
-        c.owner = self.owner;
+        c.owner = self.owner();
         c.state = self.state;
         c.state_since_ns = self.state_since_ns;
         c
@@ -705,7 +717,7 @@ impl CloseTracker {
     pub fn apply(&mut self, t: &Transition) -> Option<Connection> {
         if discarded_at_birth(t) {
             self.discarded += 1;
-            self.live.remove(&t.cookie);
+            self.live.swap_remove(&t.cookie);
             return None;
         }
         let mut c = match self.live.get(&t.cookie) {
@@ -715,7 +727,7 @@ impl CloseTracker {
         self.listeners.apply(t);
         c.apply(t);
         if c.end.is_some() {
-            self.live.remove(&t.cookie);
+            self.live.swap_remove(&t.cookie);
             return Some(c);
         }
         match self.live.get_mut(&t.cookie) {

