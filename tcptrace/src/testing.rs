@@ -149,7 +149,6 @@ pub fn diag(cookie: u64, state: TcpState, local: &str, remote: &str) -> DiagSock
             Timer::None
         },
         expires_ms: 0,
-        uid: 0,
         inode: cookie as u32,
         rqueue: 0,
         wqueue: 0,

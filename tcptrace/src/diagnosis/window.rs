@@ -59,7 +59,9 @@ impl Tracker {
     /// The owner, state and entry time of a live connection.
     fn live(&self, cookie: u64) -> Option<(Option<Task>, TcpState, u64)> {
         match self {
-            Self::Briefs(b) => b.live(cookie).map(|b| (b.owner(), b.state, b.state_since_ns)),
+            Self::Briefs(b) => b
+                .live(cookie)
+                .map(|b| (b.owner(), b.state, b.state_since_ns)),
             Self::Stories(s) => s.live(cookie).map(|c| (c.owner, c.state, c.state_since_ns)),
         }
     }

@@ -173,7 +173,6 @@ fn socket(msg: &InetDiagMsg, attrs: &[u8]) -> Option<DiagSocket> {
         )?,
         timer: Timer::from_kernel(msg.timer),
         expires_ms: msg.expires,
-        uid: msg.uid,
         inode: msg.inode,
         rqueue: msg.rqueue,
         wqueue: msg.wqueue,
@@ -191,11 +190,11 @@ fn tcp_info(mut attrs: &[u8]) -> Option<Idle> {
         }
         if attr.kind == INET_DIAG_INFO {
             let (info, _) = TcpInfoHead::read_from_prefix(&attrs[size_of::<NlAttr>()..len]).ok()?;
-            return Some(Idle {
-                last_data_sent_ms: info.last_data_sent,
-                last_data_recv_ms: info.last_data_recv,
-                last_ack_recv_ms: info.last_ack_recv,
-            });
+            return Some(Idle::new(
+                info.last_data_sent,
+                info.last_data_recv,
+                info.last_ack_recv,
+            ));
         }
         attrs = attrs.get(len.next_multiple_of(4)..).unwrap_or_default();
     }
@@ -447,10 +446,7 @@ mod tests {
             tw.endpoints.remote_ip,
             "10.0.0.9".parse::<IpAddr>().unwrap()
         );
-        assert_eq!(
-            (tw.timer, tw.expires_ms, tw.uid),
-            (Timer::TimeWait, 59_000, 1000)
-        );
+        assert_eq!((tw.timer, tw.expires_ms), (Timer::TimeWait, 59_000));
         assert_eq!(out[1].state, TcpState::Listen);
         // Sockets `keep` refuses are never stored.
         out.clear();

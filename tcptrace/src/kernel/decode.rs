@@ -120,10 +120,7 @@ mod tests {
         assert_eq!(t.in_old_ns, Some(61_250));
         let owner = t.owner.unwrap();
         let task = owner.task;
-        assert_eq!(
-            (task.pid, task.comm.as_str()),
-            (1234, "curl")
-        );
+        assert_eq!((task.pid, task.comm.as_str()), (1234, "curl"));
         assert_eq!((owner.captured_ns, owner.inherited), (4_000_000_000, false));
         let cpu = t.cpu.unwrap();
         assert_eq!((cpu.pid, cpu.comm.as_str()), (14, "ksoftirqd/0"));

@@ -588,11 +588,7 @@ mod tests {
         let mut tab = table();
         tab.begin_reconcile();
         let mut leak = diag(5, CloseWait);
-        leak.idle = Some(Idle {
-            last_data_sent_ms: 0,
-            last_data_recv_ms: 40_000,
-            last_ack_recv_ms: 40_000,
-        });
+        leak.idle = Some(Idle::new(0, 40_000, 40_000));
         let r = tab.reconcile(
             &snap(
                 &[

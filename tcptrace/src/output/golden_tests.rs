@@ -312,11 +312,7 @@ fn doctor_json_matches_the_golden_file() {
     }
     let mut leak = diag(9, CloseWait, "[::1]:9090", "[::1]:40000");
     leak.endpoints.family = Family::Ipv6;
-    leak.idle = Some(Idle {
-        last_data_sent_ms: 0,
-        last_data_recv_ms: 45_000,
-        last_ack_recv_ms: 45_000,
-    });
+    leak.idle = Some(Idle::new(0, 45_000, 45_000));
     sockets.push(leak);
     for i in 0..12u16 {
         sockets.push(diag(

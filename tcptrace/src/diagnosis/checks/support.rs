@@ -19,11 +19,7 @@ pub fn sock(cookie: u64, state: TcpState, local: &str, remote: &str) -> DiagSock
 
 /// tcp_info idle times: last data sent, last data received, last ACK received (ms).
 pub fn idle(sent: u32, recv: u32, ack: u32) -> Option<Idle> {
-    Some(Idle {
-        last_data_sent_ms: sent,
-        last_data_recv_ms: recv,
-        last_ack_recv_ms: ack,
-    })
+    Some(Idle::new(sent, recv, ack))
 }
 
 pub fn settings() -> Settings {
