@@ -55,6 +55,12 @@ pub const PROGRAM_NAME_STORAGE: &str = "inet_sock_set_state_storage";
 /// The RST marker of the socket-storage variant.
 pub const RESET_PROGRAM_STORAGE: &str = "tcp_receive_reset_storage";
 pub const TRACEPOINT: &str = "inet_sock_set_state";
+/// Appended to a main program's name, the name of its nested program: a second program on the
+/// same tracepoint that acts only while the main one is running on its CPU. The kernel skips
+/// a program's run when that program is already running on the CPU (`__bpf_trace_run()`,
+/// `prog->active`: a recursion miss), but that guard is per program, so the nested program
+/// runs and handles the transition the main one had to skip.
+pub const NESTED_SUFFIX: &str = "_nested";
 /// Program that marks sockets that received a RST (optional: the agent degrades without it).
 /// There is no "sent" counterpart: aborts (`tcp_disconnect()`, close() with unread data) set
 /// CLOSE before they send their RST, so a send-side mark would come after the transition.
@@ -100,8 +106,12 @@ pub mod counter {
     /// Kernel log statements that ran at an enabled level (aya-log); the agent compares them
     /// with the messages it received to count the ones lost to a full log ring.
     pub const LOG_ATTEMPTS: u32 = 4;
+    /// Transitions the nested program handled ([`NESTED_SUFFIX`](crate::NESTED_SUFFIX)): the
+    /// main program was already running on that CPU when a softirq fired the tracepoint
+    /// again, so the kernel skipped its run and counted a recursion miss.
+    pub const NESTED: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Indices into the `PORT_FILTER` array: one port bitmap per filter kind.

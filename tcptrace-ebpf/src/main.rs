@@ -10,9 +10,13 @@
 //! `_storage` variants keep each socket's entry in the socket itself (`BPF_MAP_TYPE_SK_STORAGE`;
 //! tracing programs may use it since Linux 5.11, and `bpf_get_socket_cookie` since 5.12); the
 //! plain ones keep it in an LRU hash by cookie; the `_nocookie` ones key that hash by address
-//! and number sockets themselves (before 5.12).
+//! and number sockets themselves (before 5.12). Each `inet_sock_set_state` variant has a
+//! `_nested` twin that handles the transitions the kernel makes the main program skip.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the BPF target's `AtomicU64` has no `fetch_add` (see `maps::bump`).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod filter;
 mod log;
@@ -24,37 +28,82 @@ mod transition;
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use sockets::keying;
-use tcptrace_common::flags;
+use tcptrace_common::{counter, flags};
 
 // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_storage(ctx: BtfTracePointContext) -> i32 {
-    if let Err(index) =
-        transition::handle::<{ keying::IN_SOCKET }>(ctx.arg(0), ctx.arg(1), ctx.arg(2))
-    {
-        maps::bump(index);
-    }
-    0
+    run_main::<{ keying::IN_SOCKET }>(&ctx)
 }
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
-    if let Err(index) =
-        transition::handle::<{ keying::BY_COOKIE }>(ctx.arg(0), ctx.arg(1), ctx.arg(2))
-    {
-        maps::bump(index);
-    }
-    0
+    run_main::<{ keying::BY_COOKIE }>(&ctx)
 }
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_nocookie(ctx: BtfTracePointContext) -> i32 {
-    if let Err(index) =
-        transition::handle::<{ keying::BY_ADDR }>(ctx.arg(0), ctx.arg(1), ctx.arg(2))
-    {
+    run_main::<{ keying::BY_ADDR }>(&ctx)
+}
+
+// The nested programs (`tcptrace_common::NESTED_SUFFIX`), attached after their main program.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_storage_nested(ctx: BtfTracePointContext) -> i32 {
+    run_nested::<{ keying::IN_SOCKET }>(&ctx)
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> i32 {
+    run_nested::<{ keying::BY_COOKIE }>(&ctx)
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_nocookie_nested(ctx: BtfTracePointContext) -> i32 {
+    run_nested::<{ keying::BY_ADDR }>(&ctx)
+}
+
+/// Handles the transition, marking this CPU busy meanwhile (see `maps::BUSY`). The flag is
+/// cleared, not restored, at the end: where the kernel lets the main program nest in itself
+/// (no `prog->active` guard for raw tracepoints on older kernels), a nested main run clears it
+/// before the nested program reads it, so no transition is handled twice.
+#[inline(always)]
+fn run_main<const KEYING: u8>(ctx: &BtfTracePointContext) -> i32 {
+    let (sk, old, new) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    set_busy(1);
+    if let Err(index) = transition::handle::<KEYING>(sk, old, new) {
         maps::bump(index);
     }
+    set_busy(0);
     0
+}
+
+/// Sets this CPU's busy flag (see `maps::BUSY`).
+#[inline(always)]
+fn set_busy(value: u32) {
+    if let Some(flag) = maps::busy() {
+        // SAFETY: this CPU's slot of a per-CPU map value, valid for the whole run.
+        unsafe { *flag = value };
+    }
+}
+
+/// Handles the transition only when the main program is running on this CPU: the kernel then
+/// skipped the main program's run for it. Otherwise returns at once.
+#[inline(always)]
+fn run_nested<const KEYING: u8>(ctx: &BtfTracePointContext) -> i32 {
+    // SAFETY: this CPU's slot of a per-CPU map value, valid for the whole run.
+    if maps::busy().is_some_and(|flag| unsafe { *flag } != 0) {
+        maps::bump(counter::NESTED);
+        handle::<KEYING>(ctx);
+    }
+    0
+}
+
+/// One `inet_sock_set_state` event: `sk`, old state, new state.
+#[inline(always)]
+fn handle<const KEYING: u8>(ctx: &BtfTracePointContext) {
+    if let Err(index) = transition::handle::<KEYING>(ctx.arg(0), ctx.arg(1), ctx.arg(2)) {
+        maps::bump(index);
+    }
 }
 
 /// `tcp:tcp_receive_reset(struct sock *sk)`: fires in `tcp_reset()`, before the socket moves

@@ -1,6 +1,7 @@
 //! The program's maps and its load-time configuration.
 
 use core::ffi::c_void;
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use crate::sock::Sock;
 use aya_ebpf::{
@@ -87,6 +88,18 @@ const MAX_HELD_CHILDREN: u32 = 16_384;
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+/// Per CPU: 1 while the main program runs on that CPU, else 0. The nested program acts only
+/// when it reads 1: it was then fired by a softirq that interrupted the main program, whose
+/// own run the kernel skipped.
+#[map(name = "BUSY")]
+static BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's busy flag (see `BUSY`); `None` only if the lookup failed.
+#[inline(always)]
+pub fn busy() -> Option<*mut u32> {
+    BUSY.get_ptr_mut(0)
+}
+
 /// Per-CPU sequence for socket ids the no-cookie programs give (see `SYNTHETIC_ID`).
 #[map(name = "NEXT_ID")]
 pub static NEXT_ID: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -111,8 +124,10 @@ pub fn config() -> &'static Config {
 #[inline(always)]
 pub fn bump(index: u32) {
     if let Some(count) = COUNTERS.get_ptr_mut(index) {
-        // SAFETY: a per-CPU slot, and the program does not nest on one CPU (nesting is a
-        // recursion miss), so nothing else writes it meanwhile.
-        unsafe { *count += 1 };
+        // SAFETY: a valid, aligned per-CPU map value for the program's whole run. The add is
+        // atomic (BPF `lock xadd`, any kernel; the result is unused, so no BPF_FETCH, which
+        // needs 5.12) because the nested program may interrupt the main one on this CPU
+        // between a plain load and store. `AtomicU64` has no `fetch_add` on the BPF target.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(count, 1) };
     }
 }

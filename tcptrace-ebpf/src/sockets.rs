@@ -49,7 +49,10 @@ fn new_id<const KEYING: u8>(key: u64, sk: Sock) -> u64 {
     // SAFETY: no preconditions; returns the current CPU's number.
     let cpu = u64::from(unsafe { bpf_get_smp_processor_id() });
     match NEXT_ID.get_ptr_mut(0) {
-        // SAFETY: a per-CPU slot and no nesting on one CPU: a plain increment is race-free.
+        // SAFETY: a per-CPU slot, valid for the whole run. Atomic fetch-and-add needs Linux
+        // 5.12 and this runs before it; the nested program never acts there (see
+        // `run_main`), and the main one nesting in itself between this load and store
+        // would give two sockets one id (a two-instruction window).
         Some(seq) => unsafe {
             *seq += 1;
             SYNTHETIC_ID | (cpu << 44) | (*seq & ((1 << 44) - 1))
@@ -226,8 +229,9 @@ pub fn start<const KEYING: u8>(t: &mut Transition, key: u64, fresh: &mut SockEnt
         let kept = if KEYING == keying::IN_SOCKET {
             // An earlier life's entry is returned as it is: overwrite it.
             storage(t.sk, Some(fresh)).map(|entry| {
-                // SAFETY: the socket's own storage, plain data; the program does not nest on
-                // this CPU and the socket's state changes are serialised by its lock.
+                // SAFETY: the socket's own storage, plain data. The socket's state changes are
+                // serialised by its lock (a softirq finding it owned by a process defers to
+                // its backlog), so no run for another transition writes it meanwhile.
                 unsafe { *entry = *fresh };
             })
         } else {
@@ -277,6 +281,7 @@ pub fn mark<const KEYING: u8>(sk: *const u8, flag: u32) {
             None => return,
         },
     };
-    // SAFETY: a live map value of plain data; the program does not nest on this CPU.
+    // SAFETY: a live map value of plain data; a lost flag bit is the worst a concurrent
+    // write to the same entry could do (a reset then reads as an abort).
     unsafe { (*entry).flags |= flag };
 }

@@ -115,7 +115,7 @@ impl Transition {
 }
 
 /// Handles one event; `Err(counter)` counts a dropped or filtered record.
-#[inline(always)]
+#[inline(never)]
 pub fn handle<const KEYING: u8>(sk: *const u8, old: i32, new: i32) -> Result<(), u32> {
     let Some(sk) = Sock::new(sk) else {
         return Ok(());
@@ -133,8 +133,8 @@ pub fn handle<const KEYING: u8>(sk: *const u8, old: i32, new: i32) -> Result<(),
     let existing = sockets::existing::<KEYING>(&t, key);
     let in_old_ns = match existing {
         Some(entry) => {
-            // SAFETY: a live map value; the program does not nest on this CPU, and entries
-            // are plain data.
+            // SAFETY: a live map value of plain data; the socket's state changes are
+            // serialised by its lock, so no run for another transition writes it meanwhile.
             sockets::advance(&t, unsafe { &mut *entry })
         }
         None => sockets::start::<KEYING>(&mut t, key, &mut fresh),

@@ -287,21 +287,37 @@ pub(crate) fn field(text: &str, key: &str) -> Option<u64> {
     })
 }
 
-/// The fdinfo of process `pid`'s busiest BPF program (the most runs).
-fn busiest_prog(pid: u32) -> Option<String> {
-    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+/// The fdinfo of each of process `pid`'s BPF programs.
+fn bpf_progs(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
     dir.filter_map(Result::ok)
         .filter(|e| {
             std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("bpf-prog"))
         })
         .map(|e| read_proc(pid, &format!("fdinfo/{}", e.file_name().to_string_lossy())))
+        .collect()
+}
+
+/// The fdinfo of process `pid`'s busiest BPF program (the most runs).
+fn busiest_prog(pid: u32) -> Option<String> {
+    bpf_progs(pid)
+        .into_iter()
         .max_by_key(|info| field(info, "run_cnt").unwrap_or(0))
 }
 
-/// (run_time_ns, run_cnt) of the process's busiest BPF program.
+/// (run_time_ns of all the process's BPF programs, run_cnt of its busiest): the kernel time
+/// per event, where a tool runs more than one program per event (tcptrace's main and nested
+/// programs on the one tracepoint).
 fn prog_stats(pid: u32) -> Option<(u64, u64)> {
-    let info = busiest_prog(pid)?;
-    Some((field(&info, "run_time_ns")?, field(&info, "run_cnt")?))
+    let progs = bpf_progs(pid);
+    let time = progs
+        .iter()
+        .map(|i| field(i, "run_time_ns"))
+        .sum::<Option<u64>>()?;
+    let runs = progs.iter().filter_map(|i| field(i, "run_cnt")).max()?;
+    Some((time, runs))
 }
 
 /// `recursion_misses` of the process's busiest BPF program (runs the kernel skipped because a

@@ -135,7 +135,7 @@ pub fn run(args: TailArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     warn_lost_kernel_log(&stats, &kernel);
     if reason != StopReason::OutputClosed {
         eprintln!(
-            "tcptrace: {} shown, {} filtered out ({} in kernel, {} in agent), {} lost (ring full), {} lost (recursion), {} unreadable; {} sent by the kernel",
+            "tcptrace: {} shown, {} filtered out ({} in kernel, {} in agent), {} lost (ring full), {} lost (recursion), {} unreadable; {} sent by the kernel; {} caught by the nested program",
             stats.delivered,
             kernel.filtered + stats.filtered,
             kernel.filtered,
@@ -144,6 +144,7 @@ pub fn run(args: TailArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
             kernel.recursion_misses,
             stats.decode_errors + kernel.read_failed,
             kernel.sent,
+            kernel.nested,
         );
     }
     Ok(ExitCode::SUCCESS)

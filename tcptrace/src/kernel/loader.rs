@@ -8,8 +8,8 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, ProgramError};
 use aya::{Ebpf, EbpfLoader};
 use tcptrace_common::{
-    CONFIG_GLOBAL, COUNTERS_MAP, Config, EVENTS_MAP, LISTENERS_MAP, ListenerEntry, Owner,
-    PORT_FILTER_MAP, PROGRAM_NAME, PROGRAM_NAME_NO_COOKIE, PROGRAM_NAME_STORAGE, PortSet,
+    CONFIG_GLOBAL, COUNTERS_MAP, Config, EVENTS_MAP, LISTENERS_MAP, ListenerEntry, NESTED_SUFFIX,
+    Owner, PORT_FILTER_MAP, PROGRAM_NAME, PROGRAM_NAME_NO_COOKIE, PROGRAM_NAME_STORAGE, PortSet,
     RESET_PROGRAM, RESET_PROGRAM_NO_COOKIE, RESET_PROGRAM_STORAGE, SOCKETS_MAP, TRACEPOINT,
     counter,
 };
@@ -113,9 +113,13 @@ pub struct KernelCounters {
     pub read_failed: u64,
     /// Records the program wrote to the ring buffer.
     pub sent: u64,
-    /// Runs the kernel skipped because the program was already running on that CPU
-    /// (`prog->aux->recursion_misses`, from the program's fdinfo).
+    /// Transitions lost because the kernel skipped the main program's run, it being already
+    /// running on that CPU, and the nested program did not handle them either: the main
+    /// program's `prog->aux->recursion_misses` (from its fdinfo) less [`Self::nested`].
     pub recursion_misses: u64,
+    /// Transitions the nested program handled in place of the main one (see
+    /// `tcptrace_common::NESTED_SUFFIX`).
+    pub nested: u64,
     /// Kernel log statements that ran at an enabled level.
     pub log_attempts: u64,
 }
@@ -276,6 +280,22 @@ impl Tracer {
             }
         };
         log::debug!("socket entries kept: {keeping:?}");
+        let main = match keeping {
+            Keeping::InSocket => PROGRAM_NAME_STORAGE,
+            Keeping::ByCookie => PROGRAM_NAME,
+            Keeping::ByAddress => PROGRAM_NAME_NO_COOKIE,
+        };
+        // Attached after the main program, so it runs after it: see `NESTED_SUFFIX`. Without
+        // it, transitions that nest on a CPU stay recursion misses.
+        let nested = format!("{main}{NESTED_SUFFIX}");
+        if let Err(e) = btf_program(&mut ebpf, &nested)
+            .map_err(|e| e.to_string())
+            .and_then(|p| load_program(p, &attach_btf).map_err(|e| program_error(e).to_string()))
+        {
+            log::warn!(
+                "cannot attach the nested-transition program ({e}); transitions that nest on a CPU are lost as recursion misses"
+            );
+        }
         let identity = match keeping {
             Keeping::InSocket | Keeping::ByCookie => Identity::Cookie,
             Keeping::ByAddress => Identity::Numbered,
@@ -365,12 +385,18 @@ impl Tracer {
                 .map(|per_cpu| per_cpu.iter().sum())
                 .unwrap_or(0)
         };
+        // Nested first: each nested transition was counted as a miss before it ran, so the
+        // misses read after it are never fewer.
+        let nested = sum(counter::NESTED);
         KernelCounters {
             ring_full: sum(counter::RING_FULL),
             filtered: sum(counter::FILTERED),
             read_failed: sum(counter::READ_FAILED),
             sent: sum(counter::SENT),
-            recursion_misses: recursion_misses(self.prog_fd).unwrap_or(0),
+            recursion_misses: recursion_misses(self.prog_fd)
+                .unwrap_or(0)
+                .saturating_sub(nested),
+            nested,
             log_attempts: sum(counter::LOG_ATTEMPTS),
         }
     }
