@@ -10,8 +10,8 @@
 //! `_storage` variants keep each socket's entry in the socket itself (`BPF_MAP_TYPE_SK_STORAGE`;
 //! tracing programs may use it since Linux 5.11, and `bpf_get_socket_cookie` since 5.12); the
 //! plain ones keep it in an LRU hash by cookie; the `_nocookie` ones key that hash by address
-//! and number sockets themselves (before 5.12). Each `inet_sock_set_state` variant has a
-//! `_nested` twin that handles the transitions the kernel makes the main program skip.
+//! and number sockets themselves (before 5.12). The first two `inet_sock_set_state` variants
+//! have a `_nested` twin that handles the transitions the kernel makes the main program skip.
 #![no_std]
 #![no_main]
 // `atomic_xadd`: the BPF target's `AtomicU64` has no `fetch_add` (see `maps::bump`).
@@ -41,9 +41,17 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     run_main::<{ keying::BY_COOKIE }>(&ctx)
 }
 
+/// No nested twin: the kernels that need this variant (before 5.12) run the program nested in
+/// itself instead of skipping it (the `prog->active` guard for raw tracepoints came later: 0
+/// recursion misses on 5.10 and 6.1 under churn), so there is nothing to catch.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_nocookie(ctx: BtfTracePointContext) -> i32 {
-    run_main::<{ keying::BY_ADDR }>(&ctx)
+    count(transition::handle::<{ keying::BY_ADDR }>(
+        ctx.arg(0),
+        ctx.arg(1),
+        ctx.arg(2),
+    ));
+    0
 }
 
 // The nested programs (`tcptrace_common::NESTED_SUFFIX`), attached after their main program.
@@ -57,11 +65,6 @@ pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> i32 {
     run_nested::<{ keying::BY_COOKIE }>(&ctx)
 }
 
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn inet_sock_set_state_nocookie_nested(ctx: BtfTracePointContext) -> i32 {
-    run_nested::<{ keying::BY_ADDR }>(&ctx)
-}
-
 /// Handles the transition, marking this CPU busy meanwhile (see `maps::BUSY`). The flag is
 /// cleared, not restored, at the end: where the kernel lets the main program nest in itself
 /// (no `prog->active` guard for raw tracepoints on older kernels), a nested main run clears it
@@ -70,9 +73,7 @@ pub fn inet_sock_set_state_nocookie_nested(ctx: BtfTracePointContext) -> i32 {
 fn run_main<const KEYING: u8>(ctx: &BtfTracePointContext) -> i32 {
     let (sk, old, new) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
     set_busy(1);
-    if let Err(index) = transition::handle::<KEYING>(sk, old, new) {
-        maps::bump(index);
-    }
+    count(transition::handle_shared::<KEYING>(sk, old, new));
     set_busy(0);
     0
 }
@@ -93,15 +94,19 @@ fn run_nested<const KEYING: u8>(ctx: &BtfTracePointContext) -> i32 {
     // SAFETY: this CPU's slot of a per-CPU map value, valid for the whole run.
     if maps::busy().is_some_and(|flag| unsafe { *flag } != 0) {
         maps::bump(counter::NESTED);
-        handle::<KEYING>(ctx);
+        count(transition::handle_shared::<KEYING>(
+            ctx.arg(0),
+            ctx.arg(1),
+            ctx.arg(2),
+        ));
     }
     0
 }
 
-/// One `inet_sock_set_state` event: `sk`, old state, new state.
+/// Counts a dropped or filtered transition (`Err(counter)`).
 #[inline(always)]
-fn handle<const KEYING: u8>(ctx: &BtfTracePointContext) {
-    if let Err(index) = transition::handle::<KEYING>(ctx.arg(0), ctx.arg(1), ctx.arg(2)) {
+fn count(handled: Result<(), u32>) {
+    if let Err(index) = handled {
         maps::bump(index);
     }
 }

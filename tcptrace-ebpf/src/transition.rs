@@ -115,7 +115,7 @@ impl Transition {
 }
 
 /// Handles one event; `Err(counter)` counts a dropped or filtered record.
-#[inline(never)]
+#[inline(always)]
 pub fn handle<const KEYING: u8>(sk: *const u8, old: i32, new: i32) -> Result<(), u32> {
     let Some(sk) = Sock::new(sk) else {
         return Ok(());
@@ -152,4 +152,13 @@ pub fn handle<const KEYING: u8>(sk: *const u8, old: i32, new: i32) -> Result<(),
         let _ = SOCKETS.remove(key);
     }
     result
+}
+
+/// [`handle`] as one BPF subprogram, called by both the main and the nested program of a
+/// keying. Inlined into both, the compiler outlines the log closures inside it and, to pass
+/// them a `Transition`, splits its socket pointer into halves, which the verifier refuses
+/// ("pointer arithmetic with >>= operator prohibited").
+#[inline(never)]
+pub fn handle_shared<const KEYING: u8>(sk: *const u8, old: i32, new: i32) -> Result<(), u32> {
+    handle::<KEYING>(sk, old, new)
 }

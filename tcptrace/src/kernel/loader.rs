@@ -280,18 +280,22 @@ impl Tracer {
             }
         };
         log::debug!("socket entries kept: {keeping:?}");
-        let main = match keeping {
-            Keeping::InSocket => PROGRAM_NAME_STORAGE,
-            Keeping::ByCookie => PROGRAM_NAME,
-            Keeping::ByAddress => PROGRAM_NAME_NO_COOKIE,
-        };
         // Attached after the main program, so it runs after it: see `NESTED_SUFFIX`. Without
-        // it, transitions that nest on a CPU stay recursion misses.
-        let nested = format!("{main}{NESTED_SUFFIX}");
-        if let Err(e) = btf_program(&mut ebpf, &nested)
-            .map_err(|e| e.to_string())
-            .and_then(|p| load_program(p, &attach_btf).map_err(|e| program_error(e).to_string()))
-        {
+        // it, transitions that nest on a CPU stay recursion misses. The address-keyed variant
+        // has none: the kernels that need it run nested programs instead of skipping them.
+        let main = match keeping {
+            Keeping::InSocket => Some(PROGRAM_NAME_STORAGE),
+            Keeping::ByCookie => Some(PROGRAM_NAME),
+            Keeping::ByAddress => None,
+        };
+        if let Some(Err(e)) = main.map(|main| {
+            let nested = format!("{main}{NESTED_SUFFIX}");
+            btf_program(&mut ebpf, &nested)
+                .map_err(|e| e.to_string())
+                .and_then(|p| {
+                    load_program(p, &attach_btf).map_err(|e| program_error(e).to_string())
+                })
+        }) {
             log::warn!(
                 "cannot attach the nested-transition program ({e}); transitions that nest on a CPU are lost as recursion misses"
             );
