@@ -282,7 +282,7 @@ impl Tracer {
         log::debug!("socket entries kept: {keeping:?}");
         // Attached after the main program, so it runs after it: see `NESTED_SUFFIX`. Without
         // it, transitions that nest on a CPU stay recursion misses. The address-keyed variant
-        // has none: the kernels that need it run nested programs instead of skipping them.
+        // (before 5.12) has none: see `inet_sock_set_state_nocookie`.
         let main = match keeping {
             Keeping::InSocket => Some(PROGRAM_NAME_STORAGE),
             Keeping::ByCookie => Some(PROGRAM_NAME),
