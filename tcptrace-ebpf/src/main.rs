@@ -69,7 +69,12 @@ pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> i32 {
 /// Handles the transition, marking this CPU busy meanwhile (see `maps::BUSY`). The flag is
 /// cleared, not restored, at the end: where the kernel lets the main program nest in itself
 /// (no `prog->active` guard for raw tracepoints on older kernels), a nested main run clears it
-/// before the nested program reads it, so no transition is handled twice.
+/// before the nested program reads it, so no transition is handled twice. The flag is per CPU:
+/// whatever interrupts the main program on this CPU (a softirq), or preempts it where the
+/// kernel lets probes be preempted, and fires the tracepoint finds it set. What it cannot
+/// cover is the kernel's own code around the program, between the guard's increment and the
+/// flag being set and after it is cleared; a main run preempted there makes other tasks'
+/// transitions on this CPU skipped and lost until it runs again.
 #[inline(always)]
 fn run_main<const KEYING: u8>(ctx: &BtfTracePointContext) -> i32 {
     let (sk, old, new) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));

@@ -50,9 +50,9 @@ fn new_id<const KEYING: u8>(key: u64, sk: Sock) -> u64 {
     let cpu = u64::from(unsafe { bpf_get_smp_processor_id() });
     match NEXT_ID.get_ptr_mut(0) {
         // SAFETY: a per-CPU slot, valid for the whole run. Atomic fetch-and-add needs Linux
-        // 5.12 and this runs before it; the nested program never acts there (see
-        // `run_main`), and the main one nesting in itself between this load and store
-        // would give two sockets one id (a two-instruction window).
+        // 5.12 and this runs before it; this program has no nested twin (see
+        // `inet_sock_set_state_nocookie`), and its nesting in itself between this load and
+        // store would give two sockets one id (a two-instruction window).
         Some(seq) => unsafe {
             *seq += 1;
             SYNTHETIC_ID | (cpu << 44) | (*seq & ((1 << 44) - 1))

@@ -537,7 +537,8 @@ fn refused_and_timed_out_connects_by_destination() {
     // emulation may need longer than the ~3 s the timeouts take).
     let doctor = Doctor::start(&ns, &["--duration", "120", "--connect-failures", "5"]);
     // One connect at a time: on 7.x kernels two connect() calls overlapping on one CPU were
-    // seen to cost a recursion miss (counted as lost), and this test wants exact counts.
+    // seen to cost a recursion miss (now caught by the nested program, but for the few
+    // instructions it cannot cover), and this test wants exact counts.
     ns.run(|| {
         for _ in 0..2 {
             let s = tcp_socket();

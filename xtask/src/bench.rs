@@ -314,8 +314,8 @@ fn prog_stats(pid: u32) -> Option<(u64, u64)> {
     let progs = bpf_progs(pid);
     let time = progs
         .iter()
-        .map(|i| field(i, "run_time_ns"))
-        .sum::<Option<u64>>()?;
+        .filter_map(|i| field(i, "run_time_ns"))
+        .sum::<u64>();
     let runs = progs.iter().filter_map(|i| field(i, "run_cnt")).max()?;
     Some((time, runs))
 }
@@ -1192,7 +1192,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         modes.extend(Peer::ALL.map(|p| mode(Kind::Peer(p), &bin, None)));
     }
     if let Some(other) = &args.compare {
-        let label = other.display().to_string();
+        // The file name only: a path of the measuring machine has no place in a published table.
+        let label = other.file_name().map_or_else(
+            || other.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         modes.push(mode(Kind::Tail, other, Some(label.clone())));
         modes.push(mode(Kind::Serve, other, Some(label)));
     }

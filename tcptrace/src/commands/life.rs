@@ -40,8 +40,8 @@ pub struct LifeArgs {
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_duration, allow_negative_numbers = true)]
     pub snapshot_interval: Duration,
 
-    /// Connections tracked at once; when full, the sixteenth opened longest ago is dropped (and
-    /// counted).
+    /// Connections tracked at once; when full, a sixteenth of the table (the connections opened
+    /// longest ago) is dropped and counted.
     #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(16..=16_777_216))]
     pub max_connections: u64,
 

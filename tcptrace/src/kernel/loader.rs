@@ -115,7 +115,9 @@ pub struct KernelCounters {
     pub sent: u64,
     /// Transitions lost because the kernel skipped the main program's run, it being already
     /// running on that CPU, and the nested program did not handle them either: the main
-    /// program's `prog->aux->recursion_misses` (from its fdinfo) less [`Self::nested`].
+    /// program's `prog->aux->recursion_misses` (from its fdinfo) less [`Self::nested`]. A read
+    /// that falls between a skip and its nested run counting itself (microseconds) takes that
+    /// one as lost; a later read no longer does, but a counter that went up stays up.
     pub recursion_misses: u64,
     /// Transitions the nested program handled in place of the main one (see
     /// `tcptrace_common::NESTED_SUFFIX`).

@@ -40,7 +40,7 @@
 //!   ends with its TIME_WAIT dwell. Orphaned sockets become timewait sockets in the FIN_WAIT2
 //!   substate, which the snapshot reports.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use crate::model::CookieMap;
 use crate::model::snapshot::{DiagSocket, Snapshot};
@@ -593,7 +593,8 @@ impl ConnectionTable {
 /// many insertions. Returns how many entries were evicted.
 ///
 /// No insertion-order queue is kept beside the map: it cost 8 bytes per live connection
-/// (8.4 MB at a million) for a case that only arises once the bound is reached.
+/// (8.4 MB at a million) for a case that only arises once the bound is reached. The scan keeps
+/// only the `n` oldest seen so far (a max-heap: 16 bytes each, 1 MB at 2^20 capacity).
 fn make_room<V>(live: &mut CookieMap<V>, capacity: usize, opened: impl Fn(&V) -> u64) -> u64 {
     if live.len() < capacity || live.is_empty() {
         return 0;
@@ -601,11 +602,17 @@ fn make_room<V>(live: &mut CookieMap<V>, capacity: usize, opened: impl Fn(&V) ->
     let n = (live.len() + 1 - capacity)
         .max(capacity / 16)
         .min(live.len());
-    let mut ages: Vec<(u64, u64)> = live.iter().map(|(c, v)| (opened(v), *c)).collect();
-    if n < ages.len() {
-        ages.select_nth_unstable(n - 1);
+    let mut oldest: BinaryHeap<(u64, u64)> = BinaryHeap::with_capacity(n + 1);
+    for (cookie, v) in live.iter() {
+        let key = (opened(v), *cookie);
+        if oldest.len() < n {
+            oldest.push(key);
+        } else if oldest.peek().is_some_and(|newest| key < *newest) {
+            oldest.pop();
+            oldest.push(key);
+        }
     }
-    for (_, cookie) in &ages[..n] {
+    for (_, cookie) in &oldest {
         live.swap_remove(cookie);
     }
     n as u64

@@ -129,8 +129,9 @@ pub struct SocketTable {
 
 impl SocketTable {
     pub fn new(capacity: usize, filter: Filter) -> Self {
-        // Not reserved up front: entries land in random buckets, so a reserved table would be
-        // resident in full at once; growth is amortized (a few reallocations per doubling).
+        // Not reserved up front: indices land in random buckets, so a reserved index table
+        // would be resident in full at once; growth is amortized (a few reallocations per
+        // doubling).
         Self {
             map: CookieMap::default(),
             counts: [0; STATE_SLOTS],
