@@ -911,16 +911,20 @@ fn a_simultaneous_close_between_two_local_sockets_is_one_connection() {
         let (_, report) = doctor.stop_and_report();
         if let Some(f) = findings(&report, "simultaneous_close").first() {
             assert_eq!(f["count"], 1, "{f:#}");
-            assert_eq!(f["evidence"]["sockets"], 2, "{f:#}");
             assert!(
                 f["statement"]
                     .as_str()
                     .unwrap()
                     .starts_with("1 connection(s)")
             );
-            return;
+            // Both ends go FIN_WAIT1 -> CLOSING only when the FINs cross at both; when one
+            // end's FIN is acknowledged before the other's arrives, that end goes FIN_WAIT2
+            // (as in `stories`), seen on emulated 6.1 and 6.12 guests: then try again.
+            if f["evidence"]["sockets"] == 2 {
+                return;
+            }
         }
         last = report;
     }
-    panic!("the FINs never crossed: {last:#}");
+    panic!("the FINs never crossed at both ends: {last:#}");
 }
