@@ -77,20 +77,19 @@ pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> i32 {
 /// transitions on this CPU skipped and lost until it runs again.
 #[inline(always)]
 fn run_main<const KEYING: u8>(ctx: &BtfTracePointContext) -> i32 {
-    let (sk, old, new) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
-    set_busy(1);
-    count(transition::handle_shared::<KEYING>(sk, old, new));
-    set_busy(0);
-    0
-}
-
-/// Sets this CPU's busy flag (see `maps::BUSY`).
-#[inline(always)]
-fn set_busy(value: u32) {
-    if let Some(flag) = maps::busy() {
+    // One lookup for both writes: the handler is a subprogram, so the pointer stays in a
+    // callee-saved register across it.
+    let busy = maps::busy();
+    if let Some(flag) = busy {
         // SAFETY: this CPU's slot of a per-CPU map value, valid for the whole run.
-        unsafe { *flag = value };
+        unsafe { *flag = 1 };
     }
+    handle_shared::<KEYING>(ctx);
+    if let Some(flag) = busy {
+        // SAFETY: as above.
+        unsafe { *flag = 0 };
+    }
+    0
 }
 
 /// Handles the transition only when the main program is running on this CPU: the kernel then
@@ -100,13 +99,19 @@ fn run_nested<const KEYING: u8>(ctx: &BtfTracePointContext) -> i32 {
     // SAFETY: this CPU's slot of a per-CPU map value, valid for the whole run.
     if maps::busy().is_some_and(|flag| unsafe { *flag } != 0) {
         maps::bump(counter::NESTED);
-        count(transition::handle_shared::<KEYING>(
-            ctx.arg(0),
-            ctx.arg(1),
-            ctx.arg(2),
-        ));
+        handle_shared::<KEYING>(ctx);
     }
     0
+}
+
+/// The tracepoint's transition (`sk`, old state, new state) through the shared handler.
+#[inline(always)]
+fn handle_shared<const KEYING: u8>(ctx: &BtfTracePointContext) {
+    count(transition::handle_shared::<KEYING>(
+        ctx.arg(0),
+        ctx.arg(1),
+        ctx.arg(2),
+    ));
 }
 
 /// Counts a dropped or filtered transition (`Err(counter)`).
