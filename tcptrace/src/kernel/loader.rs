@@ -63,6 +63,19 @@ pub enum Keeping {
     ByAddress,
 }
 
+impl Keeping {
+    /// The nested twin of this variant's main program (see `NESTED_SUFFIX`). The address-keyed
+    /// variant (before 5.12) has none: see `inet_sock_set_state_nocookie`.
+    fn nested_program(self) -> Option<String> {
+        let main = match self {
+            Self::InSocket => PROGRAM_NAME_STORAGE,
+            Self::ByCookie => PROGRAM_NAME,
+            Self::ByAddress => return None,
+        };
+        Some(format!("{main}{NESTED_SUFFIX}"))
+    }
+}
+
 /// The kernel program's listener map (`LISTENERS`): the owner it gives the children of each
 /// listener. The agent writes the holders of listeners older than it, and of listeners that
 /// changed hands.
@@ -283,24 +296,15 @@ impl Tracer {
         };
         log::debug!("socket entries kept: {keeping:?}");
         // Attached after the main program, so it runs after it: see `NESTED_SUFFIX`. Without
-        // it, transitions that nest on a CPU stay recursion misses. The address-keyed variant
-        // (before 5.12) has none: see `inet_sock_set_state_nocookie`.
-        let main = match keeping {
-            Keeping::InSocket => Some(PROGRAM_NAME_STORAGE),
-            Keeping::ByCookie => Some(PROGRAM_NAME),
-            Keeping::ByAddress => None,
-        };
-        if let Some(Err(e)) = main.map(|main| {
-            let nested = format!("{main}{NESTED_SUFFIX}");
-            btf_program(&mut ebpf, &nested)
-                .map_err(|e| e.to_string())
-                .and_then(|p| {
-                    load_program(p, &attach_btf).map_err(|e| program_error(e).to_string())
-                })
-        }) {
-            log::warn!(
-                "cannot attach the nested-transition program ({e}); transitions that nest on a CPU are lost as recursion misses"
-            );
+        // it, transitions that nest on a CPU stay recursion misses.
+        if let Some(nested) = keeping.nested_program() {
+            let attached = btf_program(&mut ebpf, &nested)
+                .and_then(|p| load_program(p, &attach_btf).map_err(program_error));
+            if let Err(e) = attached {
+                log::warn!(
+                    "cannot attach the nested-transition program ({e}); transitions that nest on a CPU are lost as recursion misses"
+                );
+            }
         }
         let identity = match keeping {
             Keeping::InSocket | Keeping::ByCookie => Identity::Cookie,
