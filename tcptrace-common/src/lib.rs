@@ -14,7 +14,6 @@ pub const DWELL_UNKNOWN: u64 = u64::MAX;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
-pub const IPPROTO_TCP: u32 = 6;
 
 /// TCP states as Linux numbers them (`include/net/tcp_states.h`): the values of
 /// `sock:inet_sock_set_state`'s `oldstate`/`newstate` and of INET_DIAG's `idiag_state`. Defined
@@ -99,7 +98,9 @@ pub mod counter {
     pub const RING_FULL: u32 = 0;
     /// The event was dropped by a kernel-side filter.
     pub const FILTERED: u32 = 1;
-    /// A `bpf_probe_read_kernel` of a socket field failed; the event was dropped.
+    /// A read of a socket field the record needs failed; the event was dropped. The program
+    /// reads those fields with plain loads now, which read 0 on a fault instead of failing, so
+    /// it stays 0; kept so the other indices, and the agent's sum of losses, stay as they are.
     pub const READ_FAILED: u32 = 2;
     /// Records written to the ring buffer: what the agent must end up reading.
     pub const SENT: u32 = 3;
@@ -175,11 +176,6 @@ pub struct SockOffsets {
     pub v6_rcv_saddr: u32,
     /// `sk->__sk_common.skc_v6_daddr`, or [`SockOffsets::ABSENT`].
     pub v6_daddr: u32,
-    /// Byte offset of the 32-bit word holding `sk->sk_protocol` (a plain u16 since Linux 5.6, an
-    /// 8-bit bitfield before), and how to extract it from that word.
-    pub protocol_word: u32,
-    pub protocol_shift: u32,
-    pub protocol_mask: u32,
     /// `sk->__sk_common.skc_net.net` (a `struct net *`), or [`SockOffsets::ABSENT`].
     pub net: u32,
     /// `net->ns.inum`: the network namespace inode, or [`SockOffsets::ABSENT`].
@@ -245,9 +241,6 @@ impl SockOffsets {
         daddr: 0,
         v6_rcv_saddr: Self::ABSENT,
         v6_daddr: Self::ABSENT,
-        protocol_word: 0,
-        protocol_shift: 0,
-        protocol_mask: 0,
         net: Self::ABSENT,
         net_inum: Self::ABSENT,
         cgroup: Self::ABSENT,
@@ -473,7 +466,7 @@ pub struct RawTransition {
 pub const RAW_TRANSITION_SIZE: usize = size_of::<RawTransition>();
 
 const _: () = assert!(RAW_TRANSITION_SIZE == 184);
-const _: () = assert!(size_of::<Config>() == 176);
+const _: () = assert!(size_of::<Config>() == 164);
 const _: () = assert!(size_of::<SockEntry>() == 80);
 const _: () = assert!(size_of::<ListenerEntry>() == 40);
 

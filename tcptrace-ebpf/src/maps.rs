@@ -110,7 +110,7 @@ pub static PORT_FILTER: Array<PortSet> = Array::with_max_entries(port_filter::CO
 
 /// The configuration in read-only data. Fields are read through a pointer the compiler cannot
 /// see through, so it never folds in the compile-time defaults (userspace rewrites them before
-/// load), and the 176-byte struct is never copied onto the 512-byte BPF stack.
+/// load), and the 164-byte struct is never copied onto the 512-byte BPF stack.
 #[inline(always)]
 pub fn config() -> &'static Config {
     // SAFETY: a volatile read of the address of a static: always valid.

@@ -28,7 +28,7 @@ pub fn emit(config: &Config, t: &Transition, sock: &SockEntry, in_old_ns: u64) -
     };
     // What the connection carried, read once, at its end.
     let close = if t.new == CLOSE {
-        t.sk.close_stats(&config.offsets)
+        t.tp.close_stats(&config.offsets)
     } else {
         None
     };
@@ -60,7 +60,7 @@ pub fn emit(config: &Config, t: &Transition, sock: &SockEntry, in_old_ns: u64) -
         (&raw mut (*e).netns).write(sock.netns);
         (&raw mut (*e).flags).write(flags);
         (&raw mut (*e).close).write(close.unwrap_or(CloseStats::default()));
-        t.sk.read_addresses(&config.offsets, t.family, &mut (*e).saddr, &mut (*e).daddr);
+        t.tp.read_addresses(&config.offsets, t.family, &mut (*e).saddr, &mut (*e).daddr);
     }
     slot.submit(wakeup_flags(config.wakeup_bytes));
     bump(counter::SENT);

@@ -1,14 +1,17 @@
 //! Typed access to the kernel's `struct sock`: every read of kernel memory happens here, at the
 //! offsets the agent resolved from the running kernel's BTF (`SockOffsets`).
+//!
+//! The fields every transition needs are read from a [`TcpSock`] with plain loads; the rest
+//! (pointer chains, read at a socket's birth or a server child's handshake, and through
+//! pointers the verifier does not type) with `bpf_probe_read_kernel`.
 
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{
-    bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated::bpf_get_socket_cookie,
+    bpf_probe_read_kernel,
+    generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
 };
-use tcptrace_common::{
-    AF_INET6, CloseStats, IPPROTO_TCP, SockOffsets, close_flags, counter, tcp_state,
-};
+use tcptrace_common::{AF_INET6, CloseStats, SockOffsets, close_flags, counter, tcp_state};
 
 /// `cgrp_dfl_root.cgrp.kn->id`: kernfs numbers the root directory 1.
 const ROOT_CGROUP_ID: u64 = 1;
@@ -30,6 +33,17 @@ fn read<T>(base: *const u8, offset: u32) -> Result<T, u32> {
 impl Sock {
     pub fn new(ptr: *const u8) -> Option<Self> {
         (!ptr.is_null()).then_some(Self(ptr))
+    }
+
+    /// The socket as a `struct tcp_sock`, when it is a full TCP socket: `bpf_skc_to_tcp_sock()`
+    /// (tracing programs may call it since Linux 5.9) checks `sk_fullsock()` and
+    /// `sk_protocol == IPPROTO_TCP`. `None` for the other protocols the tracepoint fires for.
+    #[inline(always)]
+    pub fn tcp(self) -> Option<TcpSock> {
+        // SAFETY: the helper takes any socket pointer the tracepoint handed us and returns
+        // null or the same socket, typed.
+        let tp = unsafe { bpf_skc_to_tcp_sock(self.as_ptr()) };
+        (!tp.is_null()).then_some(TcpSock(tp as *const u8))
     }
 
     /// The pointer itself, for helpers that take a socket.
@@ -115,65 +129,6 @@ impl Sock {
         read::<u64>(req, off.snt_synack).map_or(0, |us| us.wrapping_mul(1000))
     }
 
-    /// What the connection carried (see `CloseStats`), when this kernel's `tcp_sock` has the
-    /// fields; reads that fail leave zeros.
-    #[inline(always)]
-    pub fn close_stats(self, off: &SockOffsets) -> Option<CloseStats> {
-        if off.bytes_acked == SockOffsets::ABSENT
-            || off.bytes_received == SockOffsets::ABSENT
-            || off.total_retrans == SockOffsets::ABSENT
-            || off.srtt_us == SockOffsets::ABSENT
-            || off.mdev_us == SockOffsets::ABSENT
-        {
-            return None;
-        }
-        let fin_received = off.sk_flags != SockOffsets::ABSENT
-            && off.sock_done_bit < 64
-            && read::<u64>(self.0, off.sk_flags).is_ok_and(|f| f >> off.sock_done_bit & 1 == 1);
-        Some(CloseStats {
-            bytes_acked: read(self.0, off.bytes_acked).unwrap_or(0),
-            bytes_received: read(self.0, off.bytes_received).unwrap_or(0),
-            total_retrans: read(self.0, off.total_retrans).unwrap_or(0),
-            srtt_us: read(self.0, off.srtt_us).unwrap_or(0),
-            mdev_us: read(self.0, off.mdev_us).unwrap_or(0),
-            flags: if fin_received {
-                close_flags::FIN_RECEIVED
-            } else {
-                0
-            },
-        })
-    }
-
-    /// Whether `sk->sk_protocol` is TCP (the tracepoint fires for every inet protocol).
-    #[inline(always)]
-    pub fn is_tcp(self, off: &SockOffsets) -> Result<bool, u32> {
-        let word: u32 = read(self.0, off.protocol_word)?;
-        Ok((word >> off.protocol_shift) & off.protocol_mask == IPPROTO_TCP)
-    }
-
-    /// `sk->__sk_common.skc_family`.
-    #[inline(always)]
-    pub fn family(self, off: &SockOffsets) -> Result<u16, u32> {
-        read(self.0, off.family)
-    }
-
-    /// The local port, host order: `inet_sk(sk)->inet_sport`, which survives
-    /// `inet_put_port()` so `-> CLOSE` events keep it; else `skc_num`.
-    #[inline(always)]
-    pub fn local_port(self, off: &SockOffsets) -> Result<u16, u32> {
-        if off.inet_sport != SockOffsets::ABSENT {
-            Ok(u16::from_be(read::<u16>(self.0, off.inet_sport)?))
-        } else {
-            read(self.0, off.num)
-        }
-    }
-
-    /// `sk->__sk_common.skc_dport`, host order.
-    #[inline(always)]
-    pub fn remote_port(self, off: &SockOffsets) -> Result<u16, u32> {
-        Ok(u16::from_be(read::<u16>(self.0, off.dport)?))
-    }
-
     /// `sk->__sk_common.skc_net.net->ns.inum`, or 0 when the offsets are unknown or a read
     /// fails.
     #[inline(always)]
@@ -214,9 +169,83 @@ impl Sock {
         }
         read::<u64>(kn, off.kn_id).unwrap_or(0)
     }
+}
+
+/// A full TCP socket as the verifier knows it: a `struct tcp_sock *` typed by the kernel's BTF
+/// (from [`Sock::tcp`]). Its fields are read with plain loads instead of a helper call each.
+/// The verifier checks every load against the BTF layout at load time (the offsets come from
+/// the frozen read-only `CONFIG`, so they are constants to it; an offset that does not fall
+/// on a field of the right size fails the load, not a read), and the JIT guards each one:
+/// a load that faults reads 0 (`BPF_PROBE_MEM`).
+#[derive(Clone, Copy)]
+pub struct TcpSock(*const u8);
+
+impl TcpSock {
+    /// The `T` at `offset` bytes into the `tcp_sock`. Volatile, so that the compiler neither
+    /// merges neighbouring loads into one wider load (the verifier refuses a load that spans
+    /// two fields) nor moves them.
+    #[inline(always)]
+    fn load<T: Copy>(self, offset: u32) -> T {
+        // SAFETY: see the type: the verifier admits the load only at a field of this size, and
+        // the kernel's exception table turns a fault into a 0 read; `T` is plain data.
+        unsafe { core::ptr::read_volatile(self.0.wrapping_add(offset as usize).cast::<T>()) }
+    }
+
+    /// `sk->__sk_common.skc_family`.
+    #[inline(always)]
+    pub fn family(self, off: &SockOffsets) -> u16 {
+        self.load(off.family)
+    }
+
+    /// The local port, host order: `inet_sk(sk)->inet_sport`, which survives
+    /// `inet_put_port()` so `-> CLOSE` events keep it; else `skc_num`.
+    #[inline(always)]
+    pub fn local_port(self, off: &SockOffsets) -> u16 {
+        if off.inet_sport != SockOffsets::ABSENT {
+            u16::from_be(self.load(off.inet_sport))
+        } else {
+            self.load(off.num)
+        }
+    }
+
+    /// `sk->__sk_common.skc_dport`, host order.
+    #[inline(always)]
+    pub fn remote_port(self, off: &SockOffsets) -> u16 {
+        u16::from_be(self.load(off.dport))
+    }
+
+    /// What the connection carried (see `CloseStats`), when this kernel's `tcp_sock` has the
+    /// fields.
+    #[inline(always)]
+    pub fn close_stats(self, off: &SockOffsets) -> Option<CloseStats> {
+        if off.bytes_acked == SockOffsets::ABSENT
+            || off.bytes_received == SockOffsets::ABSENT
+            || off.total_retrans == SockOffsets::ABSENT
+            || off.srtt_us == SockOffsets::ABSENT
+            || off.mdev_us == SockOffsets::ABSENT
+        {
+            return None;
+        }
+        let fin_received = off.sk_flags != SockOffsets::ABSENT
+            && off.sock_done_bit < 64
+            && self.load::<u64>(off.sk_flags) >> off.sock_done_bit & 1 == 1;
+        Some(CloseStats {
+            bytes_acked: self.load(off.bytes_acked),
+            bytes_received: self.load(off.bytes_received),
+            total_retrans: self.load(off.total_retrans),
+            srtt_us: self.load(off.srtt_us),
+            mdev_us: self.load(off.mdev_us),
+            flags: if fin_received {
+                close_flags::FIN_RECEIVED
+            } else {
+                0
+            },
+        })
+    }
 
     /// Copies the local and remote addresses into `local` and `remote` (IPv4 in the first four
-    /// bytes). A failed read leaves zeros: the transition itself is still worth reporting.
+    /// bytes), a 4-byte word at a time (`skc_rcv_saddr` and `skc_daddr` are `__be32`, and
+    /// `struct in6_addr` is four of them).
     #[inline(always)]
     pub fn read_addresses(
         self,
@@ -225,21 +254,22 @@ impl Sock {
         local: &mut [u8; 16],
         remote: &mut [u8; 16],
     ) {
-        let at = |offset: u32| self.0.wrapping_add(offset as usize);
-        // Constant lengths in each branch: the slices need no bounds checks.
+        let words = |at: u32, out: &mut [u8; 16], n: u32| {
+            for i in 0..n {
+                let word: u32 = self.load(at + 4 * i);
+                let i = i as usize * 4;
+                // Constant indices after unrolling: no bounds checks.
+                if let Some(dst) = out.get_mut(i..i + 4) {
+                    dst.copy_from_slice(&word.to_ne_bytes());
+                }
+            }
+        };
         if family == AF_INET6 && off.v6_daddr != SockOffsets::ABSENT {
-            // SAFETY: bpf_probe_read_kernel_buf copies through the kernel's fault-handling
-            // path into buffers we own; a bad address yields an error, not a fault.
-            unsafe {
-                let _ = bpf_probe_read_kernel_buf(at(off.v6_rcv_saddr), local);
-                let _ = bpf_probe_read_kernel_buf(at(off.v6_daddr), remote);
-            }
+            words(off.v6_rcv_saddr, local, 4);
+            words(off.v6_daddr, remote, 4);
         } else {
-            // SAFETY: as above.
-            unsafe {
-                let _ = bpf_probe_read_kernel_buf(at(off.rcv_saddr), &mut local[..4]);
-                let _ = bpf_probe_read_kernel_buf(at(off.daddr), &mut remote[..4]);
-            }
+            words(off.rcv_saddr, local, 1);
+            words(off.daddr, remote, 1);
         }
     }
 }

@@ -8,7 +8,7 @@ use tcptrace_common::{SockEntry, tcp_state};
 use crate::log::klog;
 use crate::maps::{SOCKETS, config};
 use crate::record;
-use crate::sock::Sock;
+use crate::sock::{Sock, TcpSock};
 use crate::sockets;
 
 pub const ESTABLISHED: i32 = tcp_state::ESTABLISHED as i32;
@@ -46,6 +46,8 @@ pub fn state_name(state: i32) -> &'static str {
 #[derive(Clone, Copy)]
 pub struct Transition {
     pub sk: Sock,
+    /// The same socket, for plain loads of its fields.
+    pub tp: TcpSock,
     /// `bpf_ktime_get_ns()` at the transition.
     pub now: u64,
     pub old: i32,
@@ -66,26 +68,28 @@ impl Transition {
     /// reports (not TCP, or a state set again: `tcp_set_state()` also fires when a close()
     /// after shutdown() keeps FIN_WAIT1).
     #[inline(always)]
-    fn read(sk: Sock, old: i32, new: i32) -> Result<Option<Self>, u32> {
-        let off = &config().offsets;
-        if !sk.is_tcp(off)? || old == new {
-            return Ok(None);
+    fn read(sk: Sock, old: i32, new: i32) -> Option<Self> {
+        if old == new {
+            return None;
         }
+        let tp = sk.tcp()?;
+        let off = &config().offsets;
         if !(1..=MAX_STATE).contains(&old) || !(1..=MAX_STATE).contains(&new) {
             klog!(Warn, "unexpected TCP state numbers {} -> {}", old, new);
         }
-        Ok(Some(Self {
+        Some(Self {
             sk,
+            tp,
             // SAFETY: no preconditions; reads the monotonic clock.
             now: unsafe { bpf_ktime_get_ns() },
             old,
             new,
-            family: sk.family(off)?,
-            lport: sk.local_port(off)?,
-            rport: sk.remote_port(off)?,
+            family: tp.family(off),
+            lport: tp.local_port(off),
+            rport: tp.remote_port(off),
             cpu_pid_tgid: bpf_get_current_pid_tgid(),
             request_ns: 0,
-        }))
+        })
     }
 
     /// Transitions that only the socket's own process causes, from a system call: connect()
@@ -120,7 +124,7 @@ pub fn handle<const KEYING: u8>(sk: *const u8, old: i32, new: i32) -> Result<(),
     let Some(sk) = Sock::new(sk) else {
         return Ok(());
     };
-    let Some(mut t) = Transition::read(sk, old, new)? else {
+    let Some(mut t) = Transition::read(sk, old, new) else {
         return Ok(());
     };
     if (old, new) == (LISTEN, SYN_RECV) {

@@ -371,14 +371,6 @@ impl<'a> Btf<'a> {
             Err(BtfError::NoMember { .. }) => Ok(SockOffsets::ABSENT),
             Err(e) => Err(e),
         };
-        // sk_protocol: a u16 since Linux 5.6, an 8-bit bitfield in a u32 word before.
-        let protocol = self.field("sock", "sk_protocol")?;
-        let protocol_word = (protocol.bit_offset / 32) * 4;
-        let protocol_shift = protocol.bit_offset - protocol_word * 8;
-        let protocol_bits = protocol.bits.clamp(1, 16);
-        if protocol_shift + protocol_bits > 32 {
-            return Err(BtfError::Malformed("sk_protocol straddles a 32-bit word"));
-        }
         // sk_cgrp_data.cgroup since Linux 5.15; before, the union member `val` holds the
         // pointer or, with low bits set, net_prio/net_cls data (`sock_cgroup_ptr()`).
         let (cgroup, cgroup_tagged) = match optional("sk_cgrp_data.cgroup")? {
@@ -396,9 +388,6 @@ impl<'a> Btf<'a> {
             daddr: byte("__sk_common.skc_daddr")?,
             v6_rcv_saddr: optional("__sk_common.skc_v6_rcv_saddr")?,
             v6_daddr: optional("__sk_common.skc_v6_daddr")?,
-            protocol_word,
-            protocol_shift,
-            protocol_mask: (1u32 << protocol_bits) - 1,
             // Without CONFIG_NET_NS possible_net_t is empty and there is one namespace.
             net: optional("__sk_common.skc_net.net")?,
             net_inum: self.optional_field("net", "ns.inum")?,
@@ -593,22 +582,9 @@ mod tests {
                 daddr: 0,
                 v6_rcv_saddr: 72,
                 v6_daddr: 56,
-                protocol_word: 0x20c,
-                protocol_shift: 0,
-                protocol_mask: 0xffff,
                 ..SockOffsets::UNRESOLVED
             }
         );
-    }
-
-    #[test]
-    fn handles_pre_5_6_protocol_bitfield() {
-        let blob = mini_sock(true, true);
-        let btf = Btf::parse(&blob).unwrap();
-        let off = btf.sock_offsets().unwrap();
-        assert_eq!(off.protocol_word, 0x200);
-        assert_eq!(off.protocol_shift, 8);
-        assert_eq!(off.protocol_mask, 0xff);
     }
 
     #[test]
