@@ -88,15 +88,29 @@ const MAX_HELD_CHILDREN: u32 = 16_384;
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// Per CPU: 1 while the main program runs on that CPU, else 0. The nested program acts only
-/// when it reads 1: it was then fired by a softirq that interrupted the main program, whose
-/// own run the kernel skipped.
-#[map(name = "BUSY")]
-static BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+/// Per CPU: whether the main program is running there, and the last transition it handled.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Busy {
+    /// 1 while the main program runs on this CPU, else 0. The nested program acts only when it
+    /// reads 1: it was then fired by something that interrupted (a softirq) or preempted the
+    /// main program on this CPU, whose own run the kernel skipped.
+    pub running: u32,
+    /// `old << 8 | new` of the last transition the main program finished on this CPU.
+    pub last_states: u32,
+    /// The socket of that transition. Where probes can be preempted, another task's main run
+    /// may set `running` after the main program handled a transition and before the nested
+    /// program runs for that same transition: this tells the nested program the transition
+    /// was handled.
+    pub last_sk: u64,
+}
 
-/// This CPU's busy flag (see `BUSY`); `None` only if the lookup failed.
+#[map(name = "BUSY")]
+static BUSY: PerCpuArray<Busy> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's [`Busy`]; `None` only if the lookup failed.
 #[inline(always)]
-pub fn busy() -> Option<*mut u32> {
+pub fn busy() -> Option<*mut Busy> {
     BUSY.get_ptr_mut(0)
 }
 
