@@ -26,7 +26,9 @@ mod sock;
 mod sockets;
 mod transition;
 
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
 use sockets::keying;
 use tcptrace_common::{counter, flags};
 
@@ -66,7 +68,7 @@ pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> i32 {
     run_nested::<{ keying::BY_COOKIE }>(&ctx)
 }
 
-/// Handles the transition, marking this CPU busy meanwhile (see `maps::Busy`). The flag is
+/// Handles the transition, marking this CPU busy meanwhile (see `maps::BUSY`). The flag is
 /// cleared, not restored, at the end: where the kernel lets the main program nest in itself
 /// (no `prog->active` guard for raw tracepoints on older kernels), a nested main run clears it
 /// before the nested program reads it, so no transition is handled twice. The flag is per CPU:
@@ -80,41 +82,56 @@ fn run_main<const KEYING: u8>(ctx: &BtfTracePointContext) -> i32 {
     // One lookup for both writes: the handler is a subprogram, so the pointer stays in a
     // callee-saved register across it.
     let busy = maps::busy();
-    if let Some(b) = busy {
+    if let Some(flag) = busy {
         // SAFETY: this CPU's slot of a per-CPU map value, valid for the whole run.
-        unsafe { (*b).running = 1 };
+        unsafe { *flag = 1 };
     }
     handle_shared::<KEYING>(ctx);
-    if let Some(b) = busy {
-        // SAFETY: as above. The transition is recorded before the flag is cleared, so a
-        // nested run that still sees the flag set also sees it.
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(slot) = maps::handled(tid) {
+        // SAFETY: as above. Written before the flag is cleared: a nested run in this task that
+        // still sees the flag set (set again by another task) also sees this.
         unsafe {
-            (*b).last_sk = ctx.arg::<u64>(0);
-            (*b).last_states = states(ctx);
-            (*b).running = 0;
-        }
+            *slot = maps::Handled {
+                tid,
+                states: states(ctx),
+                sk: ctx.arg(0),
+            }
+        };
+    }
+    if let Some(flag) = busy {
+        // SAFETY: as above.
+        unsafe { *flag = 0 };
     }
     0
 }
 
-/// Handles the transition only when the main program is running on this CPU and has not
-/// handled this transition: the kernel then skipped the main program's run for it.
+/// Handles the transition only when the main program is running on this CPU and did not
+/// handle this transition itself: the kernel then skipped the main program's run for it.
 /// Otherwise returns at once.
 #[inline(always)]
 fn run_nested<const KEYING: u8>(ctx: &BtfTracePointContext) -> i32 {
-    let Some(b) = maps::busy() else {
-        return 0;
-    };
-    // SAFETY: this CPU's slot of a per-CPU map value, valid for the whole run.
-    let b = unsafe { *b };
-    if b.running != 0 && (b.last_sk, b.last_states) != (ctx.arg::<u64>(0), states(ctx)) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let mut by_main = false;
+    if let Some(slot) = maps::handled(tid) {
+        // SAFETY: this CPU's slot of a per-CPU map value, valid for the whole run.
+        let h = unsafe { &mut *slot };
+        by_main = h.tid == tid && h.sk == ctx.arg::<u64>(0) && h.states == states(ctx);
+        if by_main {
+            // Consumed: a later transition that happens to look the same (the same socket
+            // address and states) must not match a stale entry.
+            h.sk = 0;
+        }
+    }
+    // SAFETY: as above.
+    if !by_main && maps::busy().is_some_and(|flag| unsafe { *flag } != 0) {
         maps::bump(counter::NESTED);
         handle_shared::<KEYING>(ctx);
     }
     0
 }
 
-/// The transition's old and new state as `old << 8 | new` (see `maps::Busy::last_states`).
+/// The transition's old and new state as `old << 8 | new` (see `maps::Handled::states`).
 #[inline(always)]
 fn states(ctx: &BtfTracePointContext) -> u32 {
     (ctx.arg::<u32>(1) & 0xff) << 8 | ctx.arg::<u32>(2) & 0xff

@@ -88,30 +88,46 @@ const MAX_HELD_CHILDREN: u32 = 16_384;
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// Per CPU: whether the main program is running there, and the last transition it handled.
-#[derive(Clone, Copy)]
-#[repr(C)]
-pub struct Busy {
-    /// 1 while the main program runs on this CPU, else 0. The nested program acts only when it
-    /// reads 1: it was then fired by something that interrupted (a softirq) or preempted the
-    /// main program on this CPU, whose own run the kernel skipped.
-    pub running: u32,
-    /// `old << 8 | new` of the last transition the main program finished on this CPU.
-    pub last_states: u32,
-    /// The socket of that transition. Where probes can be preempted, another task's main run
-    /// may set `running` after the main program handled a transition and before the nested
-    /// program runs for that same transition: this tells the nested program the transition
-    /// was handled.
-    pub last_sk: u64,
+/// Per CPU: 1 while the main program runs on that CPU, else 0. The nested program acts only
+/// when it reads 1: it was then fired by something that interrupted (a softirq) or preempted
+/// the main program on this CPU, whose own run the kernel skipped.
+#[map(name = "BUSY")]
+static BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's busy flag (see `BUSY`); `None` only if the lookup failed.
+#[inline(always)]
+pub fn busy() -> Option<*mut u32> {
+    BUSY.get_ptr_mut(0)
 }
 
-#[map(name = "BUSY")]
-static BUSY: PerCpuArray<Busy> = PerCpuArray::with_max_entries(1, 0);
+/// The transition the main program last finished in a task on this CPU, for the nested
+/// program's run for the same transition, which follows in the same task.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Handled {
+    /// The task's thread id (`bpf_get_current_pid_tgid()`'s low half).
+    pub tid: u32,
+    /// `old << 8 | new`.
+    pub states: u32,
+    /// The socket's address; 0 once the nested program consumed the entry.
+    pub sk: u64,
+}
 
-/// This CPU's [`Busy`]; `None` only if the lookup failed.
+/// Slots of `HANDLED` per CPU; a task uses slot `tid % HANDLED_SLOTS`.
+const HANDLED_SLOTS: u32 = 64;
+
+/// Per CPU, per task slot: what the main program just handled. Where probes can be preempted, a
+/// task can be preempted between the main and the nested program's runs for its transition
+/// while another task's main run sets the busy flag; the nested program then finds its own
+/// task's transition here and leaves it alone instead of handling it a second time. Per task
+/// (not one per CPU), because other tasks' pairs of runs may come in between.
+#[map(name = "HANDLED")]
+static HANDLED: PerCpuArray<Handled> = PerCpuArray::with_max_entries(HANDLED_SLOTS, 0);
+
+/// This CPU's `HANDLED` slot for thread `tid`; `None` only if the lookup failed.
 #[inline(always)]
-pub fn busy() -> Option<*mut Busy> {
-    BUSY.get_ptr_mut(0)
+pub fn handled(tid: u32) -> Option<*mut Handled> {
+    HANDLED.get_ptr_mut(tid % HANDLED_SLOTS)
 }
 
 /// Per-CPU sequence for socket ids the no-cookie programs give (see `SYNTHETIC_ID`).

@@ -514,8 +514,9 @@ fn nested_transitions_are_handled_once_under_churn() {
     assert_eq!(made, 2 * PER_THREAD, "connections made before the deadline");
     server.join().unwrap();
     // The listener's LISTEN -> CLOSE comes last.
-    // Looks at the newest events only: `wait_for` asks after each of ~30k events.
-    let closed = agent.wait_for(Duration::from_secs(30), |ev| {
+    // Looks at the newest events only: `wait_for` asks after each of ~30k events. An emulated
+    // guest on a busy host prints them at well under 1000/s: a bound, not an expectation.
+    let closed = agent.wait_for(Duration::from_secs(120), |ev| {
         seen(&ev[ev.len().saturating_sub(64)..], "LISTEN", "CLOSE") >= 1
     });
     std::thread::sleep(Duration::from_millis(500));
