@@ -11,7 +11,7 @@ use aya_ebpf::helpers::{
     bpf_probe_read_kernel,
     generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
 };
-use tcptrace_common::{AF_INET6, CloseStats, SockOffsets, close_flags, counter, tcp_state};
+use tcptrace_common::{AF_INET6, CloseStats, SockOffsets, close_flags, tcp_state};
 
 /// `cgrp_dfl_root.cgrp.kn->id`: kernfs numbers the root directory 1.
 const ROOT_CGROUP_ID: u64 = 1;
@@ -20,14 +20,13 @@ const ROOT_CGROUP_ID: u64 = 1;
 #[derive(Clone, Copy)]
 pub struct Sock(*const u8);
 
-/// Reads a `T` at `offset` bytes into a kernel object; `Err(READ_FAILED)` when the kernel
-/// refuses the read.
+/// Reads a `T` at `offset` bytes into a kernel object; `None` when the kernel refuses the
+/// read.
 #[inline(always)]
-fn read<T>(base: *const u8, offset: u32) -> Result<T, u32> {
+fn read<T>(base: *const u8, offset: u32) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel copies through the kernel's fault-handling path, so any
     // address is safe to pass; a bad one yields an error, not a fault.
-    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }
-        .map_err(|_| counter::READ_FAILED)
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.ok()
 }
 
 impl Sock {
@@ -74,7 +73,7 @@ impl Sock {
         if off.cookie == SockOffsets::ABSENT {
             return None;
         }
-        read::<u64>(self.0, off.cookie).ok().filter(|&c| c != 0)
+        read::<u64>(self.0, off.cookie).filter(|&c| c != 0)
     }
 
     /// The listener a server child was cloned from, at the child's `LISTEN -> SYN_RECV` (in
@@ -91,17 +90,17 @@ impl Sock {
             return None;
         }
         // struct hlist_node { struct hlist_node *next, **pprev; }
-        let pprev = read::<*const u8>(self.0, off.bind_node + 8).ok()?;
+        let pprev = read::<*const u8>(self.0, off.bind_node + 8)?;
         if pprev.is_null() {
             return None;
         }
-        let node = read::<*const u8>(pprev, 0).ok()?;
+        let node = read::<*const u8>(pprev, 0)?;
         if node.is_null() {
             return None;
         }
         let listener = Sock(node.wrapping_sub(off.bind_node as usize));
-        let state = read::<u8>(listener.0, off.state).ok()?;
-        let port = read::<u16>(listener.0, off.num).ok()?;
+        let state = read::<u8>(listener.0, off.state)?;
+        let port = read::<u16>(listener.0, off.num)?;
         (state == tcp_state::LISTEN && port == lport && listener.netns(off) == netns)
             .then_some(listener)
     }
@@ -119,10 +118,10 @@ impl Sock {
         {
             return 0;
         }
-        let Ok(req) = read::<*const u8>(self.0, off.accept_tail) else {
+        let Some(req) = read::<*const u8>(self.0, off.accept_tail) else {
             return 0;
         };
-        if req.is_null() || read::<*const u8>(req, off.req_sk).ok() != Some(child.0) {
+        if req.is_null() || read::<*const u8>(req, off.req_sk) != Some(child.0) {
             return 0;
         }
         // Monotonic microseconds stay far below 2^54 for centuries: no overflow.
@@ -136,7 +135,7 @@ impl Sock {
         if off.net == SockOffsets::ABSENT || off.net_inum == SockOffsets::ABSENT {
             return 0;
         }
-        let Ok(net) = read::<*const u8>(self.0, off.net) else {
+        let Some(net) = read::<*const u8>(self.0, off.net) else {
             return 0;
         };
         read::<u32>(net, off.net_inum).unwrap_or(0)
@@ -151,7 +150,7 @@ impl Sock {
         {
             return 0;
         }
-        let Ok(cgroup) = read::<*const u8>(self.0, off.cgroup) else {
+        let Some(cgroup) = read::<*const u8>(self.0, off.cgroup) else {
             return 0;
         };
         if off.cgroup_tagged != 0 && (cgroup.is_null() || cgroup as u64 & 3 != 0) {
@@ -161,7 +160,7 @@ impl Sock {
         if cgroup.is_null() {
             return 0;
         }
-        let Ok(kn) = read::<*const u8>(cgroup, off.cgroup_kn) else {
+        let Some(kn) = read::<*const u8>(cgroup, off.cgroup_kn) else {
             return 0;
         };
         if kn.is_null() {
@@ -174,9 +173,10 @@ impl Sock {
 /// A full TCP socket as the verifier knows it: a `struct tcp_sock *` typed by the kernel's BTF
 /// (from [`Sock::tcp`]). Its fields are read with plain loads instead of a helper call each.
 /// The verifier checks every load against the BTF layout at load time (the offsets come from
-/// the frozen read-only `CONFIG`, so they are constants to it; an offset that does not fall
-/// on a field of the right size fails the load, not a read), and the JIT guards each one:
-/// a load that faults reads 0 (`BPF_PROBE_MEM`).
+/// the frozen read-only `CONFIG`, so they are constants to it): a load must fall within one
+/// member of the struct, so a wrong offset or a too-wide load fails the program's load, not a
+/// read (the agent resolves the offsets from the same BTF and checks the members' widths).
+/// The JIT guards each load: one that faults reads 0 (`BPF_PROBE_MEM`).
 #[derive(Clone, Copy)]
 pub struct TcpSock(*const u8);
 
@@ -186,8 +186,9 @@ impl TcpSock {
     /// two fields) nor moves them.
     #[inline(always)]
     fn load<T: Copy>(self, offset: u32) -> T {
-        // SAFETY: see the type: the verifier admits the load only at a field of this size, and
-        // the kernel's exception table turns a fault into a 0 read; `T` is plain data.
+        // SAFETY: see the type: the verifier admits the load only within one member of the
+        // BTF struct, and the kernel's exception table turns a fault into a 0 read; `T` is
+        // plain data.
         unsafe { core::ptr::read_volatile(self.0.wrapping_add(offset as usize).cast::<T>()) }
     }
 
@@ -264,7 +265,10 @@ impl TcpSock {
                 }
             }
         };
-        if family == AF_INET6 && off.v6_daddr != SockOffsets::ABSENT {
+        if family == AF_INET6
+            && off.v6_daddr != SockOffsets::ABSENT
+            && off.v6_rcv_saddr != SockOffsets::ABSENT
+        {
             words(off.v6_rcv_saddr, local, 4);
             words(off.v6_daddr, remote, 4);
         } else {

@@ -24,6 +24,15 @@ pub enum BtfError {
     NoStruct(String),
     #[error("BTF struct `{strukt}` has no member `{member}`")]
     NoMember { strukt: String, member: String },
+    #[error(
+        "BTF member `{strukt}.{member}` is {bits} bits wide where tcptrace reads {want}: this kernel is not supported yet"
+    )]
+    Width {
+        strukt: String,
+        member: String,
+        bits: u32,
+        want: u32,
+    },
 }
 
 const BTF_MAGIC: u16 = 0xeb9f;
@@ -362,9 +371,20 @@ impl<'a> Btf<'a> {
         Ok(FieldLocation { bit_offset, bits })
     }
 
-    /// Resolves every `struct sock` field the eBPF program reads.
+    /// Resolves every `struct sock` field the eBPF program reads. The fields it reads with
+    /// plain loads (`TcpSock` in the eBPF crate) are checked to be as wide as those loads: the
+    /// verifier refuses a load wider than its member, which would fail the whole program.
     pub fn sock_offsets(&self) -> Result<SockOffsets, BtfError> {
-        let byte = |path: &str| self.field("sock", path).map(|f| f.byte_offset());
+        let loaded = |path: &str, want: u32| self.loaded("sock", path, want);
+        // An optional field of another width is left out, like a missing one.
+        let optional_loaded =
+            |strukt: &str, path: &str, want: u32| match self.loaded(strukt, path, want) {
+                Ok(off) => Ok(off),
+                Err(BtfError::NoMember { .. } | BtfError::NoStruct(_) | BtfError::Width { .. }) => {
+                    Ok(SockOffsets::ABSENT)
+                }
+                Err(e) => Err(e),
+            };
         // Kernels built without IPv6 have no skc_v6_* members; the program then reads IPv4 only.
         let optional = |path: &str| match self.field("sock", path) {
             Ok(f) => Ok(f.byte_offset()),
@@ -381,20 +401,20 @@ impl<'a> Btf<'a> {
             direct => (direct, false),
         };
         Ok(SockOffsets {
-            family: byte("__sk_common.skc_family")?,
-            num: byte("__sk_common.skc_num")?,
-            dport: byte("__sk_common.skc_dport")?,
-            rcv_saddr: byte("__sk_common.skc_rcv_saddr")?,
-            daddr: byte("__sk_common.skc_daddr")?,
-            v6_rcv_saddr: optional("__sk_common.skc_v6_rcv_saddr")?,
-            v6_daddr: optional("__sk_common.skc_v6_daddr")?,
+            family: loaded("__sk_common.skc_family", 16)?,
+            num: loaded("__sk_common.skc_num", 16)?,
+            dport: loaded("__sk_common.skc_dport", 16)?,
+            rcv_saddr: loaded("__sk_common.skc_rcv_saddr", 32)?,
+            daddr: loaded("__sk_common.skc_daddr", 32)?,
+            v6_rcv_saddr: optional_loaded("sock", "__sk_common.skc_v6_rcv_saddr", 128)?,
+            v6_daddr: optional_loaded("sock", "__sk_common.skc_v6_daddr", 128)?,
             // Without CONFIG_NET_NS possible_net_t is empty and there is one namespace.
             net: optional("__sk_common.skc_net.net")?,
             net_inum: self.optional_field("net", "ns.inum")?,
             cgroup,
             cgroup_kn: self.optional_field("cgroup", "kn")?,
             kn_id: self.optional_field("kernfs_node", "id")?,
-            inet_sport: self.optional_field("inet_sock", "inet_sport")?,
+            inet_sport: optional_loaded("inet_sock", "inet_sport", 16)?,
             cookie: optional("__sk_common.skc_cookie")?,
             cgroup_tagged: u32::from(cgroup_tagged),
             state: optional("__sk_common.skc_state")?,
@@ -403,17 +423,32 @@ impl<'a> Btf<'a> {
                 .optional_field("inet_connection_sock", "icsk_accept_queue.rskq_accept_tail")?,
             req_sk: self.optional_field("request_sock", "sk")?,
             snt_synack: self.optional_field("tcp_request_sock", "snt_synack")?,
-            bytes_acked: self.optional_field("tcp_sock", "bytes_acked")?,
-            bytes_received: self.optional_field("tcp_sock", "bytes_received")?,
-            total_retrans: self.optional_field("tcp_sock", "total_retrans")?,
-            srtt_us: self.optional_field("tcp_sock", "srtt_us")?,
-            mdev_us: self.optional_field("tcp_sock", "mdev_us")?,
-            sk_flags: optional("__sk_common.skc_flags")?,
+            bytes_acked: optional_loaded("tcp_sock", "bytes_acked", 64)?,
+            bytes_received: optional_loaded("tcp_sock", "bytes_received", 64)?,
+            total_retrans: optional_loaded("tcp_sock", "total_retrans", 32)?,
+            srtt_us: optional_loaded("tcp_sock", "srtt_us", 32)?,
+            mdev_us: optional_loaded("tcp_sock", "mdev_us", 32)?,
+            sk_flags: optional_loaded("sock", "__sk_common.skc_flags", 64)?,
             sock_done_bit: self
                 .enum_value("sock_flags", "SOCK_DONE")
                 .and_then(|v| u32::try_from(v).ok())
                 .unwrap_or(SockOffsets::ABSENT),
         })
+    }
+
+    /// Byte offset of `strukt.path` when the member is `want` bits wide; `BtfError::Width`
+    /// when it is not.
+    fn loaded(&self, strukt: &str, path: &str, want: u32) -> Result<u32, BtfError> {
+        let f = self.field(strukt, path)?;
+        if f.bits != want {
+            return Err(BtfError::Width {
+                strukt: strukt.to_owned(),
+                member: path.to_owned(),
+                bits: f.bits,
+                want,
+            });
+        }
+        Ok(f.byte_offset())
     }
 
     /// Byte offset of `strukt.path`, or [`SockOffsets::ABSENT`] when this kernel lacks it.
@@ -585,6 +620,22 @@ mod tests {
                 ..SockOffsets::UNRESOLVED
             }
         );
+    }
+
+    #[test]
+    fn a_directly_loaded_field_of_another_width_is_refused_or_left_out() {
+        let btf_blob = mini_sock(false, true);
+        let btf = Btf::parse(&btf_blob).unwrap();
+        // skc_family is a u16: a 32-bit load of it would fail the whole program.
+        assert!(matches!(
+            btf.loaded("sock", "__sk_common.skc_family", 32),
+            Err(BtfError::Width {
+                bits: 16,
+                want: 32,
+                ..
+            })
+        ));
+        assert_eq!(btf.loaded("sock", "__sk_common.skc_family", 16), Ok(16));
     }
 
     #[test]
