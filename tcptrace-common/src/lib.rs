@@ -296,10 +296,11 @@ pub struct Config {
     /// Keep only sockets owned by one of the first `npids` process ids (tgid).
     pub pids: [u32; MAX_PID_FILTER],
     pub npids: u32,
-    /// Wake the agent only once this many bytes wait in the ring: below it records are
-    /// submitted with `BPF_RB_NO_WAKEUP` and the agent drains on a short timer instead; at or
-    /// above it, `BPF_RB_FORCE_WAKEUP`. A wakeup per record costs an `irq_work` and a
-    /// reader context switch, which at high churn is most of the program's cost.
+    /// Wake the agent only when the bytes waiting in the ring reach a multiple of this: a
+    /// record that does is submitted with `BPF_RB_FORCE_WAKEUP`, every other one with
+    /// `BPF_RB_NO_WAKEUP`, and the agent drains on a short timer as well. A wakeup per record
+    /// costs an `irq_work` (a self-IPI) and a reader context switch, which at high churn is
+    /// most of the program's cost. 0: never wake (the timer alone).
     pub wakeup_bytes: u32,
 }
 

@@ -2,7 +2,9 @@
 
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::helpers::bpf_get_current_comm;
-use tcptrace_common::{CloseStats, Config, RawTransition, SockEntry, counter, flags};
+use tcptrace_common::{
+    CloseStats, Config, RAW_TRANSITION_SIZE, RawTransition, SockEntry, counter, flags,
+};
 
 use crate::filter;
 use crate::maps::{EVENTS, bump};
@@ -67,12 +69,26 @@ pub fn emit(config: &Config, t: &Transition, sock: &SockEntry, in_old_ns: u64) -
     Ok(())
 }
 
-/// Submit flags: wake the agent only when enough is waiting (see `Config::wakeup_bytes`).
+/// Bytes a record takes in the ring: the record and the ring's 8-byte header, rounded up to 8.
+const RECORD_SPAN: u64 = (RAW_TRANSITION_SIZE as u64 + 8).next_multiple_of(8);
+
+/// How far past a multiple of `Config::wakeup_bytes` the data waiting may be for a record to
+/// still wake the agent: other CPUs' reservations can move it past the multiple between this
+/// record's reservation and the query.
+const WAKEUP_WINDOW: u64 = 16 * RECORD_SPAN;
+
+/// Submit flags: wake the agent when the data waiting reaches a multiple of
+/// `Config::wakeup_bytes`, not for every record past it. Each forced wakeup queues an
+/// `irq_work`, raised with a self-IPI (an APIC write, which a virtual machine traps), and
+/// until the agent runs and drains, every record past the threshold would force one: a churn
+/// profile showed a fifth of the program's samples in that APIC write. A wakeup this misses
+/// (more CPUs than the window reserving at once) costs at most the agent's own drain period.
 #[inline(always)]
 fn wakeup_flags(wakeup_bytes: u32) -> u64 {
-    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(wakeup_bytes) {
-        u64::from(BPF_RB_FORCE_WAKEUP)
-    } else {
-        u64::from(BPF_RB_NO_WAKEUP)
+    let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    let step = u64::from(wakeup_bytes);
+    match waiting.checked_rem(step) {
+        Some(past) if waiting >= step && past < WAKEUP_WINDOW => u64::from(BPF_RB_FORCE_WAKEUP),
+        _ => u64::from(BPF_RB_NO_WAKEUP),
     }
 }

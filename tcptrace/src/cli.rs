@@ -490,8 +490,8 @@ impl FilterArgs {
 pub struct KernelArgs {
     /// Ring buffer size in bytes between kernel and agent: a power of two, at least 4096.
     /// Larger rides out longer bursts before events are lost (counted as ring_full). The
-    /// kernel wakes the agent once 1/8 of it is waiting; below that the agent drains it
-    /// every 10 ms.
+    /// kernel wakes the agent each time another 1/8 of it is waiting; otherwise the agent
+    /// drains it every 10 ms.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_bytes, help_heading = "Kernel")]
     pub ring_bytes: u32,
 

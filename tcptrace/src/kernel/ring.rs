@@ -1,6 +1,7 @@
 //! The ring buffers the kernel program writes: transitions (`EVENTS`) and, when enabled, its
 //! log messages. The reader waits on the transitions ring's epoll readiness and also drains
-//! both on a short timer, since the program wakes it only when 1/8 of the ring waits.
+//! both on a short timer, since the program wakes it only each time another 1/8 of the ring
+//! waits.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -12,8 +13,8 @@ use tokio::io::unix::AsyncFd;
 use crate::kernel::log::KernelLog;
 
 /// How often the reader drains the ring without being woken. The kernel submits records
-/// without a wakeup until 1/8 of the ring is waiting (`Config::wakeup_bytes`), so this bounds
-/// how late a record is shown at low rates.
+/// without a wakeup except when another 1/8 of the ring is waiting (`Config::wakeup_bytes`),
+/// so this bounds how late a record is shown at low rates.
 pub const RING_POLL: Duration = Duration::from_millis(10);
 
 /// The transitions ring and the kernel log.
