@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Agent, Exporter, free_port, http_get, require_root, sample};
+use common::{Agent, Exporter, free_port, http_get, require_root, sample, summary_number};
 use serde_json::Value;
 
 /// `n` loopback connections to `port`, each closed by the client first (10 transitions each);
@@ -25,17 +25,6 @@ fn churn(listener: &TcpListener, n: usize) {
         let mut server = server;
         let _ = server.read(&mut buf);
     }
-}
-
-fn summary_number(stderr: &str, label: &str) -> u64 {
-    let at = stderr
-        .find(label)
-        .unwrap_or_else(|| panic!("`{label}` in {stderr}"));
-    stderr[..at]
-        .split_whitespace()
-        .last()
-        .and_then(|w| w.trim_start_matches('(').parse().ok())
-        .unwrap_or_else(|| panic!("number before `{label}` in {stderr}"))
 }
 
 fn signal(pid: u32, sig: i32) {

@@ -10,7 +10,9 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Agent, by_cookie, free_port, seen, socket_where, transitions, wait_timeout};
+use common::{
+    Agent, by_cookie, free_port, seen, socket_where, summary_number, transitions, wait_timeout,
+};
 use serde_json::Value;
 
 /// Ports of one client/server exchange.
@@ -555,17 +557,4 @@ fn nested_transitions_are_handled_once_under_churn() {
         "{} transitions, {nested} caught by the nested program, {lost} lost: {stderr}",
         events.len()
     );
-}
-
-/// Extracts the number before `label` in the summary line, e.g. "12 filtered out (10 in kernel".
-fn summary_number(stderr: &str, label: &str) -> u64 {
-    let at = stderr
-        .find(label)
-        .unwrap_or_else(|| panic!("no `{label}` in {stderr}"));
-    stderr[..at]
-        .split(|c: char| !c.is_ascii_digit())
-        .rev()
-        .find(|s| !s.is_empty())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no number before `{label}` in {stderr}"))
 }

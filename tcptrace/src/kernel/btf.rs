@@ -530,7 +530,7 @@ mod tests {
     }
 
     /// A miniature `struct sock` shaped like the kernel's: anonymous unions, nested structs and
-    /// (optionally) the pre-5.6 `sk_protocol` bitfield.
+    /// (optionally) a bitfield member, the pre-5.6 `sk_protocol`.
     fn mini_sock(protocol_bitfield: bool, ipv6: bool) -> Vec<u8> {
         mini_sock_with(protocol_bitfield, ipv6, false)
     }
@@ -636,6 +636,19 @@ mod tests {
             })
         ));
         assert_eq!(btf.loaded("sock", "__sk_common.skc_family", 16), Ok(16));
+    }
+
+    #[test]
+    fn a_bitfield_member_has_its_own_width_and_bit_offset() {
+        // The width check relies on it: a member that became a bitfield is refused.
+        let blob = mini_sock(true, true);
+        let btf = Btf::parse(&blob).unwrap();
+        let f = btf.field("sock", "sk_protocol").unwrap();
+        assert_eq!((f.bit_offset, f.bits), (0x200 * 8 + 8, 8));
+        assert!(matches!(
+            btf.loaded("sock", "sk_protocol", 16),
+            Err(BtfError::Width { bits: 8, .. })
+        ));
     }
 
     #[test]

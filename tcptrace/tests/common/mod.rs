@@ -588,3 +588,16 @@ pub fn close_simultaneously(ns: &Netns, port: u16, mut a: TcpStream, mut b: TcpS
         assert_eq!(s.read(&mut buf).unwrap(), 0, "EOF");
     }
 }
+
+/// Extracts the number before `label` in the summary line, e.g. "12 filtered out (10 in kernel".
+pub fn summary_number(stderr: &str, label: &str) -> u64 {
+    let at = stderr
+        .find(label)
+        .unwrap_or_else(|| panic!("no `{label}` in {stderr}"));
+    stderr[..at]
+        .split(|c: char| !c.is_ascii_digit())
+        .rev()
+        .find(|s| !s.is_empty())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number before `{label}` in {stderr}"))
+}
