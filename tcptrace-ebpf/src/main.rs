@@ -53,7 +53,6 @@ pub fn inet_sock_set_state_nocookie(ctx: BtfTracePointContext) -> i32 {
         ctx.arg(0),
         ctx.arg(1),
         ctx.arg(2),
-        bpf_get_current_pid_tgid(),
     ));
     0
 }
@@ -87,9 +86,8 @@ fn run_main<const KEYING: u8>(ctx: &BtfTracePointContext) -> i32 {
         // SAFETY: this CPU's slot of a per-CPU map value, valid for the whole run.
         unsafe { *flag = 1 };
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    handle_shared::<KEYING>(ctx, pid_tgid);
-    let tid = pid_tgid as u32;
+    handle_shared::<KEYING>(ctx);
+    let tid = bpf_get_current_pid_tgid() as u32;
     if let Some(slot) = maps::handled(tid) {
         // SAFETY: as above. Written before the flag is cleared: a nested run in this task that
         // still sees the flag set (set again by another task) also sees this.
@@ -110,27 +108,26 @@ fn run_main<const KEYING: u8>(ctx: &BtfTracePointContext) -> i32 {
 
 /// Handles the transition only when the main program is running on this CPU and did not
 /// handle this transition itself: the kernel then skipped the main program's run for it.
-/// Otherwise returns at once, after one lookup: the busy flag is clear on almost every run.
+/// Otherwise returns at once.
 #[inline(always)]
 fn run_nested<const KEYING: u8>(ctx: &BtfTracePointContext) -> i32 {
-    // SAFETY: this CPU's slot of a per-CPU map value, valid for the whole run.
-    if !maps::busy().is_some_and(|flag| unsafe { *flag } != 0) {
-        return 0;
-    }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let mut by_main = false;
     if let Some(slot) = maps::handled(tid) {
-        // SAFETY: as above.
+        // SAFETY: this CPU's slot of a per-CPU map value, valid for the whole run.
         let h = unsafe { &mut *slot };
-        if h.tid == tid && h.sk == ctx.arg::<u64>(0) && h.states == states(ctx) {
-            // Consumed: a later transition that looks the same (the same socket address and
-            // states) must not match it.
+        by_main = h.tid == tid && h.sk == ctx.arg::<u64>(0) && h.states == states(ctx);
+        if by_main {
+            // Consumed: a later transition that happens to look the same (the same socket
+            // address and states) must not match a stale entry.
             h.sk = 0;
-            return 0;
         }
     }
-    maps::bump(counter::NESTED);
-    handle_shared::<KEYING>(ctx, pid_tgid);
+    // SAFETY: as above.
+    if !by_main && maps::busy().is_some_and(|flag| unsafe { *flag } != 0) {
+        maps::bump(counter::NESTED);
+        handle_shared::<KEYING>(ctx);
+    }
     0
 }
 
@@ -142,12 +139,11 @@ fn states(ctx: &BtfTracePointContext) -> u32 {
 
 /// The tracepoint's transition (`sk`, old state, new state) through the shared handler.
 #[inline(always)]
-fn handle_shared<const KEYING: u8>(ctx: &BtfTracePointContext, pid_tgid: u64) {
+fn handle_shared<const KEYING: u8>(ctx: &BtfTracePointContext) {
     count(transition::handle_shared::<KEYING>(
         ctx.arg(0),
         ctx.arg(1),
         ctx.arg(2),
-        pid_tgid,
     ));
 }
 

@@ -109,11 +109,7 @@ pub struct Handled {
     pub tid: u32,
     /// `old << 8 | new`.
     pub states: u32,
-    /// The socket's address; 0 once the nested program consumed the entry. It looks only while
-    /// the busy flag is set, so an entry it never looked at stays until the task's next
-    /// transition on this CPU overwrites it: a transition of the same socket address with the
-    /// same states skipped by the main program in between would be taken as handled and count
-    /// as a recursion loss (never a duplicate).
+    /// The socket's address; 0 once the nested program consumed the entry.
     pub sk: u64,
 }
 

@@ -2,7 +2,7 @@
 //! hold back server children, find or start the socket's entry, keep the listener owners,
 //! emit the record, forget closed sockets.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use tcptrace_common::{SockEntry, tcp_state};
 
 use crate::log::klog;
@@ -68,7 +68,7 @@ impl Transition {
     /// reports (not TCP, or a state set again: `tcp_set_state()` also fires when a close()
     /// after shutdown() keeps FIN_WAIT1).
     #[inline(always)]
-    fn read(sk: Sock, old: i32, new: i32, cpu_pid_tgid: u64) -> Option<Self> {
+    fn read(sk: Sock, old: i32, new: i32) -> Option<Self> {
         if old == new {
             return None;
         }
@@ -87,7 +87,7 @@ impl Transition {
             family: tp.family(off),
             lport: tp.local_port(off),
             rport: tp.remote_port(off),
-            cpu_pid_tgid,
+            cpu_pid_tgid: bpf_get_current_pid_tgid(),
             request_ns: 0,
         })
     }
@@ -118,20 +118,13 @@ impl Transition {
     }
 }
 
-/// Handles one event; `cpu_pid_tgid` is `bpf_get_current_pid_tgid()`, read once by the entry
-/// point (the main program needs it again after the handler). `Err(counter)` counts a dropped
-/// or filtered record.
+/// Handles one event; `Err(counter)` counts a dropped or filtered record.
 #[inline(always)]
-pub fn handle<const KEYING: u8>(
-    sk: *const u8,
-    old: i32,
-    new: i32,
-    cpu_pid_tgid: u64,
-) -> Result<(), u32> {
+pub fn handle<const KEYING: u8>(sk: *const u8, old: i32, new: i32) -> Result<(), u32> {
     let Some(sk) = Sock::new(sk) else {
         return Ok(());
     };
-    let Some(mut t) = Transition::read(sk, old, new, cpu_pid_tgid) else {
+    let Some(mut t) = Transition::read(sk, old, new) else {
         return Ok(());
     };
     if (old, new) == (LISTEN, SYN_RECV) {
@@ -170,11 +163,6 @@ pub fn handle<const KEYING: u8>(
 /// them a `Transition`, splits its socket pointer into halves, which the verifier refuses
 /// ("pointer arithmetic with >>= operator prohibited").
 #[inline(never)]
-pub fn handle_shared<const KEYING: u8>(
-    sk: *const u8,
-    old: i32,
-    new: i32,
-    cpu_pid_tgid: u64,
-) -> Result<(), u32> {
-    handle::<KEYING>(sk, old, new, cpu_pid_tgid)
+pub fn handle_shared<const KEYING: u8>(sk: *const u8, old: i32, new: i32) -> Result<(), u32> {
+    handle::<KEYING>(sk, old, new)
 }

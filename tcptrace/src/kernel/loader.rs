@@ -156,8 +156,8 @@ fn load_program(program: &mut BtfTracePoint, attach_btf: &aya::Btf) -> Result<Ra
 
 /// The kernel wakes the agent each time another 1/8 of the ring is waiting; otherwise the agent
 /// drains on its own timer ([`crate::kernel::ring::RING_POLL`]). At 200k transitions/s the
-/// timer's 10 ms is ~280 KiB of 144-byte records, below 1/8 of the default 4 MiB ring, so
-/// wakeups come only when the agent falls behind.
+/// timer's 10 ms is ~200 KiB, far below 1/8 of the default 4 MiB ring, so wakeups at full churn
+/// are rare.
 const WAKEUP_FRACTION: u32 = 8;
 
 /// The value of aya-log's `AYA_LOG_LEVEL` (`aya_log::Level` numbers, 0 = off) for a log
