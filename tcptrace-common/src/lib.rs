@@ -66,6 +66,13 @@ pub const NESTED_SUFFIX: &str = "_nested";
 pub const RESET_PROGRAM: &str = "tcp_receive_reset";
 /// [`RESET_PROGRAM`] for kernels without the cookie helper in tracing programs.
 pub const RESET_PROGRAM_NO_COOKIE: &str = "tcp_receive_reset_nocookie";
+/// The benchmark's floor programs on `tp_btf/inet_sock_set_state`, which the agent never loads:
+/// one that does nothing (the cost of being attached), and one that only streams a record
+/// through `EVENTS` as tcptrace's program does (reserve, timestamp, submit with the same wakeup
+/// rule): the least any tracer that streams every transition pays.
+pub const FLOOR_EMPTY_PROGRAM: &str = "bench_floor_empty";
+/// See [`FLOOR_EMPTY_PROGRAM`].
+pub const FLOOR_RING_PROGRAM: &str = "bench_floor_ring";
 /// Socket ids the program numbers itself (no kernel cookie) have this bit set; kernel cookies
 /// are a counter from 1 and never reach it.
 pub const SYNTHETIC_ID: u64 = 1 << 63;

@@ -19,6 +19,7 @@
 #![allow(internal_features)]
 
 mod filter;
+mod floor;
 mod log;
 mod maps;
 mod record;

@@ -84,7 +84,7 @@ const WAKEUP_WINDOW: u64 = 16 * RECORD_SPAN;
 /// profile showed a fifth of the program's samples in that APIC write. A wakeup this misses
 /// (more CPUs than the window reserving at once) costs at most the agent's own drain period.
 #[inline(always)]
-fn wakeup_flags(wakeup_bytes: u32) -> u64 {
+pub fn wakeup_flags(wakeup_bytes: u32) -> u64 {
     let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
     let step = u64::from(wakeup_bytes);
     match waiting.checked_rem(step) {

@@ -8,10 +8,10 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, ProgramError};
 use aya::{Ebpf, EbpfLoader};
 use tcptrace_common::{
-    CONFIG_GLOBAL, COUNTERS_MAP, Config, EVENTS_MAP, LISTENERS_MAP, ListenerEntry, NESTED_SUFFIX,
-    Owner, PORT_FILTER_MAP, PROGRAM_NAME, PROGRAM_NAME_NO_COOKIE, PROGRAM_NAME_STORAGE, PortSet,
-    RESET_PROGRAM, RESET_PROGRAM_NO_COOKIE, RESET_PROGRAM_STORAGE, SOCKETS_MAP, TRACEPOINT,
-    counter,
+    CONFIG_GLOBAL, COUNTERS_MAP, Config, DEFAULT_RING_BYTES, EVENTS_MAP, LISTENERS_MAP,
+    ListenerEntry, NESTED_SUFFIX, Owner, PORT_FILTER_MAP, PROGRAM_NAME, PROGRAM_NAME_NO_COOKIE,
+    PROGRAM_NAME_STORAGE, PortSet, RESET_PROGRAM, RESET_PROGRAM_NO_COOKIE, RESET_PROGRAM_STORAGE,
+    SOCKETS_MAP, TRACEPOINT, counter,
 };
 
 use crate::host::owners::ProcessName;
@@ -147,6 +147,34 @@ fn btf_program<'e>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut BtfTracePoi
         .map_err(|e: ProgramError| aya_err("open the program")(e.into()))
 }
 
+/// The kernel's BTF (`/sys/kernel/btf/vmlinux`), raw.
+fn read_kernel_btf() -> Result<Vec<u8>, LoadError> {
+    std::fs::read(btf::VMLINUX_BTF).map_err(|source| {
+        if source.kind() == io::ErrorKind::NotFound {
+            LoadError::NoBtf {
+                path: btf::VMLINUX_BTF,
+            }
+        } else {
+            LoadError::ReadBtf {
+                path: btf::VMLINUX_BTF,
+                source,
+            }
+        }
+    })
+}
+
+/// What aya needs of `kernel` to attach the `tp_btf` programs: their tracepoints' typedef ids.
+fn tracepoint_btf(kernel: &btf::Btf<'_>) -> Result<aya::Btf, LoadError> {
+    aya::Btf::parse(
+        &kernel.typedef_ids_blob(&[
+            &format!("btf_trace_{TRACEPOINT}"),
+            &format!("btf_trace_{RESET_PROGRAM}"),
+        ]),
+        aya::Endianness::default(),
+    )
+    .map_err(|e| aya_err("index the kernel's tracepoint types")(e.into()))
+}
+
 /// Loads `program` for `tp_btf/inet_sock_set_state`, attaches it, and returns its fd.
 fn load_program(program: &mut BtfTracePoint, attach_btf: &aya::Btf) -> Result<RawFd, ProgramError> {
     program.load(TRACEPOINT, attach_btf)?;
@@ -175,6 +203,41 @@ fn kernel_log_level(level: log::LevelFilter) -> u8 {
     level as u8
 }
 
+/// A benchmark floor program (`tcptrace_common::FLOOR_EMPTY_PROGRAM` or `FLOOR_RING_PROGRAM`)
+/// attached alone, and the ring it writes; detached when dropped. Only `cargo xtask bench`
+/// loads these, to measure what any tracer of the tracepoint pays beside what tcptrace does.
+pub struct Floor {
+    _ebpf: Ebpf,
+}
+
+impl Floor {
+    /// Loads the object with the agent's default ring and wakeup rule, attaches `program`, and
+    /// hands back the ring for the reader.
+    pub fn attach(program: &str) -> Result<(Self, Ring), LoadError> {
+        let btf_bytes = read_kernel_btf()?;
+        let attach_btf = tracepoint_btf(&btf::Btf::parse(&btf_bytes)?)?;
+        drop(btf_bytes);
+        process::raise_memlock_rlimit();
+        let config = Config {
+            wakeup_bytes: DEFAULT_RING_BYTES / WAKEUP_FRACTION,
+            ..Config::UNSET
+        };
+        let mut ebpf = EbpfLoader::new()
+            .btf(None)
+            .override_global(CONFIG_GLOBAL, &config, true)
+            .map_max_entries(SOCKETS_MAP, 1)
+            .load(EBPF_OBJECT)
+            .map_err(|e| aya_err("load the eBPF object")(e.into()))?;
+        load_program(btf_program(&mut ebpf, program)?, &attach_btf).map_err(program_error)?;
+        let events = RingBuf::try_from(
+            ebpf.take_map(EVENTS_MAP)
+                .ok_or_else(|| aya_err("find map")(EVENTS_MAP.into()))?,
+        )
+        .map_err(|e| aya_err("open the ring buffer")(e.into()))?;
+        Ok((Self { _ebpf: ebpf }, Ring::new(events, None)))
+    }
+}
+
 impl Tracer {
     /// Resolves socket offsets from BTF, loads the programs with `filter` and `sizes`, and
     /// attaches them to `tp_btf/inet_sock_set_state` and `tp_btf/tcp_receive_reset`.
@@ -189,28 +252,10 @@ impl Tracer {
         // anything else is allocated, so that peak is not stacked on ours.
         let mut loader = EbpfLoader::new();
         loader.btf(None);
-        let btf_bytes = std::fs::read(btf::VMLINUX_BTF).map_err(|source| {
-            if source.kind() == io::ErrorKind::NotFound {
-                LoadError::NoBtf {
-                    path: btf::VMLINUX_BTF,
-                }
-            } else {
-                LoadError::ReadBtf {
-                    path: btf::VMLINUX_BTF,
-                    source,
-                }
-            }
-        })?;
+        let btf_bytes = read_kernel_btf()?;
         let kernel = btf::Btf::parse(&btf_bytes)?;
         let offsets = kernel.sock_offsets()?;
-        let attach_btf = aya::Btf::parse(
-            &kernel.typedef_ids_blob(&[
-                &format!("btf_trace_{TRACEPOINT}"),
-                &format!("btf_trace_{RESET_PROGRAM}"),
-            ]),
-            aya::Endianness::default(),
-        )
-        .map_err(|e| aya_err("index the kernel's tracepoint types")(e.into()))?;
+        let attach_btf = tracepoint_btf(&kernel)?;
         drop(kernel);
         drop(btf_bytes);
 
