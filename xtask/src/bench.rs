@@ -117,10 +117,11 @@ enum Kind {
     Peer(Peer),
 }
 
-/// The tools a user would otherwise run, and the floor: all on the classic tracepoint
-/// `sock:inet_sock_set_state` (bpftrace 0.17, Debian 12's, has no raw or BTF tracepoints, so
-/// the floor is the classic one; tcptrace's own program is `tp_btf`, which skips the classic
-/// tracepoint's perf-event glue, so the comparison favours the peers, if anything).
+/// The tools a user would otherwise run, on the classic tracepoint `sock:inet_sock_set_state`
+/// (bpftrace 0.17, Debian 12's, has no raw or BTF tracepoints), and the floors: an empty
+/// program on that classic tracepoint, and on `tp_btf/inet_sock_set_state` (tcptrace's own
+/// hook, which skips the classic tracepoint's perf-event glue) an empty program and one that
+/// only streams a record per transition (`tcptrace/examples/bench_floor.rs`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Peer {
     /// libbpf-tools' `tcpstates` (Debian's `libbpf-tools`), printing to a pipe we drain.
@@ -129,10 +130,22 @@ enum Peer {
     BpftraceTcpstates,
     /// A bpftrace program that does nothing on the tracepoint: the cost of being attached.
     Empty,
+    /// An empty program on `tp_btf/inet_sock_set_state`: the floor tcptrace's own program
+    /// stands on.
+    EmptyBtf,
+    /// A `tp_btf` program that only reserves, stamps and submits a record of tcptrace's size
+    /// with tcptrace's wakeup rule, drained as the agent drains: what streaming alone costs.
+    RingBtf,
 }
 
 impl Peer {
-    const ALL: [Self; 3] = [Self::Tcpstates, Self::BpftraceTcpstates, Self::Empty];
+    const ALL: [Self; 5] = [
+        Self::Tcpstates,
+        Self::BpftraceTcpstates,
+        Self::Empty,
+        Self::EmptyBtf,
+        Self::RingBtf,
+    ];
 
     fn command(self) -> Command {
         match self {
@@ -147,12 +160,22 @@ impl Peer {
                 c.args(["-e", "tracepoint:sock:inet_sock_set_state { }"]);
                 c
             }
+            Self::EmptyBtf | Self::RingBtf => {
+                let mut c = Command::new(workspace_root().join(FLOOR_BIN));
+                c.arg(if self == Self::EmptyBtf {
+                    "empty"
+                } else {
+                    "ring"
+                });
+                c
+            }
         }
     }
 
-    /// Whether its output has one line per transition, to count.
+    /// Whether it reports what it received: one line per transition of the churn's port, or
+    /// (the ring floor, which reads every transition on the host) a count at the end.
     fn prints(self) -> bool {
-        self != Self::Empty
+        !matches!(self, Self::Empty | Self::EmptyBtf)
     }
 }
 
@@ -177,6 +200,8 @@ impl Mode {
             Kind::Peer(Peer::Tcpstates) => "peer: libbpf-tools tcpstates",
             Kind::Peer(Peer::BpftraceTcpstates) => "peer: tcpstates.bt (bpftrace)",
             Kind::Peer(Peer::Empty) => "floor: empty program (bpftrace)",
+            Kind::Peer(Peer::EmptyBtf) => "floor: empty program (tp_btf)",
+            Kind::Peer(Peer::RingBtf) => "floor: a ring record only (tp_btf)",
         };
         match &self.label {
             Some(label) => format!("{base} [{label}]"),
@@ -191,6 +216,8 @@ const TRANSITIONS_PER_CONNECTION: u64 = 10;
 /// The listener's CLOSE -> LISTEN and LISTEN -> CLOSE.
 const LISTENER_TRANSITIONS: u64 = 2;
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+/// The floor programs' loader, built with the agent (`tcptrace/examples/bench_floor.rs`).
+const FLOOR_BIN: &str = "target/release/examples/bench_floor";
 
 #[derive(Default, Clone, Debug)]
 struct RunResult {
@@ -597,8 +624,10 @@ fn stop(agent: &mut Agent) -> anyhow::Result<String> {
         if let Some(child) = &mut agent.child {
             child.wait()?;
         }
-        let lines = output.lines.join().unwrap_or(0);
         let said = output.stderr.join().unwrap_or_default();
+        // The ring floor prints its count at the end.
+        let lines =
+            output.lines.join().unwrap_or(0) + number_before(&said, " records read").unwrap_or(0);
         // In tail's words, for the parser below.
         return Ok(format!(
             "{lines} shown, {} lost (ring full), 0 lost (recursion)",
@@ -1162,10 +1191,20 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let bin = match &args.bin {
         Some(bin) => bin.clone(),
         None => {
-            sh(cargo().args(["build", "--release", "--package", "tcptrace"]))?;
+            sh(cargo().args(["build", "--release", "--package", "tcptrace", "--bins"]))?;
             workspace_root().join("target/release/tcptrace")
         }
     };
+    if !args.no_peers {
+        sh(cargo().args([
+            "build",
+            "--release",
+            "--package",
+            "tcptrace",
+            "--example",
+            "bench_floor",
+        ]))?;
+    }
     let machine = describe_machine();
     println!("xtask: bench on {machine}");
     let old_stats = bpf_stats(Some("1"))?;
@@ -1292,7 +1331,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 mode.name(),
                 spread(&rates)
             );
-        } else if mode.kind == Kind::Peer(Peer::Empty) {
+        } else if matches!(mode.kind, Kind::Peer(p) if !p.prints()) {
             let _ = writeln!(
                 md,
                 "| {} | {rate:.0} ({}) | {:.1} % ({} %) | - | - | - | {rec} | {} | - | {} |",
@@ -1332,6 +1371,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             agent_peak_rss_kb: rss,
         });
     }
+    md.push_str(&against_targets(&runs, &report.modes));
     if let Some(h) = &report.held {
         let _ = writeln!(
             md,
@@ -1413,6 +1453,64 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The per-run targets, in this run's figures: tcptrace's kernel ns per run against
+/// the empty `tp_btf` program's and the ring floor's, and its overhead (1 - ratio) against the
+/// best peer's. Empty when a figure is missing (`--no-peers`).
+fn against_targets(runs: &Runs, modes: &[ModeReport]) -> String {
+    let of = |kind: Kind| {
+        runs.iter()
+            .zip(modes)
+            .find(|((mode, _), _)| mode.kind == kind && mode.label.is_none())
+            .map(|(_, report)| report)
+    };
+    let (Some(empty), Some(ring)) = (
+        of(Kind::Peer(Peer::EmptyBtf)),
+        of(Kind::Peer(Peer::RingBtf)),
+    ) else {
+        return String::new();
+    };
+    let (Some(empty_ns), Some(ring_ns)) = (empty.kernel_ns_per_run, ring.kernel_ns_per_run) else {
+        return String::new();
+    };
+    let best_peer = [Peer::Tcpstates, Peer::BpftraceTcpstates]
+        .into_iter()
+        .filter_map(|p| of(Kind::Peer(p)))
+        .map(|r| 1.0 - r.ratio)
+        .reduce(f64::min);
+    let mut out = format!(
+        "\nAgainst the targets: the empty tp_btf program {empty_ns:.0} ns per run, the ring floor {ring_ns:.0} ns ({:.1}x empty).",
+        ring_ns / empty_ns.max(1e-9)
+    );
+    let mut parts = Vec::new();
+    for kind in [Kind::Tail, Kind::Serve] {
+        let Some(r) = of(kind) else { continue };
+        let mut part = if kind == Kind::Tail { "tail" } else { "serve" }.to_owned();
+        if let Some(ns) = r.kernel_ns_per_run {
+            let _ = write!(
+                part,
+                ": {ns:.0} ns ({:.1}x empty, {:.1}x the ring floor)",
+                ns / empty_ns.max(1e-9),
+                ns / ring_ns.max(1e-9)
+            );
+        }
+        if let Some(peer) = best_peer {
+            let _ = write!(
+                part,
+                ", overhead {:.1} % ({:.2}x the best peer's {:.1} %)",
+                100.0 * (1.0 - r.ratio),
+                (1.0 - r.ratio) / peer.max(1e-9),
+                100.0 * peer
+            );
+        }
+        parts.push(part);
+    }
+    if !parts.is_empty() {
+        let _ = write!(out, " {}.", parts.join("; "));
+    }
+    out.push('\n');
+    out
 }
 
 fn describe_machine() -> String {
