@@ -204,8 +204,9 @@ fn kernel_log_level(level: log::LevelFilter) -> u8 {
 }
 
 /// A benchmark floor program (`tcptrace_common::FLOOR_EMPTY_PROGRAM` or `FLOOR_RING_PROGRAM`)
-/// attached alone, and the ring it writes; detached when dropped. Only `cargo xtask bench`
-/// loads these, to measure what any tracer of the tracepoint pays beside what tcptrace does.
+/// attached alone (to the agent's default 4 MiB ring), detached when dropped. Only `cargo
+/// xtask bench` loads these, to measure what any tracer of the tracepoint pays beside what
+/// tcptrace does.
 pub struct Floor {
     _ebpf: Ebpf,
 }
