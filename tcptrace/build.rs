@@ -34,8 +34,12 @@ fn git_commit() {
             let head = git(&["rev-parse", "--git-path", "HEAD"])?;
             println!("cargo:rerun-if-changed={head}");
             if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+                // Only files that exist: cargo reruns a script whose watched file is missing on
+                // every build, and a checkout has either the loose ref or packed-refs or both.
                 for path in [branch.as_str(), "packed-refs"] {
-                    if let Some(p) = git(&["rev-parse", "--git-path", path]) {
+                    if let Some(p) = git(&["rev-parse", "--git-path", path])
+                        && std::path::Path::new(&p).exists()
+                    {
                         println!("cargo:rerun-if-changed={p}");
                     }
                 }

@@ -121,7 +121,7 @@ enum Kind {
 /// (bpftrace 0.17, Debian 12's, has no raw or BTF tracepoints), and the floors: an empty
 /// program on that classic tracepoint, and on `tp_btf/inet_sock_set_state` (tcptrace's own
 /// hook, which skips the classic tracepoint's perf-event glue) an empty program and one that
-/// only streams a record per transition (`tcptrace/examples/bench_floor.rs`).
+/// only streams a record per transition (`bench-floor/`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Peer {
     /// libbpf-tools' `tcpstates` (Debian's `libbpf-tools`), printing to a pipe we drain.
@@ -216,8 +216,8 @@ const TRANSITIONS_PER_CONNECTION: u64 = 10;
 /// The listener's CLOSE -> LISTEN and LISTEN -> CLOSE.
 const LISTENER_TRANSITIONS: u64 = 2;
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
-/// The floor programs' loader, built with the agent (`tcptrace/examples/bench_floor.rs`).
-const FLOOR_BIN: &str = "target/release/examples/bench_floor";
+/// The floor programs' loader (`bench-floor/`).
+const FLOOR_BIN: &str = "target/release/tcptrace-bench-floor";
 
 #[derive(Default, Clone, Debug)]
 struct RunResult {
@@ -1196,14 +1196,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if !args.no_peers {
-        sh(cargo().args([
-            "build",
-            "--release",
-            "--package",
-            "tcptrace",
-            "--example",
-            "bench_floor",
-        ]))?;
+        sh(cargo().args(["build", "--release", "--package", "tcptrace-bench-floor"]))?;
     }
     let machine = describe_machine();
     println!("xtask: bench on {machine}");

@@ -1,8 +1,8 @@
-//! The floor `cargo xtask bench` measures tcptrace against: `bench_floor empty` attaches a
-//! program that does nothing to `tp_btf/inet_sock_set_state`; `bench_floor ring` one that only
-//! streams a record per transition, which this process drains as the agent does (woken by the
-//! kernel, and on the agent's timer) without decoding. Runs until SIGINT, then prints how many
-//! records it read.
+//! The floor `cargo xtask bench` measures tcptrace against. `tcptrace-bench-floor empty`
+//! attaches a program that does nothing to `tp_btf/inet_sock_set_state`; `tcptrace-bench-floor
+//! ring` one that only streams a record per transition, which this process drains as the agent
+//! does (woken by the kernel, and on the agent's timer) without decoding. Runs until SIGINT,
+//! then prints how many records it read.
 
 use std::process::ExitCode;
 
@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         Some("empty") => FLOOR_EMPTY_PROGRAM,
         Some("ring") => FLOOR_RING_PROGRAM,
         _ => {
-            eprintln!("usage: bench_floor empty|ring");
+            eprintln!("usage: tcptrace-bench-floor empty|ring");
             return ExitCode::from(2);
         }
     };
@@ -25,17 +25,17 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("bench_floor: cannot start the runtime: {e}");
+            eprintln!("tcptrace-bench-floor: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(drain(program)) {
         Ok(read) => {
-            eprintln!("bench_floor: {read} records read");
+            eprintln!("tcptrace-bench-floor: {read} records read");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("bench_floor: {e}");
+            eprintln!("tcptrace-bench-floor: {e}");
             ExitCode::FAILURE
         }
     }
