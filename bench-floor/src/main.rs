@@ -2,7 +2,8 @@
 //! attaches a program that does nothing to `tp_btf/inet_sock_set_state`; `tcptrace-bench-floor
 //! ring` one that only streams a record per transition, which this process drains as the agent
 //! does (woken by the kernel, and on the agent's timer) without decoding. Runs until SIGINT,
-//! then prints how many records it read.
+//! then prints, in `tcptrace tail`'s words, how many records it read and how many the program
+//! wrote and lost to a full ring.
 
 use std::process::ExitCode;
 
@@ -30,8 +31,14 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(drain(program)) {
-        Ok(read) => {
-            eprintln!("tcptrace-bench-floor: {read} records read");
+        Ok(Counts {
+            read,
+            sent,
+            ring_full,
+        }) => {
+            eprintln!(
+                "tcptrace-bench-floor: {read} shown, {sent} sent by the kernel, {ring_full} lost (ring full)"
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -41,16 +48,27 @@ fn main() -> ExitCode {
     }
 }
 
-/// Attaches `program` and counts the records it writes until SIGINT.
-async fn drain(program: &str) -> anyhow::Result<u64> {
-    let (_floor, ring) = Floor::attach(program)?;
+/// What the floor did while attached.
+struct Counts {
+    /// Records this process read from the ring.
+    read: u64,
+    /// Records the program wrote, and those it could not (ring full).
+    sent: u64,
+    ring_full: u64,
+}
+
+/// Attaches `program` and reads the records it writes until SIGINT.
+async fn drain(program: &str) -> anyhow::Result<Counts> {
+    let (mut floor, ring) = Floor::attach(program)?;
     let mut ring = ring.into_async()?;
     let mut poll = tokio::time::interval(RING_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = tokio::signal::ctrl_c();
     tokio::pin!(stop);
     let mut read = 0u64;
     loop {
         tokio::select! {
+            biased;
             stopped = &mut stop => {
                 stopped?;
                 break;
@@ -69,8 +87,15 @@ async fn drain(program: &str) -> anyhow::Result<u64> {
             }
         }
     }
+    // Detached first, so the last drain reads everything the counts say was written.
+    floor.detach()?;
     while ring.get_mut().next_record().is_some() {
         read += 1;
     }
-    Ok(read)
+    let (sent, ring_full) = floor.counts();
+    Ok(Counts {
+        read,
+        sent,
+        ring_full,
+    })
 }

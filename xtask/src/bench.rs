@@ -72,8 +72,9 @@ pub struct BenchArgs {
     /// (`--no-socket-storage`: the path of kernels before 5.11), to compare with socket storage.
     #[arg(long)]
     socket_hash: bool,
-    /// Leave out the peers (libbpf-tools tcpstates, tcpstates as a bpftrace script, an empty
-    /// bpftrace program on the same tracepoint).
+    /// Leave out the peers (libbpf-tools tcpstates, tcpstates as a bpftrace script) and the
+    /// floors (an empty bpftrace program on the same tracepoint; on tp_btf, an empty program
+    /// and one that only streams a record per transition).
     #[arg(long)]
     no_peers: bool,
 }
@@ -218,6 +219,8 @@ const LISTENER_TRANSITIONS: u64 = 2;
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// The floor programs' loader (`bench-floor/`).
 const FLOOR_BIN: &str = "target/release/tcptrace-bench-floor";
+/// What the floor's summary line says, which only a floor that ended well prints.
+const FLOOR_SUMMARY: &str = "sent by the kernel";
 
 #[derive(Default, Clone, Debug)]
 struct RunResult {
@@ -495,8 +498,13 @@ fn start_peer(peer: Peer, port: u16) -> anyhow::Result<Agent> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| {
-            format!("cannot start {peer:?} (cargo xtask setup installs libbpf-tools and bpftrace)")
+        .with_context(|| match peer {
+            Peer::EmptyBtf | Peer::RingBtf => {
+                format!("cannot start {FLOOR_BIN} (the bench builds it)")
+            }
+            _ => format!(
+                "cannot start {peer:?} (cargo xtask setup installs libbpf-tools and bpftrace)"
+            ),
         })?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut stderr = child.stderr.take().context("stderr")?;
@@ -624,10 +632,12 @@ fn stop(agent: &mut Agent) -> anyhow::Result<String> {
         if let Some(child) = &mut agent.child {
             child.wait()?;
         }
+        let lines = output.lines.join().unwrap_or(0);
         let said = output.stderr.join().unwrap_or_default();
-        // The ring floor prints its count at the end.
-        let lines =
-            output.lines.join().unwrap_or(0) + number_before(&said, " records read").unwrap_or(0);
+        // The floors report in tail's words.
+        if said.contains(FLOOR_SUMMARY) {
+            return Ok(said);
+        }
         // In tail's words, for the parser below.
         return Ok(format!(
             "{lines} shown, {} lost (ring full), 0 lost (recursion)",
@@ -760,6 +770,10 @@ fn run_once(mode: &Mode, args: &BenchArgs, n: u64) -> anyhow::Result<RunResult> 
             unreadable: get("unreadable"),
         }
     } else if let Kind::Peer(peer) = mode.kind {
+        let floor = matches!(peer, Peer::EmptyBtf | Peer::RingBtf);
+        if floor && !summary.contains(FLOOR_SUMMARY) {
+            bail!("{} failed: {}", mode.name(), summary.trim());
+        }
         let get = |label: &str| number_before(&summary, label).unwrap_or(0);
         let received = get("shown");
         Counts {
@@ -770,8 +784,9 @@ fn run_once(mode: &Mode, args: &BenchArgs, n: u64) -> anyhow::Result<RunResult> 
                 (Some(a), Some(b)) => b.saturating_sub(a),
                 _ => 0,
             },
-            // A peer has no count of what its program sent: what it printed is all we know.
-            sent: received,
+            // The floors count what their program wrote; a peer has no such count, so what
+            // it printed is all we know.
+            sent: if floor { get(FLOOR_SUMMARY) } else { received },
             unreadable: 0,
         }
         .counted(peer.prints())
@@ -1470,8 +1485,8 @@ fn against_targets(runs: &Runs, modes: &[ModeReport]) -> String {
     let best_peer = [Peer::Tcpstates, Peer::BpftraceTcpstates]
         .into_iter()
         .filter_map(|p| of(Kind::Peer(p)))
-        .map(|r| 1.0 - r.ratio)
-        .reduce(f64::min);
+        .map(|r| (1.0 - r.ratio, r.mode.as_str()))
+        .reduce(|a, b| if b.0 < a.0 { b } else { a });
     let mut out = format!(
         "\nAgainst the targets: the empty tp_btf program {empty_ns:.0} ns per run, the ring floor {ring_ns:.0} ns ({:.1}x empty).",
         ring_ns / empty_ns.max(1e-9)
@@ -1488,10 +1503,10 @@ fn against_targets(runs: &Runs, modes: &[ModeReport]) -> String {
                 ns / ring_ns.max(1e-9)
             );
         }
-        if let Some(peer) = best_peer {
+        if let Some((peer, name)) = best_peer {
             let _ = write!(
                 part,
-                ", overhead {:.1} % ({:.2}x the best peer's {:.1} %)",
+                ", overhead {:.1} % ({:.2}x the best peer's, {name}: {:.1} %)",
                 100.0 * (1.0 - r.ratio),
                 (1.0 - r.ratio) / peer.max(1e-9),
                 100.0 * peer

@@ -208,7 +208,9 @@ fn kernel_log_level(level: log::LevelFilter) -> u8 {
 /// xtask bench` loads these, to measure what any tracer of the tracepoint pays beside what
 /// tcptrace does.
 pub struct Floor {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    program: String,
+    counters: PerCpuArray<MapData, u64>,
 }
 
 impl Floor {
@@ -235,7 +237,39 @@ impl Floor {
                 .ok_or_else(|| aya_err("find map")(EVENTS_MAP.into()))?,
         )
         .map_err(|e| aya_err("open the ring buffer")(e.into()))?;
-        Ok((Self { _ebpf: ebpf }, Ring::new(events, None)))
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map(COUNTERS_MAP)
+                .ok_or_else(|| aya_err("find map")(COUNTERS_MAP.into()))?,
+        )
+        .map_err(|e| aya_err("open the counters map")(e.into()))?;
+        Ok((
+            Self {
+                ebpf,
+                program: program.to_owned(),
+                counters,
+            },
+            Ring::new(events, None),
+        ))
+    }
+
+    /// Detaches and unloads the program (waiting for runs in flight), so that what it wrote
+    /// and counted no longer changes.
+    pub fn detach(&mut self) -> Result<(), LoadError> {
+        btf_program(&mut self.ebpf, &self.program)?
+            .unload()
+            .map_err(program_error)
+    }
+
+    /// (records written, records lost to a full ring) by the ring floor so far, summed over
+    /// CPUs; (0, 0) for the empty one.
+    pub fn counts(&self) -> (u64, u64) {
+        let sum = |index: u32| -> u64 {
+            self.counters
+                .get(&index, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        (sum(counter::SENT), sum(counter::RING_FULL))
     }
 }
 
