@@ -35,8 +35,10 @@ fn git_commit() {
             println!("cargo:rerun-if-changed={head}");
             if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
                 // Only files that exist: cargo reruns a script whose watched file is missing on
-                // every build, and a checkout has either the loose ref or packed-refs or both.
-                for path in [branch.as_str(), "packed-refs"] {
+                // every build. A checkout has the loose ref or packed-refs or both; a commit on
+                // a branch that was only packed writes a new loose ref, which the reflog of
+                // HEAD (appended on every move) catches.
+                for path in [branch.as_str(), "packed-refs", "logs/HEAD"] {
                     if let Some(p) = git(&["rev-parse", "--git-path", path])
                         && std::path::Path::new(&p).exists()
                     {
