@@ -173,6 +173,11 @@ impl Peer {
         }
     }
 
+    /// Whether it is one of the project's own floor programs (`bench-floor/`).
+    fn ours(self) -> bool {
+        matches!(self, Self::EmptyBtf | Self::RingBtf)
+    }
+
     /// Whether it reports what it received: one line per transition of the churn's port, or
     /// (the ring floor, which reads every transition on the host) a count at the end.
     fn prints(self) -> bool {
@@ -498,13 +503,14 @@ fn start_peer(peer: Peer, port: u16) -> anyhow::Result<Agent> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| match peer {
-            Peer::EmptyBtf | Peer::RingBtf => {
+        .with_context(|| {
+            if peer.ours() {
                 format!("cannot start {FLOOR_BIN} (the bench builds it)")
+            } else {
+                format!(
+                    "cannot start {peer:?} (cargo xtask setup installs libbpf-tools and bpftrace)"
+                )
             }
-            _ => format!(
-                "cannot start {peer:?} (cargo xtask setup installs libbpf-tools and bpftrace)"
-            ),
         })?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut stderr = child.stderr.take().context("stderr")?;
@@ -770,7 +776,7 @@ fn run_once(mode: &Mode, args: &BenchArgs, n: u64) -> anyhow::Result<RunResult> 
             unreadable: get("unreadable"),
         }
     } else if let Kind::Peer(peer) = mode.kind {
-        let floor = matches!(peer, Peer::EmptyBtf | Peer::RingBtf);
+        let floor = peer.ours();
         if floor && !summary.contains(FLOOR_SUMMARY) {
             bail!("{} failed: {}", mode.name(), summary.trim());
         }

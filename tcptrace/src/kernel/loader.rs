@@ -175,6 +175,32 @@ fn tracepoint_btf(kernel: &btf::Btf<'_>) -> Result<aya::Btf, LoadError> {
     .map_err(|e| aya_err("index the kernel's tracepoint types")(e.into()))
 }
 
+/// The transitions ring, taken out of the loaded object.
+fn take_ring(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, LoadError> {
+    RingBuf::try_from(
+        ebpf.take_map(EVENTS_MAP)
+            .ok_or_else(|| aya_err("find map")(EVENTS_MAP.into()))?,
+    )
+    .map_err(|e| aya_err("open the ring buffer")(e.into()))
+}
+
+/// The per-CPU counters (`tcptrace_common::counter`), taken out of the loaded object.
+fn take_counters(ebpf: &mut Ebpf) -> Result<PerCpuArray<MapData, u64>, LoadError> {
+    PerCpuArray::try_from(
+        ebpf.take_map(COUNTERS_MAP)
+            .ok_or_else(|| aya_err("find map")(COUNTERS_MAP.into()))?,
+    )
+    .map_err(|e| aya_err("open the counters map")(e.into()))
+}
+
+/// Counter `index` summed over CPUs; 0 when it cannot be read.
+fn counter_sum(counters: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+    counters
+        .get(&index, 0)
+        .map(|per_cpu| per_cpu.iter().sum())
+        .unwrap_or(0)
+}
+
 /// Loads `program` for `tp_btf/inet_sock_set_state`, attaches it, and returns its fd.
 fn load_program(program: &mut BtfTracePoint, attach_btf: &aya::Btf) -> Result<RawFd, ProgramError> {
     program.load(TRACEPOINT, attach_btf)?;
@@ -232,16 +258,8 @@ impl Floor {
             .load(EBPF_OBJECT)
             .map_err(|e| aya_err("load the eBPF object")(e.into()))?;
         load_program(btf_program(&mut ebpf, program)?, &attach_btf).map_err(program_error)?;
-        let events = RingBuf::try_from(
-            ebpf.take_map(EVENTS_MAP)
-                .ok_or_else(|| aya_err("find map")(EVENTS_MAP.into()))?,
-        )
-        .map_err(|e| aya_err("open the ring buffer")(e.into()))?;
-        let counters = PerCpuArray::try_from(
-            ebpf.take_map(COUNTERS_MAP)
-                .ok_or_else(|| aya_err("find map")(COUNTERS_MAP.into()))?,
-        )
-        .map_err(|e| aya_err("open the counters map")(e.into()))?;
+        let events = take_ring(&mut ebpf)?;
+        let counters = take_counters(&mut ebpf)?;
         Ok((
             Self {
                 ebpf,
@@ -263,12 +281,7 @@ impl Floor {
     /// (records written, records lost to a full ring) by the ring floor so far, summed over
     /// CPUs; (0, 0) for the empty one.
     pub fn counts(&self) -> (u64, u64) {
-        let sum = |index: u32| -> u64 {
-            self.counters
-                .get(&index, 0)
-                .map(|per_cpu| per_cpu.iter().sum())
-                .unwrap_or(0)
-        };
+        let sum = |index| counter_sum(&self.counters, index);
         (sum(counter::SENT), sum(counter::RING_FULL))
     }
 }
@@ -411,20 +424,12 @@ impl Tracer {
             );
         }
 
-        let events = RingBuf::try_from(
-            ebpf.take_map(EVENTS_MAP)
-                .ok_or_else(|| aya_err("find map")(EVENTS_MAP.into()))?,
-        )
-        .map_err(|e| aya_err("open the ring buffer")(e.into()))?;
+        let events = take_ring(&mut ebpf)?;
         let listeners = ebpf
             .take_map(LISTENERS_MAP)
             .and_then(|m| BpfHashMap::try_from(m).ok())
             .map(|map| ListenerMap { map });
-        let counters = PerCpuArray::try_from(
-            ebpf.take_map(COUNTERS_MAP)
-                .ok_or_else(|| aya_err("find map")(COUNTERS_MAP.into()))?,
-        )
-        .map_err(|e| aya_err("open the counters map")(e.into()))?;
+        let counters = take_counters(&mut ebpf)?;
         let log = (log_level != 0)
             .then(|| KernelLog::take(&mut ebpf))
             .transpose()?;
@@ -470,12 +475,7 @@ impl Tracer {
     }
 
     pub fn counters(&self) -> KernelCounters {
-        let sum = |index: u32| -> u64 {
-            self.counters
-                .get(&index, 0)
-                .map(|per_cpu| per_cpu.iter().sum())
-                .unwrap_or(0)
-        };
+        let sum = |index| counter_sum(&self.counters, index);
         // Nested first: each nested transition was counted as a miss before it ran, so the
         // misses read after it are never fewer.
         let nested = sum(counter::NESTED);
